@@ -1,0 +1,165 @@
+"""The layer-sequential engine shared by every calibrated method.
+
+The model stays on the CPU (or wherever it was loaded); the engine runs the calibration batch up to
+decoder layer 0 once, then walks the layers: move one layer to the device, run the batch through it
+with collectors attached, let the method change the layer, run the batch again through the changed
+layer, and hand those outputs to the next layer as its inputs (as the Wanda and SparseGPT papers do).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["LayerInputs", "capture_layer_inputs", "LayerStep", "walk_layers"]
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+@dataclass
+class LayerInputs:
+    """Hidden states entering a decoder layer, batch by batch, with the keyword arguments it needs."""
+
+    hidden: list[torch.Tensor]
+    extra_args: list[tuple]
+    kwargs: list[dict]
+
+    def batches(self) -> Iterator[tuple[int, torch.Tensor, tuple, dict]]:
+        for i, h in enumerate(self.hidden):
+            yield i, h, self.extra_args[i], self.kwargs[i]
+
+
+def _modules_outside(model: nn.Module, layers: list[nn.Module]) -> list[nn.Module]:
+    """Leaf-most modules holding parameters or buffers that are not inside a decoder layer."""
+    inside = {id(m) for layer in layers for m in layer.modules()}
+    outside = []
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        own = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+        if own:
+            outside.append(module)
+    return outside
+
+
+@torch.no_grad()
+def capture_layer_inputs(model, layers: list[nn.Module], token_batches: list[torch.Tensor],
+                         device: torch.device, store: torch.device | None = None) -> LayerInputs:
+    """Run each token batch through the model until decoder layer 0 and keep what it receives."""
+    store = store or device
+    captured = LayerInputs([], [], [])
+
+    def grab(_module, args, kwargs):
+        kwargs = dict(kwargs)
+        hidden = kwargs.pop("hidden_states", None)
+        if hidden is None:
+            hidden, args = args[0], args[1:]
+        captured.hidden.append(hidden.to(store))
+        captured.extra_args.append(_to(tuple(args), store))
+        captured.kwargs.append(_to(kwargs, store))
+        raise _StopForward
+
+    outside = _modules_outside(model, layers)
+    homes = [next(iter(list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)))).device
+             for m in outside]
+    for module in outside:
+        module.to(device)
+    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for ids in token_batches:
+            try:
+                model(input_ids=ids.to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+        for module, home in zip(outside, homes):
+            module.to(home)
+    return captured
+
+
+def _hidden_of(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@dataclass
+class LayerStep:
+    """What happened to one decoder layer."""
+
+    index: int
+    name: str
+    seconds: float = 0.0
+    relative_error: float | None = None  # ‖f'(X) − f(X)‖² / ‖f(X)‖² over the calibration batch
+    info: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def walk_layers(
+    layers: list[tuple[str, nn.Module]],
+    inputs: LayerInputs | None,
+    device: torch.device,
+    change_layer: Callable[[int, str, nn.Module, Callable[[], None]], dict],
+    on_done: Callable[[LayerStep], None] | None = None,
+) -> list[LayerStep]:
+    """Walk the layers one at a time on `device`.
+
+    `change_layer(index, name, layer, run_calibration)` alters the layer in place and returns info for
+    the report; it calls `run_calibration()` (with its collectors attached) when it needs data. With
+    `inputs=None` there is no data pass at all. The layer goes back where it was afterwards.
+    """
+    steps = []
+    for index, (name, layer) in enumerate(layers):
+        started = time.perf_counter()
+        home = next(layer.parameters()).device
+        layer.to(device)
+        dense_out: list[torch.Tensor] = []
+
+        def run_calibration() -> None:
+            dense_out.clear()
+            for _, hidden, args, kwargs in inputs.batches():
+                out = _hidden_of(layer(hidden.to(device), *_to(args, device), **_to(kwargs, device)))
+                dense_out.append(out.to(hidden.device))
+
+        info = change_layer(index, name, layer, run_calibration if inputs is not None else _no_data)
+        step = LayerStep(index, name, info=info)
+        if inputs is not None:
+            if not dense_out:
+                run_calibration()
+            err_sq, ref_sq = 0.0, 0.0
+            for i, hidden, args, kwargs in inputs.batches():
+                out = _hidden_of(layer(hidden.to(device), *_to(args, device), **_to(kwargs, device)))
+                ref = dense_out[i].to(device)
+                err_sq += (out.float() - ref.float()).pow(2).sum().item()
+                ref_sq += ref.float().pow(2).sum().item()
+                inputs.hidden[i] = out.to(hidden.device)
+            step.relative_error = err_sq / max(ref_sq, 1e-30)
+            dense_out.clear()
+        layer.to(home)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step.seconds = time.perf_counter() - started
+        steps.append(step)
+        if on_done:
+            on_done(step)
+    return steps
+
+
+def _no_data() -> None:
+    raise RuntimeError("this method declared no calibration data, so none was captured")

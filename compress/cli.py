@@ -1,0 +1,211 @@
+"""The `compress` command: a thin Typer layer over compress.jobs. Heavy imports happen inside commands."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from compress import __version__
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="Post-training compression for Hugging Face causal LMs: calibrate, prune, export, evaluate.\n\n"
+    "Environment: COMPRESS_CACHE (default ~/.cache/compress) holds the default model and text; "
+    "COMPRESS_DEBUG=1 shows tracebacks.",
+)
+err = Console(stderr=True)
+out = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"compress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Show the version and exit.")) -> None:
+    pass
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+@contextmanager
+def _exit_codes():
+    """Bad input: one line, exit 2. Anything else: one line, exit 1 (traceback with COMPRESS_DEBUG=1)."""
+    from compress.errors import BadInput
+
+    _quiet_libraries()
+    try:
+        yield
+    except BadInput as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        from compress.assets import AssetError
+
+        if isinstance(exc, AssetError):
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        if os.environ.get("COMPRESS_DEBUG"):
+            raise
+        err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _text_source(path, dataset, text_field):
+    from compress.calibrate.data import TextSource
+    from compress.errors import BadInput
+
+    if path and dataset:
+        raise BadInput("give a text file or a dataset, not both")
+    return TextSource(path=path, dataset=dataset, text_field=text_field)
+
+
+@contextmanager
+def _layer_progress(quiet: bool):
+    """Rich progress over decoder layers (stderr), with stage messages; yields jobs.Hooks."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from compress.jobs import Hooks
+
+    if quiet:
+        yield Hooks()
+        return
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True)
+    task = {}
+
+    def layer(step, total):
+        if "id" not in task:
+            task["id"] = progress.add_task("pruning layers", total=total)
+        progress.update(task["id"], advance=1, description=f"({step.index + 1}/{total}) {step.name}")
+
+    with progress:
+        yield Hooks(stage=lambda message: progress.console.print(f"[dim]•[/dim] {message}"), layer=layer)
+
+
+EXAMPLES_PRUNE = """
+Examples:
+
+  compress prune --method wanda --pattern 2:4 --eval            # default model and text
+
+  compress prune ./Llama-3-8B --method sparsegpt --pattern 6:8 --out ./llama-6of8
+
+  compress prune model.gguf --sparsity 0.5 --method ria --text my.txt --nsamples 64
+"""
+
+
+@app.command(epilog=EXAMPLES_PRUNE)
+def prune(
+    model: Optional[str] = typer.Argument(None, help="HF model directory, .gguf file or hub id; default SmolLM2-135M-Instruct."),
+    method: str = typer.Option("wanda", help="magnitude | wanda | sparsegpt | ria"),
+    pattern: Optional[str] = typer.Option(None, help="N:M keeps N of every M weights along the input dim (2:4, 4:8, 6:8)."),
+    sparsity: Optional[float] = typer.Option(None, help="Unstructured: fraction removed from each output row."),
+    targets: Optional[str] = typer.Option(None, help="Regex over module names to prune (default: every Linear in decoder layers)."),
+    ignore: Optional[str] = typer.Option(None, help="Regex over module names to leave dense."),
+    text: Optional[str] = typer.Option(None, help="Calibration text: a .txt/.md file or .jsonl (see --text-field)."),
+    dataset: Optional[str] = typer.Option(None, help="Calibration dataset NAME[:CONFIG][:SPLIT] (needs compress[datasets])."),
+    text_field: str = typer.Option("text", help="Field holding the text in .jsonl records or dataset rows."),
+    nsamples: int = typer.Option(128, help="Calibration sequences."),
+    seqlen: int = typer.Option(2048, help="Tokens per calibration sequence (capped at the model's maximum)."),
+    seed: int = typer.Option(0, help="Seed for drawing the calibration windows."),
+    blocksize: int = typer.Option(128, help="SparseGPT column block."),
+    damp: float = typer.Option(0.01, help="SparseGPT Hessian damping, as a fraction of its mean diagonal."),
+    ria_alpha: float = typer.Option(0.5, help="RIA activation exponent."),
+    calib_batch: int = typer.Option(0, help="Calibration sequences per forward (0: about 16k tokens)."),
+    dtype: str = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16"),
+    device: str = typer.Option("auto", help="auto | cuda | cpu. The model stays in CPU memory; one layer at a time moves to the GPU."),
+    out: Optional[str] = typer.Option(None, help="Write the pruned model here (HF checkpoint + compression.json)."),
+    force: bool = typer.Option(False, help="Replace --out if it exists."),
+    eval: bool = typer.Option(False, "--eval", help="Measure perplexity before and after on held-out text."),
+    eval_text: Optional[str] = typer.Option(None, help="Held-out text file (default: Austen's Persuasion, never used for calibration)."),
+    eval_dataset: Optional[str] = typer.Option(None, help="Held-out dataset NAME[:CONFIG][:SPLIT]."),
+    eval_context: int = typer.Option(1024, help="Perplexity context length."),
+    eval_tokens: Optional[int] = typer.Option(None, help="Use at most this many held-out tokens."),
+    trust_remote_code: bool = typer.Option(False, help="Allow code shipped with the checkpoint to run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Prune a model layer by layer with N:M or unstructured sparsity, then optionally evaluate and export."""
+    with _exit_codes():
+        from compress.jobs import PruneJob, run_prune
+        from compress.prune.pattern import parse_pattern
+
+        job = PruneJob(
+            model=model, method=method,
+            pattern=parse_pattern(pattern if pattern is not None or sparsity is not None else "2:4", sparsity),
+            targets=targets, ignore=ignore, calibration=_text_source(text, dataset, text_field),
+            nsamples=nsamples, seqlen=seqlen, seed=seed,
+            options={"blocksize": blocksize, "damp": damp, "ria_alpha": ria_alpha}, calib_batch=calib_batch,
+            dtype=dtype, device=device, out=out, force=force, evaluate=eval,
+            evaluation=_text_source(eval_text, eval_dataset, text_field), eval_context=eval_context,
+            eval_tokens=eval_tokens, trust_remote_code=trust_remote_code,
+        )
+        with _layer_progress(quiet or as_json) as hooks:
+            report = run_prune(job, hooks=hooks)
+        if as_json:
+            print(json.dumps(report, indent=2))
+        else:
+            from compress.report import print_prune_report
+
+            print_prune_report(report, out)
+
+
+EXAMPLES_EVAL = """
+Examples:
+
+  compress eval                                   # default model on held-out Austen text
+
+  compress eval ./dense ./pruned --json           # side by side
+"""
+
+
+@app.command("eval", epilog=EXAMPLES_EVAL)
+def eval_(
+    models: Optional[List[str]] = typer.Argument(None, help="Models to compare (default: the default model)."),
+    text: Optional[str] = typer.Option(None, help="Held-out text file (default: Austen's Persuasion)."),
+    dataset: Optional[str] = typer.Option(None, help="Held-out dataset NAME[:CONFIG][:SPLIT]."),
+    text_field: str = typer.Option("text", help="Field holding the text in .jsonl records or dataset rows."),
+    context: int = typer.Option(1024, help="Perplexity context length."),
+    max_tokens: Optional[int] = typer.Option(None, help="Use at most this many held-out tokens."),
+    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
+    device: str = typer.Option("auto", help="auto | cuda | cpu"),
+    trust_remote_code: bool = typer.Option(False, help="Allow code shipped with the checkpoint to run."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Perplexity of one or more models on the same held-out text, side by side."""
+    with _exit_codes():
+        from compress.jobs import EvalJob, run_eval
+
+        job = EvalJob(models=list(models or [None]), evaluation=_text_source(text, dataset, text_field),
+                      context=context, max_tokens=max_tokens, dtype=dtype, device=device,
+                      trust_remote_code=trust_remote_code)
+        with _layer_progress(quiet or as_json) as hooks:
+            report = run_eval(job, hooks=hooks)
+        if as_json:
+            print(json.dumps(report, indent=2))
+        else:
+            from compress.report import print_eval_report
+
+            print_eval_report(report)

@@ -1,0 +1,135 @@
+"""Loading causal LMs from a directory, a .gguf file or the hub, and finding their decoder layers."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from compress.errors import BadInput
+
+__all__ = ["load_model", "resolve_dtype", "decoder_layers", "target_linears", "model_device"]
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+def resolve_dtype(name: str, device: str):
+    """'auto' means float32 on CPU (half precision is slow there) and bfloat16 on a GPU."""
+    import torch
+
+    if name == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    if name not in DTYPES:
+        raise BadInput(f"unknown dtype {name!r}: choose auto, float32, bfloat16 or float16")
+    return getattr(torch, DTYPES[name])
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda was asked for, but no CUDA GPU is visible")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise BadInput(f"unknown device {name!r}: choose auto, cuda or cpu")
+    return name
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", source)) and not source.startswith(".")
+
+
+def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remote_code: bool = False):
+    """Load (model, tokenizer, resolved source) on the CPU in `dtype`; the caller streams layers to a GPU.
+
+    `source` is a local HF directory, a .gguf file, a hub id, or None for the default model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if source is None:
+        from compress.assets import default_model_dir
+
+        source = str(default_model_dir())
+    torch_dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
+    path = Path(source)
+    kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if path.is_file() and path.suffix == ".gguf":
+        where, kwargs["gguf_file"] = str(path.parent), path.name
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BadInput(f"{source}: not a Hugging Face model directory (no config.json)")
+        if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+            raise BadInput(f"{source}: no weights found (*.safetensors or *.bin)")
+        where = str(path)
+    elif path.exists():
+        raise BadInput(f"{source}: expected a model directory or a .gguf file")
+    elif _looks_like_hub_id(source):
+        where = source
+        os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+        os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    else:
+        raise BadInput(f"{source}: no such file or directory")
+    try:
+        # Weights come from safetensors or weights-only torch.load; remote code runs only if asked.
+        model = AutoModelForCausalLM.from_pretrained(where, low_cpu_mem_usage=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(
+            where, **{k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code")}
+        )
+    except (OSError, ValueError, RuntimeError, KeyError, ImportError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if where == source and _looks_like_hub_id(source) and not path.exists():
+            raise BadInput(f"could not fetch {source!r} from the Hugging Face hub ({first_line[:200]}); "
+                           "download it elsewhere and pass the local directory") from exc
+        raise BadInput(f"could not load model from {source}: {first_line[:300]}") from exc
+    model.eval()
+    model.config.use_cache = False
+    return model, tokenizer, source
+
+
+def decoder_layers(model) -> list[tuple[str, "torch.nn.Module"]]:
+    """The repeated decoder blocks, in order, found from `_no_split_modules` or the longest ModuleList."""
+    from torch import nn
+
+    block_classes = set(getattr(model, "_no_split_modules", None) or [])
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) and type(module[0]).__name__ in block_classes:
+            return [(f"{name}.{i}", layer) for i, layer in enumerate(module)]
+    lists = [(name, m) for name, m in model.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) > 1 and len({type(x) for x in m}) == 1]
+    if not lists:
+        raise BadInput(f"no decoder layers found in {type(model).__name__}")
+    name, module = max(lists, key=lambda item: len(item[1]))
+    return [(f"{name}.{i}", layer) for i, layer in enumerate(module)]
+
+
+def target_linears(layer, layer_name: str, targets: str | None = None, ignore: str | None = None):
+    """{full name: Linear} inside one decoder layer, filtered by regexes searched in the full name."""
+    from torch import nn
+
+    found = {}
+    for name, module in layer.named_modules():
+        full = f"{layer_name}.{name}" if name else layer_name
+        if not isinstance(module, nn.Linear):
+            continue
+        if targets and not re.search(targets, full):
+            continue
+        if ignore and re.search(ignore, full):
+            continue
+        found[full] = module
+    return found
+
+
+def compile_regex(pattern: str | None, option: str) -> str | None:
+    if pattern is None:
+        return None
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise BadInput(f"{option}: bad regular expression {pattern!r} ({exc})") from exc
+    return pattern
+
+
+def model_device(model):
+    return next(model.parameters()).device

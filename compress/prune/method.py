@@ -1,0 +1,27 @@
+"""The contract every pruning method fulfils."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from compress.calibrate.collectors import Collector
+from compress.prune.pattern import Pattern
+
+PruneFn = Callable[[torch.Tensor, Optional[Collector], Pattern, dict], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A pruning method: a pure function from a weight (and its input statistic) to a pruned weight.
+
+    `collector` names the statistic the calibration pass gathers for it (None: no data pass at all).
+    `rows_independent` lets the engine stack the rows of Linears that share an input into one call.
+    """
+
+    name: str
+    collector: str | None
+    prune: PruneFn
+    rows_independent: bool = True
+    summary: str = ""
