@@ -40,6 +40,29 @@ def _looks_like_hub_id(source: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", source)) and not source.startswith(".")
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _go_offline() -> None:
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+
+
 def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remote_code: bool = False):
     """Load (model, tokenizer, resolved source) on the CPU in `dtype`; the caller streams layers to a GPU.
 
@@ -69,6 +92,8 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
         where = source
         os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
         os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+        if not _hub_reachable():
+            _go_offline()  # only the local hub cache can answer; fail fast, no retries
     else:
         raise BadInput(f"{source}: no such file or directory")
     try:
@@ -77,7 +102,7 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
         tokenizer = AutoTokenizer.from_pretrained(
             where, **{k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code")}
         )
-    except (OSError, ValueError, RuntimeError, KeyError, ImportError) as exc:
+    except Exception as exc:  # loaders raise many types; each means this input cannot be used
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if where == source and _looks_like_hub_id(source) and not path.exists():
             raise BadInput(f"could not fetch {source!r} from the Hugging Face hub ({first_line[:200]}); "

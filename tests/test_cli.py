@@ -1,0 +1,134 @@
+"""End-to-end CLI runs on a tiny random Llama, and every bad input's exit code and leftovers."""
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from compress.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def common(text_file):
+    return ["--text", text_file, "--eval-text", text_file, "--nsamples", 8, "--seqlen", 64,
+            "--eval-context", 128, "--device", "cpu"]
+
+
+def test_version_and_help():
+    assert invoke("--version").stdout.startswith("compress ")
+    result = invoke("prune", "--help")
+    assert result.exit_code == 0 and "Examples" in result.stdout
+
+
+def test_prune_eval_export_roundtrip(tiny_model_dir, text_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "pruned"
+    result = invoke("prune", tiny_model_dir, "--method", "sparsegpt", "--pattern", "4:8", "--eval", "--json",
+                    "--out", out, *common(text_file))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["prune"]["overall_sparsity"] == pytest.approx(0.5)
+    assert report["perplexity"]["dense"]["perplexity"] > 1
+    manifest = json.loads((out / "compression.json").read_text())
+    assert manifest["method"] == "sparsegpt" and manifest["pattern"] == {"type": "n:m", "n": 4, "m": 8, "zero_fraction": 0.5}
+    assert manifest["calibration"]["nsamples"] == 8 and manifest["calibration"]["seed"] == 0
+    assert len(manifest["prune"]["layers"]) == 2
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, 320, (2, 40))
+    with torch.no_grad():
+        logits = reloaded(ids).logits
+    # the same job in memory gives the same logits as the exported checkpoint
+    from compress.calibrate.data import TextSource
+    from compress.jobs import PruneJob, run_prune
+    from compress.models import load_model
+    from compress.prune import parse_pattern
+    from compress.prune.apply import PruneConfig, prune_model
+    from compress.calibrate.data import calibration_tokens
+
+    model, tok, _ = load_model(str(tiny_model_dir), "float32", "cpu")
+    calib = calibration_tokens(tok, TextSource(path=str(text_file)), 8, 64, 0)
+    prune_model(model, PruneConfig("sparsegpt", parse_pattern("4:8")), calib)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, logits)
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert (original.model.layers[0].mlp.up_proj.weight != 0).all()  # the input was not modified
+
+
+def test_eval_side_by_side(tiny_model_dir, text_file):
+    result = invoke("eval", tiny_model_dir, tiny_model_dir, "--text", text_file, "--context", 64, "--json",
+                    "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["results"]
+    assert len(rows) == 2 and rows[0]["perplexity"] == rows[1]["perplexity"]
+
+
+def test_refuses_to_overwrite_without_force(tiny_model_dir, text_file, tmp_path):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = invoke("prune", tiny_model_dir, "--method", "magnitude", "--out", out, *common(text_file))
+    assert result.exit_code == 2 and "already exists" in result.output
+    assert (out / "keep.txt").read_text() == "mine"
+    result = invoke("prune", tiny_model_dir, "--method", "magnitude", "--out", out, "--force", *common(text_file))
+    assert result.exit_code == 0, result.output
+    assert not (out / "keep.txt").exists() and (out / "compression.json").exists()
+
+
+def corrupt_copy(src, dst):
+    shutil.copytree(src, dst)
+    (dst / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    return dst
+
+
+def mkdir(path):
+    path.mkdir()
+    return path
+
+
+def no_layers_model(tmp_path):
+    from tests.conftest import save_tiny_model
+
+    return save_tiny_model(tmp_path / "nolayers", num_hidden_layers=0)
+
+
+BAD_INPUTS = {
+    "missing path": (lambda d, t: ["prune", t / "nope"], "no such file"),
+    "not a model dir": (lambda d, t: ["prune", mkdir(t / "empty")], "no config.json"),
+    "corrupt safetensors": (lambda d, t: ["prune", corrupt_copy(d, t / "corrupt")], "could not load"),
+    "unknown method": (lambda d, t: ["prune", d, "--method", "obs"], "unknown method"),
+    "bad pattern": (lambda d, t: ["prune", d, "--pattern", "4:2"], "need 0 < N < M"),
+    "M does not divide": (lambda d, t: ["prune", d, "--pattern", "2:3"], "does not divide"),
+    "pattern and sparsity": (lambda d, t: ["prune", d, "--pattern", "2:4", "--sparsity", "0.5"], "exactly one"),
+    "bad sparsity": (lambda d, t: ["prune", d, "--sparsity", "1.5"], "between 0 and 1"),
+    "no decoder layers": (lambda d, t: ["prune", no_layers_model(t)], "no decoder layers"),
+    "bad regex": (lambda d, t: ["prune", d, "--targets", "("], "bad regular expression"),
+    "nothing targeted": (lambda d, t: ["prune", d, "--targets", "nomatch"], "no Linear layers matched"),
+    "missing text": (lambda d, t: ["prune", d, "--text", t / "none.txt", "--eval-text", t / "none.txt"], "no such text file"),
+    "offline hub id": (lambda d, t: ["prune", "someone/some-model"], "hub"),
+    "eval missing model": (lambda d, t: ["eval", t / "nope"], "no such file"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_2_and_writes_nothing(case, tiny_model_dir, text_file, tmp_path):
+    build, message = BAD_INPUTS[case]
+    args = build(tiny_model_dir, tmp_path)
+    out = tmp_path / "out"
+    extra = ["--out", out, *common(text_file)] if args[0] == "prune" else []
+    if "--text" in args:
+        extra = ["--out", out, "--nsamples", 8, "--seqlen", 64]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = invoke(*args, *extra)
+    assert result.exit_code == 2, result.output
+    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    assert lines[-1].startswith("error:") and message in result.output and "Traceback" not in result.output
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
