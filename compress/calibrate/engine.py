@@ -126,39 +126,66 @@ def walk_layers(
     """
     steps = []
     for index, (name, layer) in enumerate(layers):
-        started = time.perf_counter()
+        clock = _PhaseClock(device)
         home = next(layer.parameters()).device
         layer.to(device)
+        clock.lap("load")
         dense_out: list[torch.Tensor] = []
+
+        def forward(hidden, args, kwargs) -> torch.Tensor:
+            return _hidden_of(layer(hidden.to(device), *_to(args, device), **_to(kwargs, device)))
 
         def run_calibration() -> None:
             dense_out.clear()
             for _, hidden, args, kwargs in inputs.batches():
-                out = _hidden_of(layer(hidden.to(device), *_to(args, device), **_to(kwargs, device)))
-                dense_out.append(out.to(hidden.device))
+                dense_out.append(forward(hidden, args, kwargs).to(hidden.device))
+            clock.lap("calibrate")
 
         info = change_layer(index, name, layer, run_calibration if inputs is not None else _no_data)
+        clock.lap("change")
         step = LayerStep(index, name, info=info)
         if inputs is not None:
             if not dense_out:
                 run_calibration()
-            err_sq, ref_sq = 0.0, 0.0
+            err_sq = torch.zeros((), dtype=torch.float64, device=device)
+            ref_sq = torch.zeros((), dtype=torch.float64, device=device)
             for i, hidden, args, kwargs in inputs.batches():
-                out = _hidden_of(layer(hidden.to(device), *_to(args, device), **_to(kwargs, device)))
+                out = forward(hidden, args, kwargs)
                 ref = dense_out[i].to(device)
-                err_sq += (out.float() - ref.float()).pow(2).sum().item()
-                ref_sq += ref.float().pow(2).sum().item()
+                err_sq += (out.float() - ref.float()).pow(2).sum()
+                ref_sq += ref.float().pow(2).sum()
                 inputs.hidden[i] = out.to(hidden.device)
-            step.relative_error = err_sq / max(ref_sq, 1e-30)
+            step.relative_error = (err_sq / ref_sq.clamp_min(1e-30)).item()
             dense_out.clear()
+            clock.lap("propagate")
         layer.to(home)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        step.seconds = time.perf_counter() - started
+        clock.lap("unload")
+        step.seconds = clock.total
+        step.info["phase_seconds"] = clock.phases
         steps.append(step)
         if on_done:
             on_done(step)
     return steps
+
+
+class _PhaseClock:
+    """Wall time per phase of one layer's step (synchronising the GPU at each lap)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.phases: dict[str, float] = {}
+        self.last = self.first = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.phases[phase] = round(self.phases.get(phase, 0.0) + now - self.last, 4)
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return self.last - self.first
 
 
 def _no_data() -> None:

@@ -5,6 +5,9 @@ columns through the inverse Hessian's Cholesky factor, and the block's accumulat
 onto the remaining columns at once ("lazy batch" updates). For N:M the mask of each M-group is chosen
 when the sweep reaches the group, from the already-updated weights (as in the paper). Unstructured
 masks keep the same fraction of every output row within each block.
+
+The in-block sweep is a few tiny kernels per column, so on a GPU it is captured once per block shape
+as a CUDA graph and replayed: launch overhead, not arithmetic, is what it costs otherwise.
 """
 from __future__ import annotations
 
@@ -32,35 +35,84 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Te
     return torch.linalg.cholesky(inverse, upper=True), dead
 
 
+def sweep_block(block: torch.Tensor, hinv_block: torch.Tensor, errors: torch.Tensor, pattern: Pattern) -> None:
+    """Prune one column block in place, writing each column's scaled error into `errors`."""
+    d = torch.diag(hinv_block)
+    if not pattern.is_nm:
+        keep = row_mask(block.pow(2) / d.pow(2), pattern.sparsity)
+        drop_scale = (~keep) / d
+    width = block.shape[1]
+    for i in range(width):
+        if pattern.is_nm:
+            j = i % pattern.m
+            if j == 0:
+                group = slice(i, i + pattern.m)
+                keep = nm_mask(block[:, group].pow(2) / d[group].pow(2), pattern.n, pattern.m)
+                drop_scale = (~keep) / d[group]
+        else:
+            j = i
+        torch.mul(block[:, i], drop_scale[:, j], out=errors[:, i])
+        block[:, i:].addr_(errors[:, i], hinv_block[i, i:], alpha=-1)
+        block[:, i].mul_(keep[:, j])  # exact zeros, free of the rounding of the update above
+
+
+class _GraphedSweep:
+    """sweep_block captured as a CUDA graph for one (rows, width, pattern) shape."""
+
+    def __init__(self, rows: int, width: int, pattern: Pattern, device: torch.device):
+        self.block = torch.zeros(rows, width, device=device)
+        self.hinv = torch.eye(width, device=device)
+        self.errors = torch.zeros(rows, width, device=device)
+        self.block.normal_()
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            sweep_block(self.block, self.hinv, self.errors, pattern)  # warm-up outside the capture
+        torch.cuda.current_stream(device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            sweep_block(self.block, self.hinv, self.errors, pattern)
+
+    def __call__(self, block: torch.Tensor, hinv_block: torch.Tensor, errors: torch.Tensor) -> None:
+        self.block.copy_(block)
+        self.hinv.copy_(hinv_block)
+        self.graph.replay()
+        block.copy_(self.block)
+        errors.copy_(self.errors)
+
+
+_graphs: dict[tuple, _GraphedSweep] = {}
+
+
+def _sweeper(rows: int, width: int, pattern: Pattern, device: torch.device, use_graphs: bool):
+    if device.type != "cuda" or not use_graphs:
+        return lambda block, hinv_block, errors: sweep_block(block, hinv_block, errors, pattern)
+    key = (rows, width, pattern, device)
+    if key not in _graphs:
+        if len(_graphs) > 16:
+            _graphs.clear()
+        _graphs[key] = _GraphedSweep(rows, width, pattern, device)
+    return _graphs[key]
+
+
 def sparsegpt_prune(
-    weight: torch.Tensor, hessian: torch.Tensor, pattern: Pattern, blocksize: int = 128, damp: float = 0.01
+    weight: torch.Tensor, hessian: torch.Tensor, pattern: Pattern, blocksize: int = 128, damp: float = 0.01,
+    use_graphs: bool = True,
 ) -> torch.Tensor:
     w = weight.float().clone()
     hinv, dead = inverse_hessian_factor(hessian.float(), damp)
     w[:, dead] = 0
-    cols = w.shape[1]
+    rows, cols = w.shape
     if pattern.is_nm:
         blocksize = max(pattern.m, blocksize // pattern.m * pattern.m)
+    errors = torch.empty(rows, blocksize, device=w.device)
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
-        block = w[:, start:end].clone()
-        hinv_block = hinv[start:end, start:end]
-        d = torch.diag(hinv_block)
-        errors = torch.zeros_like(block)
-        if not pattern.is_nm:
-            keep = row_mask(block.pow(2) / d.pow(2), pattern.sparsity)
-        for i in range(end - start):
-            if pattern.is_nm and i % pattern.m == 0:
-                group = slice(i, i + pattern.m)
-                keep_group = nm_mask(block[:, group].pow(2) / d[group].pow(2), pattern.n, pattern.m)
-            column = block[:, i]
-            kept = keep_group[:, i % pattern.m] if pattern.is_nm else keep[:, i]
-            err = (column - column * kept) / d[i]
-            block[:, i:] -= err.unsqueeze(1) * hinv_block[i, i:].unsqueeze(0)
-            block[:, i] *= kept  # exact zeros, free of rounding from the update above
-            errors[:, i] = err
+        block = w[:, start:end].contiguous()
+        block_errors = errors[:, : end - start]
+        _sweeper(rows, end - start, pattern, w.device, use_graphs)(block, hinv[start:end, start:end], block_errors)
         w[:, start:end] = block
-        w[:, end:] -= errors @ hinv[start:end, end:]
+        w[:, end:].addmm_(block_errors, hinv[start:end, end:], alpha=-1)
     return w.to(weight.dtype)
 
 

@@ -1,0 +1,91 @@
+"""Prune a randomly initialised 7B-shape Llama on one GPU and report wall time and peak GPU memory.
+
+Usage: python benchmarks/prune_7b.py [--methods wanda sparsegpt] [--nsamples 128] [--seqlen 2048]
+Random weights are fine for timing; the model lives in CPU memory and one layer at a time is on the GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def random_llama(layers: int, hidden: int, intermediate: int, dtype=torch.bfloat16):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                         num_attention_heads=hidden // 128, num_key_value_heads=hidden // 128,
+                         vocab_size=32000, max_position_embeddings=4096)
+    config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model.to_empty(device="cpu")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    for name, param in model.named_parameters():
+        if "norm" in name:
+            param.data = torch.ones(param.shape, dtype=dtype)
+        else:
+            fresh = torch.randn(param.shape, device="cuda", dtype=torch.float32, generator=generator) * 0.02
+            param.data = fresh.to(dtype).cpu()
+    model.model.rotary_emb.__init__(config=config)  # buffers were left empty by to_empty
+    return model.eval().to(dtype)
+
+
+def main() -> None:
+    from compress.prune import parse_pattern
+    from compress.prune.apply import PruneConfig, prune_model
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"])
+    parser.add_argument("--pattern", default="2:4")
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=4096)
+    parser.add_argument("--intermediate", type=int, default=11008)
+    parser.add_argument("--nsamples", type=int, default=128)
+    parser.add_argument("--seqlen", type=int, default=2048)
+    parser.add_argument("--calib-batch", type=int, default=0)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    model = random_llama(args.layers, args.hidden, args.intermediate)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    print(f"built {size / 2**30:.1f} GiB random Llama in {time.perf_counter() - started:.1f} s", flush=True)
+    ids = torch.randint(0, 32000, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = []
+    for method in args.methods:
+        model.load_state_dict(original)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        config = PruneConfig(method=method, pattern=parse_pattern(args.pattern), calib_batch=args.calib_batch)
+        result = prune_model(model, config, ids, "cuda")
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated()
+        per_layer = sorted(s.seconds for s in result.steps)
+        phases = {}
+        for step in result.steps:
+            for phase, seconds in step.info["phase_seconds"].items():
+                phases[phase] = round(phases.get(phase, 0.0) + seconds, 2)
+        row = {"method": method, "pattern": args.pattern, "wall_s": round(wall, 2),
+               "capture_s": round(result.capture_seconds, 2), "median_layer_s": round(per_layer[len(per_layer) // 2], 3),
+               "peak_gpu_gib": round(peak / 2**30, 2), "model_gib": round(size / 2**30, 2),
+               "phases_s": phases, "sparsity": round(result.overall_sparsity, 4),
+               "mean_rel_error": round(sum(s.relative_error for s in result.steps) / len(result.steps), 5)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "tokens": args.nsamples * args.seqlen}
+    print(json.dumps(meta))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
