@@ -209,3 +209,7 @@ def eval_(
             from compress.report import print_eval_report
 
             print_eval_report(report)
+
+
+if __name__ == "__main__":
+    app()

@@ -117,18 +117,21 @@ def walk_layers(
     device: torch.device,
     change_layer: Callable[[int, str, nn.Module, Callable[[], None]], dict],
     on_done: Callable[[LayerStep], None] | None = None,
+    error_tokens: int = 16384,
 ) -> list[LayerStep]:
     """Walk the layers one at a time on `device`.
 
     `change_layer(index, name, layer, run_calibration)` alters the layer in place and returns info for
     the report; it calls `run_calibration()` (with its collectors attached) when it needs data. With
     `inputs=None` there is no data pass at all. The layer goes back where it was afterwards.
+    The relative output error is measured on the first batches, up to `error_tokens` tokens, so only
+    those batches' dense outputs are held.
     """
     steps = []
+    error_batches = _error_batches(inputs, error_tokens)
     for index, (name, layer) in enumerate(layers):
         clock = _PhaseClock(device)
-        home = next(layer.parameters()).device
-        layer.to(device)
+        home = _move_to(layer, device)
         clock.lap("load")
         dense_out: list[torch.Tensor] = []
 
@@ -137,8 +140,10 @@ def walk_layers(
 
         def run_calibration() -> None:
             dense_out.clear()
-            for _, hidden, args, kwargs in inputs.batches():
-                dense_out.append(forward(hidden, args, kwargs).to(hidden.device))
+            for i, hidden, args, kwargs in inputs.batches():
+                out = forward(hidden, args, kwargs)
+                if i < error_batches:
+                    dense_out.append(out)
             clock.lap("calibrate")
 
         info = change_layer(index, name, layer, run_calibration if inputs is not None else _no_data)
@@ -151,14 +156,15 @@ def walk_layers(
             ref_sq = torch.zeros((), dtype=torch.float64, device=device)
             for i, hidden, args, kwargs in inputs.batches():
                 out = forward(hidden, args, kwargs)
-                ref = dense_out[i].to(device)
-                err_sq += (out.float() - ref.float()).pow(2).sum()
-                ref_sq += ref.float().pow(2).sum()
+                if i < error_batches:
+                    ref = dense_out[i]
+                    err_sq += (out.float() - ref.float()).pow(2).sum()
+                    ref_sq += ref.float().pow(2).sum()
                 inputs.hidden[i] = out.to(hidden.device)
             step.relative_error = (err_sq / ref_sq.clamp_min(1e-30)).item()
             dense_out.clear()
             clock.lap("propagate")
-        layer.to(home)
+        _move_back(layer, home)
         clock.lap("unload")
         step.seconds = clock.total
         step.info["phase_seconds"] = clock.phases
@@ -166,6 +172,35 @@ def walk_layers(
         if on_done:
             on_done(step)
     return steps
+
+
+def _error_batches(inputs: LayerInputs | None, error_tokens: int) -> int:
+    if inputs is None:
+        return 0
+    count, tokens = 0, 0
+    for hidden in inputs.hidden:
+        if count and tokens >= error_tokens:
+            break
+        count, tokens = count + 1, tokens + hidden.shape[0] * hidden.shape[1]
+    return count
+
+
+def _move_to(layer: nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
+    """Move a layer's tensors to `device`, returning the originals so they can be reused on the way back."""
+    home = {}
+    for name, tensor in list(layer.named_parameters()) + list(layer.named_buffers()):
+        home[name] = tensor.data
+        tensor.data = tensor.data.to(device, non_blocking=True)
+    return home
+
+
+def _move_back(layer: nn.Module, home: dict[str, torch.Tensor]) -> None:
+    """Copy the (changed) tensors into their original storage: no fresh host allocations to fault in."""
+    for name, tensor in list(layer.named_parameters()) + list(layer.named_buffers()):
+        original = home[name]
+        if original.device != tensor.device:
+            original.copy_(tensor.data)
+            tensor.data = original
 
 
 class _PhaseClock:
