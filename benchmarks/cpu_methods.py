@@ -1,6 +1,7 @@
 """Every method × pattern on the default model, each in its own `compress prune` process.
 
-Records wall time, peak resident memory (from the child's rusage) and dense/pruned perplexity.
+Records wall time and peak resident memory (from the child's rusage) of each prune, then measures the
+dense and every pruned checkpoint with one `compress eval` on the same held-out tokens.
 Usage: python benchmarks/cpu_methods.py --out benchmarks/results/cpu-methods.json [--nsamples 32 --seqlen 512]
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 PATTERNS = [("--pattern", "2:4"), ("--pattern", "6:8"), ("--sparsity", "0.5")]
@@ -35,22 +37,29 @@ def main() -> None:
     parser.add_argument("--eval-tokens", default="32768")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    common = ["--nsamples", args.nsamples, "--seqlen", args.seqlen, "--eval", "--eval-tokens", args.eval_tokens,
-              "--device", args.device, "--json", "-q"]
-    rows = []
-    for flag, value in PATTERNS:
-        for method in METHODS:
-            report, wall, rss = run(["prune", "--method", method, flag, value, *common])
-            ppl = report["perplexity"]
-            row = {"method": method, "pattern": value, "dense_ppl": round(ppl["dense"]["perplexity"], 3),
-                   "pruned_ppl": round(ppl["pruned"]["perplexity"], 3), "prune_s": round(report["prune"]["seconds"], 1),
-                   "process_s": round(wall, 1), "peak_rss_gib": round(rss, 2),
-                   "sparsity": round(report["prune"]["overall_sparsity"], 4)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            with open(args.out, "w") as f:
-                json.dump({"versions": report["versions"], "calibration": report["calibration"],
-                           "eval_tokens": ppl["dense"]["tokens"], "rows": rows}, f, indent=2)
+    common = ["--nsamples", args.nsamples, "--seqlen", args.seqlen, "--device", args.device, "--json", "-q"]
+    rows, outputs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for flag, value in PATTERNS:
+            for method in METHODS:
+                out = os.path.join(tmp, f"{method}-{value.replace(':', 'of')}")
+                report, wall, rss = run(["prune", "--method", method, flag, value, "--out", out, *common])
+                rows.append({"method": method, "pattern": value, "prune_s": round(report["prune"]["seconds"], 1),
+                             "process_s": round(wall, 1), "peak_rss_gib": round(rss, 2),
+                             "sparsity": round(report["prune"]["overall_sparsity"], 4)})
+                outputs.append(out)
+                print(json.dumps(rows[-1]), flush=True)
+        evaluation, _, _ = run(["eval", report["model"], *outputs, "--max-tokens", args.eval_tokens,
+                                "--device", args.device, "--json", "-q"])
+    dense, *pruned = evaluation["results"]
+    for row, result in zip(rows, pruned):
+        row["pruned_ppl"] = round(result["perplexity"], 3)
+    summary = {"versions": report["versions"], "calibration": report["calibration"],
+               "eval": {"source": evaluation["source"], "tokens": dense["tokens"], "context": dense["context"]},
+               "dense_ppl": round(dense["perplexity"], 3), "rows": rows}
+    with open(args.out, "w") as f:
+        json.dump(summary, f, indent=2)
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -68,7 +68,6 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
 
     `source` is a local HF directory, a .gguf file, a hub id, or None for the default model.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if source is None:
@@ -113,7 +112,7 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
     return model, tokenizer, source
 
 
-def decoder_layers(model) -> list[tuple[str, "torch.nn.Module"]]:
+def decoder_layers(model) -> list[tuple[str, object]]:
     """The repeated decoder blocks, in order, found from `_no_split_modules` or the longest ModuleList."""
     from torch import nn
 

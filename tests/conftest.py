@@ -1,7 +1,6 @@
 """Shared fixtures: a tiny randomly initialised Llama with a real (trained) tokenizer, on disk."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

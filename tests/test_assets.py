@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from compress import assets
+from compress import assets, rdata
 
 # ---------------------------------------------------------------- hand-built R XDR serializations
 
@@ -69,7 +69,7 @@ def vecsxp(items, names=None):
 
 @pytest.mark.parametrize("version", [2, 3])
 def test_unserialize_character_vector_with_na(version):
-    obj = assets._unserialize_r(header(version) + strsxp(["It is a truth", None, "Ünïcode ✓"]))
+    obj = rdata.unserialize(header(version) + strsxp(["It is a truth", None, "Ünïcode ✓"]))
     assert obj.sexptype == 16
     assert obj.value == ["It is a truth", None, "Ünïcode ✓"]
     assert obj.attributes == {}
@@ -77,7 +77,7 @@ def test_unserialize_character_vector_with_na(version):
 
 def test_unserialize_string_encodings():
     latin1 = flags(16) + struct.pack(">i", 2) + charsxp("café", LATIN1, "latin-1") + charsxp("naïve", levels=0)
-    assert assets._unserialize_r(header() + latin1).value == ["café", "naïve"]
+    assert rdata.unserialize(header() + latin1).value == ["café", "naïve"]
 
 
 def test_unserialize_named_list_of_atomic_vectors():
@@ -85,10 +85,10 @@ def test_unserialize_named_list_of_atomic_vectors():
         [intsxp([1, None, 3]), realsxp([0.5, -2.25]), intsxp([1, 0, None], sexptype=10), NIL],
         names=["ints", "reals", "flags", "null"],
     )
-    obj = assets._unserialize_r(data)
+    obj = rdata.unserialize(data)
     assert obj.sexptype == 19
     assert list(obj.attributes) == ["names"]
-    named = assets._named_list(obj)
+    named = rdata.named_list(obj)
     assert list(named) == ["ints", "reals", "flags", "null"]
     assert named["ints"].value == [1, None, 3]
     assert named["reals"].value == [0.5, -2.25]
@@ -100,28 +100,28 @@ def test_unserialize_symbol_back_references():
     # The second `names` tag is written as a reference to the first symbol, as R does.
     first = intsxp([7], attributes=names_attribute(["a"]))
     second = intsxp([8], attributes=names_attribute(["b"], names_symbol=ref(1)))
-    obj = assets._unserialize_r(header() + vecsxp([first, second]))
+    obj = rdata.unserialize(header() + vecsxp([first, second]))
     assert [item.attributes["names"].value for item in obj.value] == [["a"], ["b"]]
 
 
 def test_unserialize_pairlist_tags_and_long_chain():
     pairs = [(symsxp("x"), intsxp([1])), (ref(1), intsxp([2]))]
-    obj = assets._unserialize_r(header() + tagged_pairlist(pairs))
+    obj = rdata.unserialize(header() + tagged_pairlist(pairs))
     assert obj.sexptype == 2
     assert [(tag, value.value) for tag, value in obj.value] == [("x", [1]), ("x", [2])]
 
     untagged = b"".join(flags(2) + intsxp([i]) for i in range(5000)) + NIL
-    long_list = assets._unserialize_r(header() + untagged)
+    long_list = rdata.unserialize(header() + untagged)
     assert [value.value[0] for _, value in long_list.value] == list(range(5000))
 
 
 def test_unserialize_rejects_bad_input():
     with pytest.raises(ValueError, match="XDR"):
-        assets._unserialize_r(b"A\n" + header()[2:] + NIL)
+        rdata.unserialize(b"A\n" + header()[2:] + NIL)
     with pytest.raises(ValueError, match="truncated"):
-        assets._unserialize_r(header() + strsxp(["abc"])[:-2])
+        rdata.unserialize(header() + strsxp(["abc"])[:-2])
     with pytest.raises(ValueError, match="type"):
-        assets._unserialize_r(header() + flags(4))
+        rdata.unserialize(header() + flags(4))
 
 
 def build_lazyload_db(objects):
@@ -139,7 +139,7 @@ def build_lazyload_db(objects):
 def test_read_lazyload_db():
     rdx, rdb = build_lazyload_db({"emma": header() + strsxp(["EMMA", "", "Emma Woodhouse"]),
                                   "persuasion": header() + strsxp(["Persuasion", None])})
-    objects = assets._read_lazyload_db(rdx, rdb)
+    objects = rdata.read_lazyload_db(rdx, rdb)
     assert objects["emma"].value == ["EMMA", "", "Emma Woodhouse"]
     assert objects["persuasion"].value == ["Persuasion", None]
 
@@ -149,9 +149,9 @@ def test_decompress_r_blob_kinds():
     size = struct.pack(">I", len(payload))
     for blob in (size + zlib.compress(payload), size + b"Z" + zlib.compress(payload),
                  size + b"X" + lzma.compress(payload), size + b"0" + payload):
-        assert assets._decompress_r_blob(blob) == payload
+        assert rdata.decompress_blob(blob) == payload
     with pytest.raises(ValueError, match="header says"):
-        assets._decompress_r_blob(struct.pack(">I", 3) + zlib.compress(payload))
+        rdata.decompress_blob(struct.pack(">I", 3) + zlib.compress(payload))
 
 
 # ---------------------------------------------------------------- ar / .deb
