@@ -132,6 +132,10 @@ def prune(
     damp: float = typer.Option(0.01, help="SparseGPT Hessian damping, as a fraction of its mean diagonal."),
     ria_alpha: float = typer.Option(0.5, help="RIA activation exponent."),
     calib_batch: int = typer.Option(0, help="Calibration sequences per forward (0: about 16k tokens)."),
+    permute: str = typer.Option("none", help="Input-channel permutation before N:M masking: none | heuristic | learned."),
+    perm_blocks: int = typer.Option(1, help="Split the Hungarian refinement into this many blocks (faster)."),
+    perm_steps: int = typer.Option(100, help="Optimisation steps per layer for --permute learned."),
+    perm_block_size: int = typer.Option(64, help="Block size of the learned block-diagonal permutation."),
     dtype: str = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16"),
     device: str = typer.Option("auto", help="auto | cuda | cpu. The model stays in CPU memory; one layer at a time moves to the GPU."),
     out: Optional[str] = typer.Option(None, help="Write the pruned model here (HF checkpoint + compression.json)."),
@@ -148,6 +152,8 @@ def prune(
     """Prune a model layer by layer with N:M or unstructured sparsity, then optionally evaluate and export."""
     with _exit_codes():
         from compress.jobs import PruneJob, run_prune
+        from compress.permute import PermuteConfig
+        from compress.permute.learned import LearnConfig
         from compress.prune.pattern import parse_pattern
 
         job = PruneJob(
@@ -159,6 +165,7 @@ def prune(
             dtype=dtype, device=device, out=out, force=force, evaluate=eval,
             evaluation=_text_source(eval_text, eval_dataset, text_field), eval_context=eval_context,
             eval_tokens=eval_tokens, trust_remote_code=trust_remote_code,
+            permute=PermuteConfig(permute, perm_blocks, LearnConfig(block=perm_block_size, steps=perm_steps)),
         )
         with _layer_progress(quiet or as_json) as hooks:
             report = run_prune(job, hooks=hooks)

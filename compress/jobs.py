@@ -8,6 +8,7 @@ from typing import Callable
 
 from compress.calibrate.data import TextSource
 from compress.errors import BadInput
+from compress.permute import PermuteConfig
 from compress.prune.pattern import Pattern
 
 __all__ = ["PruneJob", "run_prune", "EvalJob", "run_eval", "Hooks"]
@@ -43,6 +44,7 @@ class PruneJob:
     eval_context: int = 1024
     eval_tokens: int | None = None
     trust_remote_code: bool = False
+    permute: PermuteConfig = field(default_factory=PermuteConfig)
 
 
 def _versions() -> dict:
@@ -82,7 +84,7 @@ def run_prune(job: PruneJob, hooks: Hooks | None = None) -> dict:
     compile_regex(job.ignore, "--ignore")
     out = check_output_dir(job.out, job.force, (job.model,)) if job.out else None
     device = resolve_device(job.device)
-    config = PruneConfig(job.method, job.pattern, job.targets, job.ignore, job.options, job.calib_batch)
+    config = PruneConfig(job.method, job.pattern, job.targets, job.ignore, job.options, job.calib_batch, job.permute)
 
     hooks.stage(f"loading {job.model or 'the default model (SmolLM2-135M-Instruct)'}")
     model, tokenizer, source = load_model(job.model, job.dtype, device, job.trust_remote_code)
@@ -91,7 +93,8 @@ def run_prune(job: PruneJob, hooks: Hooks | None = None) -> dict:
     report: dict = {
         "model": source, "method": job.method, "pattern": job.pattern.to_dict(),
         "targets": job.targets or "every Linear inside the decoder layers", "ignore": job.ignore,
-        "options": job.options, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "options": job.options, "permute": _permute_report(job),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "device": device,
     }
     calibration = None
@@ -123,9 +126,21 @@ def run_prune(job: PruneJob, hooks: Hooks | None = None) -> dict:
     report["seconds_total"] = round(time.perf_counter() - started, 3)
     if out is not None:
         hooks.stage(f"writing {out}")
-        save_checkpoint(model, tokenizer, out, report, job.force)
+        save_checkpoint(model, tokenizer, out, report, job.force, extra_tensors=result.permutations)
         report["out"] = str(out)
     return report
+
+
+def _permute_report(job: PruneJob) -> dict:
+    from compress.permute import SITE_NOTES
+
+    if job.permute.kind == "none" or not job.pattern.is_nm:
+        return {"kind": "none"}
+    learn = job.permute.learn
+    return {"kind": job.permute.kind, "perm_blocks": job.permute.blocks, "sites": SITE_NOTES,
+            "learned": {"block": learn.block, "steps": learn.steps, "lr": learn.lr,
+                        "tau": [learn.tau_start, learn.tau_end]} if job.permute.kind == "learned" else None,
+            "stored_in": "permutations.safetensors (one int64 index per Linear: W_pruned[:, perm] is N:M)"}
 
 
 def _calibration_titles():

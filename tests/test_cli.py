@@ -61,6 +61,28 @@ def test_prune_eval_export_roundtrip(tiny_model_dir, text_file, tmp_path):
     assert (original.model.layers[0].mlp.up_proj.weight != 0).all()  # the input was not modified
 
 
+def test_permuted_export_stores_indices_that_make_weights_n_m(tiny_model_dir, text_file, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from compress.permute.fold import is_permutation
+
+    out = tmp_path / "permuted"
+    result = invoke("prune", tiny_model_dir, "--method", "wanda", "--pattern", "2:4", "--permute", "heuristic",
+                    "--out", out, "--json", *common(text_file))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "compression.json").read_text())
+    assert manifest["permute"]["kind"] == "heuristic"
+    assert manifest["prune"]["permutation_sites"]["model.layers.1.mlp.down_proj"] == "mlp"
+    perms = load_file(out / "permutations.safetensors")
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert len(perms) == 14
+    for name, perm in perms.items():
+        weight = model.get_submodule(name).weight
+        assert is_permutation(perm, weight.shape[1])
+        assert ((weight[:, perm] != 0).view(weight.shape[0], -1, 4).sum(-1) == 2).all()
+
+
 def test_eval_side_by_side(tiny_model_dir, text_file):
     result = invoke("eval", tiny_model_dir, tiny_model_dir, "--text", text_file, "--context", 64, "--json",
                     "--device", "cpu")
@@ -112,6 +134,8 @@ BAD_INPUTS = {
     "nothing targeted": (lambda d, t: ["prune", d, "--targets", "nomatch"], "no Linear layers matched"),
     "missing text": (lambda d, t: ["prune", d, "--text", t / "none.txt", "--eval-text", t / "none.txt"], "no such text file"),
     "offline hub id": (lambda d, t: ["prune", "someone/some-model"], "hub"),
+    "unknown permutation": (lambda d, t: ["prune", d, "--permute", "random"], "unknown --permute"),
+    "learned without data": (lambda d, t: ["prune", d, "--method", "magnitude", "--permute", "learned"], "calibration data"),
     "eval missing model": (lambda d, t: ["eval", t / "nope"], "no such file"),
 }
 

@@ -46,6 +46,12 @@ class InputNorm(Collector):
     def norm(self) -> torch.Tensor:
         return self.sum_sq.sqrt()
 
+    def permuted(self, perm: torch.Tensor) -> "InputNorm":
+        view = InputNorm.__new__(InputNorm)
+        view.features, view.device, view.tokens = self.features, self.device, self.tokens
+        view.sum_sq = self.sum_sq[perm.to(self.sum_sq.device)]
+        return view
+
 
 class Hessian(Collector):
     """Sum of x·xᵀ over calibration tokens, the layer-wise Hessian of SparseGPT/OBS up to a factor."""
@@ -66,6 +72,13 @@ class Hessian(Collector):
 
     def matrix(self) -> torch.Tensor:
         return self.xtx * (2.0 / max(self.tokens, 1))
+
+    def permuted(self, perm: torch.Tensor) -> "Hessian":
+        perm = perm.to(self.xtx.device)
+        view = Hessian.__new__(Hessian)
+        view.features, view.device, view.tokens = self.features, self.device, self.tokens
+        view.xtx = self.xtx[perm][:, perm]
+        return view
 
 
 COLLECTORS: dict[str, type[Collector]] = {"input_norm": InputNorm, "hessian": Hessian}

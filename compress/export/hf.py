@@ -11,9 +11,20 @@ __all__ = ["save_checkpoint", "MANIFEST"]
 MANIFEST = "compression.json"
 
 
-def save_checkpoint(model, tokenizer, out: str | Path, manifest: dict, force: bool = False) -> Path:
-    """Write model (safetensors), tokenizer and manifest to `out` atomically; the model is not changed."""
+PERMUTATIONS = "permutations.safetensors"
+
+
+def save_checkpoint(model, tokenizer, out: str | Path, manifest: dict, force: bool = False,
+                    extra_tensors: dict | None = None) -> Path:
+    """Write model (safetensors), tokenizer and manifest to `out` atomically; the model is not changed.
+
+    `extra_tensors` (e.g. the permutation index of each Linear) go to permutations.safetensors.
+    """
     with atomic_directory(out, force) as tmp:
+        if extra_tensors:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in extra_tensors.items()}, str(tmp / PERMUTATIONS))
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -12,6 +12,7 @@ from compress.calibrate.collectors import collect_inputs
 from compress.calibrate.engine import LayerStep, capture_layer_inputs, walk_layers
 from compress.errors import BadInput
 from compress.models import decoder_layers, target_linears
+from compress.permute import HeadLayout, PermuteConfig, find_permutation, site_of, unpermute
 from compress.prune.method import Method
 from compress.prune.pattern import Pattern
 
@@ -26,6 +27,11 @@ class PruneConfig:
     ignore: str | None = None
     options: dict = field(default_factory=dict)  # method options: blocksize, damp, ria_alpha
     calib_batch: int = 0  # samples per forward; 0 picks about 16k tokens
+    permute: PermuteConfig = field(default_factory=PermuteConfig)
+
+    @property
+    def permuting(self) -> bool:
+        return self.permute.kind != "none" and self.pattern.is_nm
 
 
 @dataclass
@@ -34,6 +40,8 @@ class PruneResult:
     linears: dict[str, dict]  # name -> {shape, zeros fraction}
     seconds: float
     capture_seconds: float
+    permutations: dict[str, torch.Tensor] = field(default_factory=dict)  # linear -> input perm
+    permutation_sites: dict[str, str] = field(default_factory=dict)  # linear -> mlp | heads | index
 
     @property
     def overall_sparsity(self) -> float:
@@ -47,6 +55,7 @@ class PruneResult:
             "overall_sparsity": self.overall_sparsity,
             "layers": [asdict(s) for s in self.steps],
             "linears": self.linears,
+            "permutation_sites": self.permutation_sites,
         }
 
 
@@ -60,7 +69,9 @@ def _method(name: str) -> Method:
 
 def check_config(model, config: PruneConfig) -> list[tuple[str, nn.Module]]:
     """Validate method, targets and pattern against the model before any work; return the layers."""
-    _method(config.method)
+    method = _method(config.method)
+    if config.permuting and config.permute.kind == "learned" and method.collector is None:
+        raise BadInput(f"learned permutations need calibration data, which {method.name} does not use")
     layers = decoder_layers(model)
     chosen = {n: m for name, layer in layers for n, m in target_linears(layer, name, config.targets, config.ignore).items()}
     if not chosen:
@@ -80,13 +91,27 @@ def _groups(linears: dict[str, nn.Linear], collectors: dict, method: Method) -> 
     return list(groups.values())
 
 
-def _prune_group(names, linears, collectors, method, config) -> None:
+def _prune_group(names, linears, collectors, hessians, method, config, heads, result: PruneResult) -> dict:
     weights = [linears[n].weight.data for n in names]
     stats = collectors[names[0]] if method.collector else None
     stacked = torch.cat(weights, 0) if len(weights) > 1 else weights[0]
-    pruned = method.prune(stacked, stats, config.pattern, config.options)
+    info: dict = {}
+    if config.permuting:
+        site = site_of(names[0], stacked.shape[1], heads)
+        score = (torch.cat([method.score(w, stats, config.options) for w in weights], 0)
+                 if len(weights) > 1 else method.score(stacked, stats, config.options))
+        hessian = hessians[names[0]].matrix() if hessians else None
+        perm, info = find_permutation(config.permute, config.pattern, stacked.float(), score, hessian, site, heads)
+        permuted_stats = stats.permuted(perm) if stats is not None else None
+        pruned = unpermute(method.prune(stacked[:, perm.to(stacked.device)], permuted_stats, config.pattern,
+                                        config.options), perm)
+        for name in names:
+            result.permutations[name], result.permutation_sites[name] = perm, site
+    else:
+        pruned = method.prune(stacked, stats, config.pattern, config.options)
     for name, part in zip(names, pruned.split([w.shape[0] for w in weights], 0)):
         linears[name].weight.data.copy_(part)
+    return info
 
 
 @torch.no_grad()
@@ -111,24 +136,39 @@ def prune_model(
         inputs = capture_layer_inputs(model, [layer for _, layer in layers], batches, device)
         capture_seconds = time.perf_counter() - started
     linear_report: dict[str, dict] = {}
+    heads = HeadLayout.of(model.config)
+    result = PruneResult([], linear_report, 0.0, capture_seconds)
+    learn_needs_hessian = config.permuting and config.permute.kind == "learned" and method.collector != "hessian"
 
     def change_layer(index, name, layer, run_calibration) -> dict:
         linears = target_linears(layer, name, config.targets, config.ignore)
-        if method.collector is None:
-            collectors = {}
-        else:
+        collectors, hessians = {}, {}
+        if method.collector is not None:
             with collect_inputs(linears, method.collector) as collectors:
-                run_calibration()
+                if learn_needs_hessian:
+                    with collect_inputs(linears, "hessian") as hessians:
+                        run_calibration()
+                else:
+                    run_calibration()
+            if method.collector == "hessian":
+                hessians = collectors
+        learned = {}
         for group in _groups(linears, collectors, method):
-            _prune_group(group, linears, collectors, method, config)
+            group_info = _prune_group(group, linears, collectors, hessians, method, config, heads, result)
+            if group_info:
+                learned[group[0][len(name) + 1:]] = group_info
         per_linear, zeros, numel = {}, 0, 0
         for lname, linear in linears.items():
             z, n = int((linear.weight == 0).sum()), linear.weight.numel()
             linear_report[lname] = {"shape": list(linear.weight.shape), "numel": n, "zeros": z}
             per_linear[lname[len(name) + 1:]] = z / n
             zeros, numel = zeros + z, numel + n
-        return {"sparsity": zeros / max(numel, 1), "per_linear": per_linear}
+        report = {"sparsity": zeros / max(numel, 1), "per_linear": per_linear}
+        if learned:
+            report["learned_permutation"] = learned
+        return report
 
-    steps = walk_layers(layers, inputs, device, change_layer,
-                        on_done=(lambda step: on_layer(step, len(layers))) if on_layer else None)
-    return PruneResult(steps, linear_report, time.perf_counter() - started, capture_seconds)
+    result.steps = walk_layers(layers, inputs, device, change_layer,
+                               on_done=(lambda step: on_layer(step, len(layers))) if on_layer else None)
+    result.seconds = time.perf_counter() - started
+    return result

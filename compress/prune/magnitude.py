@@ -13,4 +13,4 @@ def prune(weight: torch.Tensor, stats, pattern: Pattern, options: dict) -> torch
     return weight * mask_for(score(weight.float()), pattern)
 
 
-METHOD = Method("magnitude", collector=None, prune=prune, summary="|W|, no calibration data")
+METHOD = Method("magnitude", collector=None, prune=prune, score=lambda w, stats, options: score(w.float()), summary="|W|, no calibration data")

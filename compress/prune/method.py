@@ -10,6 +10,7 @@ from compress.calibrate.collectors import Collector
 from compress.prune.pattern import Pattern
 
 PruneFn = Callable[[torch.Tensor, Optional[Collector], Pattern, dict], torch.Tensor]
+ScoreFn = Callable[[torch.Tensor, Optional[Collector], dict], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -18,10 +19,12 @@ class Method:
 
     `collector` names the statistic the calibration pass gathers for it (None: no data pass at all).
     `rows_independent` lets the engine stack the rows of Linears that share an input into one call.
+    `score` is the per-weight importance that channel permutations try to keep.
     """
 
     name: str
     collector: str | None
     prune: PruneFn
+    score: ScoreFn
     rows_independent: bool = True
     summary: str = ""

@@ -24,5 +24,6 @@ def prune(weight: torch.Tensor, stats, pattern: Pattern, options: dict) -> torch
 
 METHOD = Method(
     "ria", collector="input_norm", prune=prune, rows_independent=False,
+    score=lambda w, stats, options: score(w.float(), stats.norm(), float(options.get("ria_alpha", 0.5))),
     summary="relative importance · ‖X‖^0.5",
 )

@@ -123,4 +123,9 @@ def prune(weight: torch.Tensor, stats, pattern: Pattern, options: dict) -> torch
     )
 
 
-METHOD = Method("sparsegpt", collector="hessian", prune=prune, summary="OBS weight updates, Hessian XXᵀ")
+def importance(weight: torch.Tensor, stats, options: dict) -> torch.Tensor:
+    """|W_ij|·sqrt(H_jj): the Wanda-equivalent first-order importance, used to choose permutations."""
+    return weight.float().abs() * torch.diag(stats.xtx).sqrt().unsqueeze(0)
+
+
+METHOD = Method("sparsegpt", collector="hessian", prune=prune, score=importance, summary="OBS weight updates, Hessian XXᵀ")

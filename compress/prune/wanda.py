@@ -13,4 +13,5 @@ def prune(weight: torch.Tensor, stats, pattern: Pattern, options: dict) -> torch
     return weight * mask_for(score(weight.float(), stats.norm()), pattern)
 
 
-METHOD = Method("wanda", collector="input_norm", prune=prune, summary="|W|·‖X‖, per output row")
+METHOD = Method("wanda", collector="input_norm", prune=prune,
+                score=lambda w, stats, options: score(w.float(), stats.norm()), summary="|W|·‖X‖, per output row")

@@ -1,0 +1,90 @@
+"""Channel permutations: bijections, N:M in permuted order, never worse than no permutation."""
+import pytest
+import torch
+
+from compress.permute import HeadLayout, PermuteConfig, find_permutation
+from compress.permute.fold import is_permutation
+from compress.permute.heuristic import heuristic_permutation, kept_importance, zigzag
+from compress.permute.learned import LearnConfig, learned_permutation, output_loss
+from compress.prune import mask_for, parse_pattern
+from compress.prune.apply import PruneConfig, prune_model
+from tests.test_engine import tiny
+from tests.test_methods import correlated_inputs
+
+
+def layer_problem(rows=96, features=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = correlated_inputs(tokens=2000, features=features, seed=seed)
+    w = torch.randn(rows, features, generator=g)
+    return w, x, w.abs() * x.pow(2).sum(0).sqrt()
+
+
+def test_zigzag_deals_one_channel_of_each_tier_to_every_group():
+    importance = torch.arange(16.0).flip(0)  # channel 0 strongest
+    slots = zigzag(importance, 4).view(4, 4)
+    assert is_permutation(slots.reshape(-1), 16)
+    assert [sorted(row.tolist()) for row in slots] == [[0, 7, 8, 15], [1, 6, 9, 14], [2, 5, 10, 13], [3, 4, 11, 12]]
+
+
+@pytest.mark.parametrize("n,m,blocks", [(2, 4, 1), (4, 8, 1), (2, 4, 3), (6, 8, 2)])
+def test_heuristic_is_a_bijection_and_never_keeps_less(n, m, blocks):
+    for seed in range(3):
+        _, _, score = layer_problem(seed=seed)
+        perm = heuristic_permutation(score, n, m, blocks)
+        assert is_permutation(perm, 64)
+        assert kept_importance(score, n, m, perm) >= kept_importance(score, n, m)
+
+
+def test_heuristic_gains_on_clustered_importance():
+    score = torch.ones(32, 64)
+    score[:, :16] = 10  # all strong channels sit in the first groups: masking must drop some
+    perm = heuristic_permutation(score, 2, 4)
+    assert kept_importance(score, 2, 4, perm) == pytest.approx(32 * (16 * 10 + 16 * 1))
+    assert kept_importance(score, 2, 4) < kept_importance(score, 2, 4, perm)
+
+
+def test_learned_never_ends_worse_than_its_start():
+    pattern = parse_pattern("2:4")
+    for seed in range(2):
+        w, x, score = layer_problem(seed=seed)
+        h = x.T @ x
+        init = heuristic_permutation(score, 2, 4)
+        perm, info = learned_permutation(w, score, h, pattern, init, LearnConfig(block=16, steps=15))
+        assert is_permutation(perm, 64)
+
+        def loss(p):
+            pruned = torch.empty_like(w)
+            pruned[:, p] = w[:, p] * mask_for(score[:, p], pattern)
+            return float(output_loss(w, pruned, h))
+
+        assert loss(perm) <= loss(init) + 1e-6
+        assert info["best_loss"] == pytest.approx(loss(perm), rel=1e-4)
+        assert info["initial_loss"] == pytest.approx(loss(init), rel=1e-4)
+
+
+def test_head_permutations_stay_inside_heads_and_are_shared_by_kv_groups():
+    heads = HeadLayout(num_heads=4, num_kv_heads=2, head_dim=16)
+    w, x, score = layer_problem(rows=32, features=64)
+    perm, _ = find_permutation(PermuteConfig("heuristic"), parse_pattern("2:4"), w, score, None, "heads", heads)
+    blocks = perm.view(4, 16)
+    assert all(((blocks[h] // 16) == h).all() for h in range(4))
+    assert torch.equal(blocks[0] % 16, blocks[1] % 16) and torch.equal(blocks[2] % 16, blocks[3] % 16)
+
+
+@pytest.mark.parametrize("method,kind", [("wanda", "heuristic"), ("ria", "heuristic"), ("sparsegpt", "heuristic"),
+                                         ("wanda", "learned"), ("sparsegpt", "learned")])
+def test_pruned_model_is_n_m_in_permuted_order(method, kind):
+    ids = torch.randint(0, 320, (8, 32), generator=torch.Generator().manual_seed(0))
+    model = tiny()
+    permute = PermuteConfig(kind, learn=LearnConfig(block=16, steps=5))
+    result = prune_model(model, PruneConfig(method=method, pattern=parse_pattern("2:4"), permute=permute), ids)
+    assert result.overall_sparsity == pytest.approx(0.5)
+    named = dict(model.named_modules())
+    assert set(result.permutations) == {n for n in named if n.startswith("model.layers.") and n.endswith("_proj")}
+    for name, perm in result.permutations.items():
+        weight = named[name].weight
+        assert is_permutation(perm, weight.shape[1])
+        assert ((weight[:, perm] != 0).view(weight.shape[0], -1, 4).sum(-1) == 2).all(), name
+    sites = result.permutation_sites
+    assert sites["model.layers.0.mlp.down_proj"] == "mlp" and sites["model.layers.0.self_attn.o_proj"] == "heads"
+    assert sites["model.layers.0.self_attn.q_proj"] == "index"
