@@ -24,7 +24,7 @@ def save_checkpoint(model, tokenizer, out: str | Path, manifest: dict, force: bo
         if extra_tensors:
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in extra_tensors.items()}, str(tmp / PERMUTATIONS))
+            save_file({k: v.clone() for k, v in extra_tensors.items()}, str(tmp / PERMUTATIONS))  # no shared storage
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
