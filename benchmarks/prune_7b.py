@@ -34,6 +34,8 @@ def random_llama(layers: int, hidden: int, intermediate: int, dtype=torch.bfloat
 
 
 def main() -> None:
+    from compress.permute import PermuteConfig
+    from compress.permute.learned import LearnConfig
     from compress.prune import parse_pattern
     from compress.prune.apply import PruneConfig, prune_model
 
@@ -46,6 +48,9 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=128)
     parser.add_argument("--seqlen", type=int, default=2048)
     parser.add_argument("--calib-batch", type=int, default=0)
+    parser.add_argument("--permute", nargs="+", default=["none"])
+    parser.add_argument("--perm-blocks", type=int, default=8)
+    parser.add_argument("--perm-steps", type=int, default=100)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -56,13 +61,14 @@ def main() -> None:
     ids = torch.randint(0, 32000, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
     original = {k: v.clone() for k, v in model.state_dict().items()}
     rows = []
-    for method in args.methods:
+    for method, permute in [(m, p) for m in args.methods for p in args.permute]:
         model.load_state_dict(original)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        config = PruneConfig(method=method, pattern=parse_pattern(args.pattern), calib_batch=args.calib_batch)
+        config = PruneConfig(method=method, pattern=parse_pattern(args.pattern), calib_batch=args.calib_batch,
+                             permute=PermuteConfig(permute, args.perm_blocks, LearnConfig(steps=args.perm_steps)))
         result = prune_model(model, config, ids, "cuda")
         torch.cuda.synchronize()
         wall = time.perf_counter() - t0
@@ -72,7 +78,7 @@ def main() -> None:
         for step in result.steps:
             for phase, seconds in step.info["phase_seconds"].items():
                 phases[phase] = round(phases.get(phase, 0.0) + seconds, 2)
-        row = {"method": method, "pattern": args.pattern, "wall_s": round(wall, 2),
+        row = {"method": method, "pattern": args.pattern, "permute": permute, "layers": args.layers, "wall_s": round(wall, 2),
                "capture_s": round(result.capture_seconds, 2), "median_layer_s": round(per_layer[len(per_layer) // 2], 3),
                "peak_gpu_gib": round(peak / 2**30, 2), "model_gib": round(size / 2**30, 2),
                "phases_s": phases, "sparsity": round(result.overall_sparsity, 4),

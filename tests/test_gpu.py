@@ -39,3 +39,19 @@ def test_sparsegpt_graph_replay_equals_eager(spec, sparsity):
     eager = sparsegpt_prune(w, h.matrix(), pattern, use_graphs=False)
     assert torch.equal(graphed == 0, eager == 0)
     torch.testing.assert_close(graphed, eager)
+
+
+@pytest.mark.parametrize("kind", ["heuristic", "learned"])
+def test_permuted_pruning_on_gpu(kind):
+    from compress.permute import PermuteConfig
+    from compress.permute.fold import is_permutation
+    from compress.permute.learned import LearnConfig
+
+    ids = torch.randint(0, 320, (8, 64), generator=torch.Generator().manual_seed(0))
+    model = tiny()
+    config = PruneConfig("wanda", parse_pattern("2:4"), permute=PermuteConfig(kind, learn=LearnConfig(block=16, steps=10)))
+    result = prune_model(model, config, ids, "cuda")
+    for name, perm in result.permutations.items():
+        weight = model.get_submodule(name).weight
+        assert is_permutation(perm, weight.shape[1])
+        assert ((weight[:, perm] != 0).view(weight.shape[0], -1, 4).sum(-1) == 2).all(), name
