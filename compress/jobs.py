@@ -38,6 +38,7 @@ class PruneJob:
     dtype: str = "auto"
     device: str = "auto"
     out: str | None = None
+    export: str = "hf"  # hf: plain checkpoint, zeros in place; compressed: N:M values + bit masks
     force: bool = False
     evaluate: bool = False
     evaluation: TextSource = field(default_factory=TextSource)
@@ -83,6 +84,10 @@ def run_prune(job: PruneJob, hooks: Hooks | None = None) -> dict:
     compile_regex(job.targets, "--targets")
     compile_regex(job.ignore, "--ignore")
     out = check_output_dir(job.out, job.force, (job.model,)) if job.out else None
+    if job.export not in ("hf", "compressed"):
+        raise BadInput(f"unknown --export {job.export!r}: choose hf or compressed")
+    if job.export == "compressed" and not job.pattern.is_nm:
+        raise BadInput("--export compressed needs an N:M pattern (--pattern), not --sparsity")
     device = resolve_device(job.device)
     config = PruneConfig(job.method, job.pattern, job.targets, job.ignore, job.options, job.calib_batch, job.permute)
 
@@ -126,7 +131,13 @@ def run_prune(job: PruneJob, hooks: Hooks | None = None) -> dict:
     report["seconds_total"] = round(time.perf_counter() - started, 3)
     if out is not None:
         hooks.stage(f"writing {out}")
-        save_checkpoint(model, tokenizer, out, report, job.force, extra_tensors=result.permutations)
+        if job.export == "compressed":
+            from compress.export.compressed import save_compressed
+
+            save_compressed(model, tokenizer, out, report, job.pattern, list(result.linears),
+                            result.permutations, job.force)
+        else:
+            save_checkpoint(model, tokenizer, out, report, job.force, extra_tensors=result.permutations)
         report["out"] = str(out)
     return report
 

@@ -28,6 +28,7 @@ class LearnConfig:
     tau_end: float = 0.1
     sinkhorn_iters: int = 20
     init_scale: float = 5.0  # diagonal logit of the starting permutation
+    metric_scale: float = 1.0  # the importance, divided by its mean, times this, feeds the soft mask
 
 
 def sinkhorn(logits: torch.Tensor, tau: float, iters: int) -> torch.Tensor:
@@ -100,31 +101,33 @@ def _train(w0, s0, h0, logits, slots, init, pattern, config, size):
     device, (rows, features) = w0.device, w0.shape
     blocks = features // size
     optimizer = torch.optim.Adam([logits], lr=config.lr)
+    metric = s0 / s0.mean().clamp_min(1e-30) * config.metric_scale
+    offsets = torch.arange(blocks, device=device)[:, None] * size
 
-    def evaluate(perm_matrices: torch.Tensor) -> torch.Tensor:
-        w_perm = torch.einsum("rbi,bij->rbj", w0.view(rows, blocks, size), perm_matrices).reshape(rows, features)
-        hard_order = perm_matrices.detach().argmax(1)  # position j holds channel hard_order[b, j]
-        order = (hard_order + torch.arange(blocks, device=device)[:, None] * size).reshape(-1)
-        mask = mask_for(s0[:, order], pattern)
-        pruned_perm = (w_perm * mask).view(rows, blocks, size)
-        pruned = torch.einsum("rbj,bij->rbi", pruned_perm, perm_matrices).reshape(rows, features)
-        return output_loss(w0, pruned, h0)
+    def masked_loss(perm_matrices: torch.Tensor) -> torch.Tensor:
+        """Loss of W ⊙ mask, the mask chosen in permuted order and mapped back (hard value, soft gradient)."""
+        permuted = torch.einsum("rbi,bij->rbj", metric.view(rows, blocks, size), perm_matrices).reshape(rows, features)
+        hard = mask_for(permuted.detach(), pattern).to(permuted.dtype)
+        soft = torch.softmax(permuted.view(rows, -1, pattern.m), dim=-1).reshape(rows, features)
+        mask_perm = (hard - soft).detach() + soft
+        mask = torch.einsum("rbj,bij->rbi", mask_perm.view(rows, blocks, size), perm_matrices).reshape(rows, features)
+        return output_loss(w0, w0 * mask, h0)
 
     identity = torch.eye(size, device=device).expand(blocks, size, size)
     with torch.no_grad():
-        best_loss = float(evaluate(identity))
+        best_loss = float(masked_loss(identity))
     best_order, history = torch.arange(features, device=device), [best_loss]
     for step in range(config.steps):
-        tau = config.tau_start * (config.tau_end / config.tau_start) ** (step / max(config.steps - 1, 1))
+        tau = config.tau_start + (config.tau_end - config.tau_start) * step / max(config.steps - 1, 1)
         soft = sinkhorn(logits, tau, config.sinkhorn_iters)[slots]
         hard = _hard(soft)
-        loss = evaluate(hard + soft - soft.detach())  # value of the hard permutation, gradient of the soft
+        loss = masked_loss((hard - soft).detach() + soft)  # hard permutation forward, soft backward
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         history.append(float(loss.detach()))
         if history[-1] < best_loss:
             best_loss = history[-1]
-            best_order = (hard.argmax(1) + torch.arange(blocks, device=device)[:, None] * size).reshape(-1)
+            best_order = (hard.argmax(1) + offsets).reshape(-1)
     return init[best_order].cpu(), {"initial_loss": history[0], "best_loss": best_loss, "block": size,
                                     "steps": config.steps}
