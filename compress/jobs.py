@@ -135,7 +135,7 @@ def run_prune(job: PruneJob, hooks: Hooks | None = None) -> dict:
             from compress.export.compressed import save_compressed
 
             save_compressed(model, tokenizer, out, report, job.pattern, list(result.linears),
-                            result.permutations, job.force)
+                            result.permutations, job.force, fold_sites=result.permutation_sites)
         else:
             save_checkpoint(model, tokenizer, out, report, job.force, extra_tensors=result.permutations)
         report["out"] = str(out)

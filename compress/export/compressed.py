@@ -28,7 +28,10 @@ FORMAT = {"name": "compress-nm", "version": 1, "file": COMPRESSED,
 
 
 def save_compressed(model, tokenizer, out: str | Path, manifest: dict, pattern, linears: list[str],
-                    permutations: dict[str, torch.Tensor] | None = None, force: bool = False) -> Path:
+                    permutations: dict[str, torch.Tensor] | None = None, force: bool = False,
+                    fold_sites: dict[str, str] | None = None) -> Path:
+    """Write the compressed checkpoint. With `fold_sites` (linear -> mlp | heads | index), permutations
+    that fold are folded into `model` first (changing it in place, same function) and need no index."""
     from safetensors.torch import save_file
 
     from compress.kernels.nm_format import pack_nm
@@ -36,6 +39,10 @@ def save_compressed(model, tokenizer, out: str | Path, manifest: dict, pattern, 
     if not pattern.is_nm:
         raise BadInput("--export compressed needs an N:M pattern")
     permutations = permutations or {}
+    if permutations and fold_sites is not None:
+        from compress.permute import HeadLayout, fold_into_model
+
+        permutations = fold_into_model(model, permutations, fold_sites, HeadLayout.of(model.config))
     tensors, seen = {}, set()
     for key, tensor in model.state_dict().items():
         ptr = tensor.data_ptr()

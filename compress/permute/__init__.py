@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 import torch
 
 from compress.errors import BadInput
-from compress.permute.fold import attention_values_perm, inverse
+from compress.permute.fold import attention_values_perm, fold_attention_values, fold_mlp, inverse
 from compress.permute.heuristic import heuristic_permutation
 from compress.permute.learned import LearnConfig, learned_permutation
 
-__all__ = ["PERMUTATIONS", "PermuteConfig", "HeadLayout", "site_of", "find_permutation", "SITE_NOTES"]
+__all__ = ["PERMUTATIONS", "PermuteConfig", "HeadLayout", "site_of", "find_permutation", "SITE_NOTES",
+           "fold_into_model"]
 
 PERMUTATIONS = ("none", "heuristic", "learned")
 SITE_NOTES = {
@@ -100,3 +101,38 @@ def find_permutation(config: PermuteConfig, pattern, weight: torch.Tensor, score
 
 def unpermute(pruned_in_perm_order: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return pruned_in_perm_order[:, inverse(perm).to(pruned_in_perm_order.device)]
+
+
+MLP_PRODUCERS = ("gate_proj", "up_proj", "w1", "w3", "fc1")
+VALUE_PRODUCERS = ("v_proj",)
+
+
+def fold_into_model(model, permutations: dict[str, torch.Tensor], sites: dict[str, str],
+                    heads: HeadLayout | None) -> dict[str, torch.Tensor]:
+    """Fold every foldable permutation into the model in place; return those that must stay an index.
+
+    Afterwards a folded consumer's weight is W[:, perm] in memory (so N:M in memory order) and its
+    producers' output rows are permuted to match: the model computes exactly the same function.
+    """
+    remaining = {}
+    for name, perm in permutations.items():
+        parent = model.get_submodule(name.rpartition(".")[0])
+        consumer = model.get_submodule(name)
+        if sites.get(name) == "mlp":
+            producers = [getattr(parent, p) for p in MLP_PRODUCERS if hasattr(parent, p)]
+            if producers:
+                gate, up = (producers + [None])[:2] if len(producers) == 2 else (None, producers[0])
+                fold_mlp(gate, up, consumer, perm)
+                continue
+        if sites.get(name) == "heads" and heads is not None:
+            value = next((getattr(parent, p) for p in VALUE_PRODUCERS if hasattr(parent, p)), None)
+            if value is not None:
+                kv_of_head = heads.kv_of_head()
+                first_head = [int((kv_of_head == k).nonzero()[0]) for k in range(heads.num_kv_heads)]
+                head_perms = torch.stack([perm[h * heads.head_dim:(h + 1) * heads.head_dim] - h * heads.head_dim
+                                          for h in first_head])
+                fold_attention_values(value, consumer, head_perms, heads.num_heads, heads.num_kv_heads,
+                                      heads.head_dim)
+                continue
+        remaining[name] = perm
+    return remaining
