@@ -7,7 +7,7 @@ from pathlib import Path
 
 from compress.errors import BadInput
 
-__all__ = ["load_model", "resolve_dtype", "decoder_layers", "target_linears", "model_device"]
+__all__ = ["load_model", "resolve_dtype", "decoder_layers", "target_linears"]
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
@@ -154,6 +154,3 @@ def compile_regex(pattern: str | None, option: str) -> str | None:
         raise BadInput(f"{option}: bad regular expression {pattern!r} ({exc})") from exc
     return pattern
 
-
-def model_device(model):
-    return next(model.parameters()).device

@@ -98,8 +98,7 @@ def _prune_group(names, linears, collectors, hessians, method, config, heads, re
     info: dict = {}
     if config.permuting:
         site = site_of(names[0], stacked.shape[1], heads)
-        score = (torch.cat([method.score(w, stats, config.options) for w in weights], 0)
-                 if len(weights) > 1 else method.score(stacked, stats, config.options))
+        score = method.score(stacked, stats, config.options)  # stacks only form for row-independent scores
         hessian = hessians[names[0]].matrix() if hessians else None
         perm, info = find_permutation(config.permute, config.pattern, stacked.float(), score, hessian, site, heads)
         permuted_stats = stats.permuted(perm) if stats is not None else None
