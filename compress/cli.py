@@ -103,6 +103,11 @@ def _layer_progress(quiet: bool):
         yield Hooks(stage=lambda message: progress.console.print(f"[dim]•[/dim] {message}"), layer=layer)
 
 
+DEVICE_MAP_HELP = ("Spread the model with accelerate instead of streaming layers: auto | balanced | balanced_low_0 | "
+                   "sequential | a JSON file of module: device (GPU index, cpu, disk). Overrides --device.")
+MAX_MEMORY_HELP = "Per-device limits for --device-map, e.g. 0=70GiB,1=70GiB,cpu=200GiB."
+OFFLOAD_HELP = "Folder for weights a --device-map puts on disk (default: a temporary folder, removed at exit)."
+
 EXAMPLES_PRUNE = """
 Examples:
 
@@ -111,6 +116,8 @@ Examples:
   compress prune ./Llama-3-8B --method sparsegpt --pattern 6:8 --out ./llama-6of8
 
   compress prune model.gguf --sparsity 0.5 --method ria --text my.txt --nsamples 64
+
+  compress prune ./Llama-3-70B --device-map auto --max-memory 0=70GiB,1=70GiB,cpu=200GiB --out ./l70-2of4
 """
 
 
@@ -138,6 +145,9 @@ def prune(
     perm_block_size: int = typer.Option(64, help="Block size of the learned block-diagonal permutation."),
     dtype: str = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16"),
     device: str = typer.Option("auto", help="auto | cuda | cpu. The model stays in CPU memory; one layer at a time moves to the GPU."),
+    device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP),
+    max_memory: Optional[str] = typer.Option(None, help=MAX_MEMORY_HELP),
+    offload_folder: Optional[str] = typer.Option(None, help=OFFLOAD_HELP),
     out: Optional[str] = typer.Option(None, help="Write the pruned model here (HF checkpoint + compression.json)."),
     export: str = typer.Option("hf", help="hf: plain HF checkpoint (zeros in place) | compressed: N:M values + bit masks, load with compress.load()."),
     force: bool = typer.Option(False, help="Replace --out if it exists."),
@@ -167,6 +177,7 @@ def prune(
             evaluation=_text_source(eval_text, eval_dataset, text_field), eval_context=eval_context,
             eval_tokens=eval_tokens, trust_remote_code=trust_remote_code,
             permute=PermuteConfig(permute, perm_blocks, LearnConfig(block=perm_block_size, steps=perm_steps)),
+            device_map=device_map, max_memory=max_memory, offload_folder=offload_folder,
         )
         with _layer_progress(quiet or as_json) as hooks:
             report = run_prune(job, hooks=hooks)
@@ -197,6 +208,9 @@ def eval_(
     max_tokens: Optional[int] = typer.Option(None, help="Use at most this many held-out tokens."),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
     device: str = typer.Option("auto", help="auto | cuda | cpu"),
+    device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP),
+    max_memory: Optional[str] = typer.Option(None, help=MAX_MEMORY_HELP),
+    offload_folder: Optional[str] = typer.Option(None, help=OFFLOAD_HELP),
     trust_remote_code: bool = typer.Option(False, help="Allow code shipped with the checkpoint to run."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -207,7 +221,8 @@ def eval_(
 
         job = EvalJob(models=list(models or [None]), evaluation=_text_source(text, dataset, text_field),
                       context=context, max_tokens=max_tokens, dtype=dtype, device=device,
-                      trust_remote_code=trust_remote_code)
+                      trust_remote_code=trust_remote_code, device_map=device_map, max_memory=max_memory,
+                      offload_folder=offload_folder)
         with _layer_progress(quiet or as_json) as hooks:
             report = run_eval(job, hooks=hooks)
         if as_json:

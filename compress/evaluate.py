@@ -28,7 +28,15 @@ class Perplexity:
 
 @contextmanager
 def on_device(model, device: torch.device):
-    """Run `model` on `device`: moved whole when it fits in 80% of free memory, else streamed by accelerate."""
+    """Run `model` on `device`: moved whole when it fits in 80% of free memory, else streamed by accelerate.
+
+    A model already placed by accelerate (loaded with a device_map) runs where it is.
+    """
+    from compress.placement import is_dispatched
+
+    if is_dispatched(model):
+        yield model
+        return
     home = next(model.parameters()).device
     if device.type != "cuda" or home == device:
         yield model

@@ -46,6 +46,9 @@ class PruneJob:
     eval_tokens: int | None = None
     trust_remote_code: bool = False
     permute: PermuteConfig = field(default_factory=PermuteConfig)
+    device_map: str | None = None  # auto | balanced | balanced_low_0 | sequential | JSON file (see placement)
+    max_memory: str | None = None  # "0=70GiB,1=70GiB,cpu=200GiB"
+    offload_folder: str | None = None
 
 
 def _versions() -> dict:
@@ -74,6 +77,7 @@ def run_prune(job: PruneJob, hooks: Hooks | None = None) -> dict:
     from compress.evaluate import perplexity
     from compress.export import check_output_dir, save_checkpoint
     from compress.models import compile_regex, load_model, resolve_device
+    from compress.placement import has_offloaded, parse_device_map
     from compress.prune import METHODS
     from compress.prune.apply import PruneConfig, check_config, prune_model
 
@@ -89,10 +93,16 @@ def run_prune(job: PruneJob, hooks: Hooks | None = None) -> dict:
     if job.export == "compressed" and not job.pattern.is_nm:
         raise BadInput("--export compressed needs an N:M pattern (--pattern), not --sparsity")
     device = resolve_device(job.device)
+    placement = parse_device_map(job.device_map, job.max_memory, job.offload_folder)
     config = PruneConfig(job.method, job.pattern, job.targets, job.ignore, job.options, job.calib_batch, job.permute)
 
     hooks.stage(f"loading {job.model or 'the default model (SmolLM2-135M-Instruct)'}")
-    model, tokenizer, source = load_model(job.model, job.dtype, device, job.trust_remote_code)
+    model, tokenizer, source = load_model(job.model, job.dtype, _load_device(placement, device),
+                                          job.trust_remote_code, placement)
+    device = _compute_device(model, device, placement)
+    if job.export == "compressed" and has_offloaded(model):
+        raise BadInput("--export compressed cannot read offloaded weights yet: use --export hf, or a --device-map "
+                       "without cpu/disk entries")
     check_config(model, config)
     seqlen = min(job.seqlen, getattr(model.config, "max_position_embeddings", job.seqlen) or job.seqlen)
     report: dict = {
@@ -102,6 +112,8 @@ def run_prune(job: PruneJob, hooks: Hooks | None = None) -> dict:
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "device": device,
     }
+    if placement is not None:
+        report["device_map"] = {name: str(where) for name, where in getattr(model, "hf_device_map", {}).items()}
     calibration = None
     if METHODS[job.method].collector is not None:
         hooks.stage(f"reading calibration text ({job.nsamples} × {seqlen} tokens)")
@@ -116,12 +128,16 @@ def run_prune(job: PruneJob, hooks: Hooks | None = None) -> dict:
         dense = perplexity(model, _eval_ids(tokenizer, job, eval_cache), job.eval_context, device)
         report["perplexity"] = {"dense": dense.to_dict()}
     if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+        for gpu in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(gpu)
     hooks.stage(f"pruning with {job.method} to {job.pattern}")
     result = prune_model(model, config, calibration, device, on_layer=hooks.layer)
     report["prune"] = result.to_dict()
     if device.startswith("cuda"):
         report["prune"]["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+        if placement is not None:
+            report["prune"]["peak_gpu_bytes_per_device"] = [torch.cuda.max_memory_allocated(gpu)
+                                                            for gpu in range(torch.cuda.device_count())]
     if job.evaluate:
         hooks.stage("measuring pruned perplexity")
         pruned = perplexity(model, _eval_ids(tokenizer, job, eval_cache), job.eval_context, device)
@@ -140,6 +156,18 @@ def run_prune(job: PruneJob, hooks: Hooks | None = None) -> dict:
             save_checkpoint(model, tokenizer, out, report, job.force, extra_tensors=result.permutations)
         report["out"] = str(out)
     return report
+
+
+def _load_device(placement, device: str) -> str:
+    """The device that decides `--dtype auto`: a map that keeps everything on CPU/disk computes on the CPU."""
+    return (placement.compute_device() or device) if placement is not None else device
+
+
+def _compute_device(model, device: str, placement) -> str:
+    """Where inputs go: with a device_map, the model's main device (it may sit whole on one GPU, without hooks)."""
+    from compress.placement import main_device
+
+    return str(main_device(model, next(model.parameters()).device)) if placement is not None else device
 
 
 def _permute_report(job: PruneJob) -> dict:
@@ -175,6 +203,9 @@ class EvalJob:
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_folder: str | None = None
 
 
 def run_eval(job: EvalJob, hooks: Hooks | None = None) -> dict:
@@ -182,15 +213,19 @@ def run_eval(job: EvalJob, hooks: Hooks | None = None) -> dict:
     from compress.calibrate.data import evaluation_tokens
     from compress.evaluate import perplexity
     from compress.models import load_model, resolve_device
+    from compress.placement import parse_device_map
 
     hooks = hooks or Hooks()
     device = resolve_device(job.device)
+    placement = parse_device_map(job.device_map, job.max_memory, job.offload_folder)
     results = []
     for name in job.models:
         hooks.stage(f"evaluating {name or 'the default model'}")
-        model, tokenizer, source = load_model(name, job.dtype, device, job.trust_remote_code)
+        model, tokenizer, source = load_model(name, job.dtype, _load_device(placement, device),
+                                              job.trust_remote_code, placement)
         ids = evaluation_tokens(tokenizer, job.evaluation, job.max_tokens)
-        results.append({"model": source, **perplexity(model, ids, job.context, device).to_dict()})
+        where = _compute_device(model, device, placement)
+        results.append({"model": source, **perplexity(model, ids, job.context, where).to_dict()})
         del model
     return {"source": job.evaluation.describe("austen:" + _evaluation_title()), "results": results,
             "versions": _versions()}

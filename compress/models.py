@@ -63,10 +63,13 @@ def _go_offline() -> None:
     constants.HF_HUB_OFFLINE = True
 
 
-def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remote_code: bool = False):
+def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remote_code: bool = False,
+               device_map=None):
     """Load (model, tokenizer, resolved source) on the CPU in `dtype`; the caller streams layers to a GPU.
 
     `source` is a local HF directory, a .gguf file, a hub id, or None for the default model.
+    `device_map` (a compress.placement.DeviceMap) spreads the model over GPUs, CPU memory and disk
+    with accelerate instead; the engine and the evaluation then keep that placement.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -77,6 +80,7 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
     torch_dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
     path = Path(source)
     kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    placement = device_map.load_kwargs() if device_map is not None else {}
     if path.is_file() and path.suffix == ".gguf":
         where, kwargs["gguf_file"] = str(path.parent), path.name
     elif path.is_dir():
@@ -97,7 +101,7 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
         raise BadInput(f"{source}: no such file or directory")
     try:
         # Weights come from safetensors or weights-only torch.load; remote code runs only if asked.
-        model = AutoModelForCausalLM.from_pretrained(where, low_cpu_mem_usage=True, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, low_cpu_mem_usage=True, **kwargs, **placement)
         tokenizer = AutoTokenizer.from_pretrained(
             where, **{k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code")}
         )

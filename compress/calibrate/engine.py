@@ -4,6 +4,8 @@ The model stays on the CPU (or wherever it was loaded); the engine runs the cali
 decoder layer 0 once, then walks the layers: move one layer to the device, run the batch through it
 with collectors attached, let the method change the layer, run the batch again through the changed
 layer, and hand those outputs to the next layer as its inputs (as the Wanda and SparseGPT papers do).
+A model loaded with a device_map keeps its placement: each layer runs where accelerate runs it, and an
+offloaded layer's weights are loaded for its step and written back to their store (compress/placement.py).
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
+
+from compress.placement import OffloadedLayer, execution_device, is_dispatched
 
 __all__ = ["LayerInputs", "capture_layer_inputs", "LayerStep", "walk_layers"]
 
@@ -76,7 +80,7 @@ def capture_layer_inputs(model, layers: list[nn.Module], token_batches: list[tor
         captured.kwargs.append(_to(kwargs, store))
         raise _StopForward
 
-    outside = _modules_outside(model, layers)
+    outside = [] if is_dispatched(model) else _modules_outside(model, layers)  # hooks place a dispatched model
     homes = [next(iter(list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)))).device
              for m in outside]
     for module in outside:
@@ -123,14 +127,20 @@ def walk_layers(
 
     `change_layer(index, name, layer, run_calibration)` alters the layer in place and returns info for
     the report; it calls `run_calibration()` (with its collectors attached) when it needs data. With
-    `inputs=None` there is no data pass at all. The layer goes back where it was afterwards.
+    `inputs=None` there is no data pass at all. The layer goes back where it was afterwards. A layer
+    placed by accelerate runs on its own execution device instead of `device`.
     The relative output error is measured on the first batches, up to `error_tokens` tokens, so only
     those batches' dense outputs are held.
     """
     steps = []
     error_batches = _error_batches(inputs, error_tokens)
+    main_device = device
     for index, (name, layer) in enumerate(layers):
+        device = execution_device(layer, main_device)
         clock = _PhaseClock(device)
+        offloaded = OffloadedLayer.find(layer)
+        if offloaded:
+            offloaded.load(device)
         home = _move_to(layer, device)
         clock.lap("load")
         dense_out: list[torch.Tensor] = []
@@ -165,6 +175,8 @@ def walk_layers(
             dense_out.clear()
             clock.lap("propagate")
         _move_back(layer, home)
+        if offloaded:
+            offloaded.store()
         clock.lap("unload")
         step.seconds = clock.total
         step.info["phase_seconds"] = clock.phases
