@@ -175,3 +175,28 @@ def test_compressed_export_of_an_offloaded_model_is_refused(tiny_model_dir, tmp_
                     "--device-map", map_file, "--offload-folder", tmp_path / "off")
     assert result.exit_code == 2 and "--export compressed" in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_layers_run_on_their_hooks_execution_device(three_layer_dir, tmp_path):
+    from compress.placement import OffloadedLayer, execution_device, has_offloaded
+
+    split = split_model(three_layer_dir, tmp_path / "off")
+    plain, _, _ = load_model(str(three_layer_dir), "float32", "cpu")
+    elsewhere = torch.device("meta")  # what the engine would use without a hook
+    assert [execution_device(layer, elsewhere) for _, layer in decoder_layers(split)] == [torch.device("cpu")] * 3
+    assert execution_device(plain.model.layers[0], elsewhere) == elsewhere
+    assert OffloadedLayer.find(split.model.layers[0]) is None and OffloadedLayer.find(plain.model.layers[0]) is None
+    assert len(OffloadedLayer.find(split.model.layers[1]).parts) == 9  # 7 Linears, 2 norms
+    assert has_offloaded(split) and not has_offloaded(plain)
+
+
+def test_multi_gpu_benchmark_runs_tiny_on_cpu(monkeypatch, capsys):
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "prune_multi_gpu.py"
+    monkeypatch.setattr("sys.argv", [str(script), "--tiny"])
+    runpy.run_path(str(script), run_name="__main__")
+    report = json.loads(capsys.readouterr().out)
+    assert report["modules_per_device"] == {"cpu": 5, "disk": 3} and report["sparsity"] == 0.5
+    assert report["perplexity"] > 1
