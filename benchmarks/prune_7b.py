@@ -12,7 +12,7 @@ import time
 import torch
 
 
-def random_llama(layers: int, hidden: int, intermediate: int, dtype=torch.bfloat16):
+def random_llama(layers: int, hidden: int, intermediate: int, dtype=torch.bfloat16, device: str = "cpu"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
@@ -21,15 +21,15 @@ def random_llama(layers: int, hidden: int, intermediate: int, dtype=torch.bfloat
     config._attn_implementation = "sdpa"
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
-    model.to_empty(device="cpu")
+    model.to_empty(device=device)
     generator = torch.Generator(device="cuda").manual_seed(0)
     for name, param in model.named_parameters():
         if "norm" in name:
-            param.data = torch.ones(param.shape, dtype=dtype)
+            param.data = torch.ones(param.shape, dtype=dtype, device=device)
         else:
             fresh = torch.randn(param.shape, device="cuda", dtype=torch.float32, generator=generator) * 0.02
-            param.data = fresh.to(dtype).cpu()
-    model.model.rotary_emb.__init__(config=config)  # buffers were left empty by to_empty
+            param.data = fresh.to(dtype).to(device)
+    model.model.rotary_emb.__init__(config=config, device=device)  # buffers were left empty by to_empty
     return model.eval().to(dtype)
 
 

@@ -85,13 +85,14 @@ def load(path: str | Path, dtype=None, trust_remote_code: bool = False):
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     tensors = load_file(str(path / COMPRESSED))
     stored_dtype = next(t.dtype for t in tensors.values() if t.is_floating_point())
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype or stored_dtype, trust_remote_code=trust_remote_code)
+    dtype = dtype or stored_dtype
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     for name in fmt["linears"]:
         parent_name, _, child = name.rpartition(".")
         linear = model.get_submodule(name)
         bias = tensors.pop(f"{name}.bias", None)
-        sparse = SparseLinear(tensors.pop(f"{name}.nm_values"), tensors.pop(f"{name}.nm_mask"), linear.in_features,
-                              n, m, bias, tensors.pop(f"{name}.nm_perm", None))
+        sparse = SparseLinear(tensors.pop(f"{name}.nm_values").to(dtype), tensors.pop(f"{name}.nm_mask"), linear.in_features,
+                              n, m, None if bias is None else bias.to(dtype), tensors.pop(f"{name}.nm_perm", None))
         setattr(model.get_submodule(parent_name), child, sparse)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     tied = {k for k in missing if k.endswith(".weight") and getattr(config, "tie_word_embeddings", False)}

@@ -4,7 +4,11 @@ Each path computes the same product as the dense `x @ Wᵀ` with W (out × in) p
   dense       cuBLAS on the weight with zeros in place;
   torch-2:4   F.linear on torch's to_sparse_semi_structured weight (the easy path);
   cslt-2:4    cuSPARSELt through torch._cslt_sparse_mm with a searched algorithm, W·xᵀ (feature-major);
-  slide-6:8   the 6:8 weight as 2:4 over 1.5·in (compress.kernels.slide), lifted activations + cuSPARSELt.
+  slide-6:8   the 6:8 weight as 2:4 over 1.5·in (compress.kernels.slide), lifted activations + cuSPARSELt;
+  gemv-2:4    (M ≤ 16) our Triton CUDA-core kernel on the compressed values + 2-bit indices;
+  tc-2:4      (M ≤ 16) our Triton kernel rebuilding dense tiles in registers for the tensor cores;
+  ours-2:4    SparseLinear with kernels on, as a model calls it: row-major output (for M > 1 that is
+              cuSPARSELt plus a tiled transpose back to tokens × out).
 Dense and cslt paths are replayed 10× inside a CUDA graph and timed with triton's do_bench (median);
 inputs are random normal, never zeros. Relative error is against the dense product with zeros in place.
 """
@@ -15,7 +19,7 @@ import platform
 
 import torch
 
-__all__ = ["SHAPES", "bench_kernels"]
+__all__ = ["SHAPES", "bench_kernels", "capture"]
 
 SHAPES = {  # (out, in) of the MLP and attention Linears
     "7B gate/up": (11008, 4096), "7B down": (4096, 11008), "7B qkvo": (4096, 4096),
@@ -25,8 +29,8 @@ SHAPES = {  # (out, in) of the MLP and attention Linears
 REPLAYS = 10
 
 
-def _graphed(fn):
-    """A callable replaying `fn` REPLAYS times in one CUDA graph."""
+def capture(fn, replays: int = 1):
+    """(graph, output of the last captured call): `fn` warmed up on a side stream, then captured `replays`×."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -35,17 +39,17 @@ def _graphed(fn):
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for _ in range(REPLAYS):
-            fn()
-    return graph.replay
+        for _ in range(replays):
+            out = fn()
+    return graph, out
 
 
 def _time_ms(fn, graphed: bool) -> float:
     from triton.testing import do_bench
 
     if graphed:
-        replay = _graphed(fn)
-        return do_bench(replay, warmup=25, rep=100, return_mode="median") / REPLAYS
+        graph, _ = capture(fn, REPLAYS)
+        return do_bench(graph.replay, warmup=25, rep=100, return_mode="median") / REPLAYS
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
@@ -64,6 +68,29 @@ def _cslt(weight: torch.Tensor, x: torch.Tensor):
     compressed = torch._cslt_compress(weight)
     alg = torch._cslt_sparse_mm_search(compressed, x.t())
     return lambda: torch._cslt_sparse_mm(compressed, x.t(), alg_id=alg)
+
+
+def _ours(row: dict, w24: torch.Tensor, x: torch.Tensor, ref: torch.Tensor) -> None:
+    from compress.kernels import decode
+    from compress.kernels.nm_format import pack_nm
+    from compress.kernels.sparse_linear import SparseLinear, use_kernels
+
+    values, mask = pack_nm(w24, 2, 4)
+    in_features = w24.shape[1]
+    calls = {}
+    if x.shape[0] <= 16:
+        nibbles = decode.nibbles_24(mask, in_features)
+        calls["gemv24"] = lambda: decode.nm24_gemv(x, values, nibbles, in_features)
+        calls["tc24"] = lambda: decode.nm24_mm(x, values, nibbles, in_features)
+    module = SparseLinear(values, mask, in_features, 2, 4)
+    use_kernels(torch.nn.Sequential(module))
+    calls["ours24"] = lambda: module(x)
+    for label, call in calls.items():
+        try:
+            row[f"{label}_rel_err"] = _rel_err(call(), ref)
+            row[f"{label}_ms"] = _time_ms(call, graphed=True)
+        except Exception as exc:
+            row[f"{label}_error"] = f"{type(exc).__name__}: {str(exc)[:80]}"
 
 
 def bench_one(name: str, shape: tuple[int, int], tokens: int, dtype) -> dict:
@@ -90,6 +117,7 @@ def bench_one(name: str, shape: tuple[int, int], tokens: int, dtype) -> dict:
         row["cslt24_ms"] = _time_ms(call, graphed=True)
     except Exception as exc:
         row["cslt24_error"] = f"{type(exc).__name__}: {str(exc)[:80]}"
+    _ours(row, w24, x, ref)
     w68 = _nm_weight(out_features, in_features, 6, 8, dtype)
     ref68 = x @ w68.t()
     row["dense68_ms"] = _time_ms(lambda: x @ w68.t(), graphed=True)
@@ -108,7 +136,8 @@ def bench_one(name: str, shape: tuple[int, int], tokens: int, dtype) -> dict:
     except Exception as exc:
         row["slide68_error"] = f"{type(exc).__name__}: {str(exc)[:80]}"
     for key, dense_key in (("torch24_ms", "dense_ms"), ("cslt24_ms", "dense_ms"), ("slide68_ms", "dense68_ms"),
-                           ("slide68_mm_ms", "dense68_ms")):
+                           ("slide68_mm_ms", "dense68_ms"), ("gemv24_ms", "dense_ms"), ("tc24_ms", "dense_ms"),
+                           ("ours24_ms", "dense_ms")):
         if key in row:
             row[key.replace("_ms", "_speedup")] = row[dense_key] / row[key]
     return row

@@ -29,13 +29,13 @@ def pack_nm(weight: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.T
         raise ValueError(f"weight is not {n}:{m} sparse along its input dimension")
     groups = weight.reshape(rows, cols // m, m)
     # keep the nonzeros, topped up with the leftmost zeros: rank nonzeros first, then by position
-    order = (groups == 0).to(torch.int32) * m + torch.arange(m)
+    order = (groups == 0).to(torch.int32) * m + torch.arange(m, device=weight.device)
     kept = torch.zeros_like(groups, dtype=torch.bool)
     kept.scatter_(2, order.topk(n, dim=2, largest=False).indices, True)
     mask = kept.reshape(rows, cols)
     values = weight[mask].reshape(rows, cols * n // m)
     padded = torch.nn.functional.pad(mask, (0, (-cols) % 8)).reshape(rows, -1, 8).to(torch.int32)
-    return values.contiguous(), (padded * _BITS).sum(-1).to(torch.uint8)
+    return values.contiguous(), (padded * _BITS.to(weight.device)).sum(-1).to(torch.uint8)
 
 
 def unpack_nm(values: torch.Tensor, packed_mask: torch.Tensor, cols: int) -> torch.Tensor:

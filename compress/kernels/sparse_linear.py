@@ -1,8 +1,13 @@
 """SparseLinear: a Linear whose weight is held in the compressed N:M format.
 
 forward computes x·Wᵀ (+ b). The stored weight may be in permuted input order (`perm`): then the
-activations are gathered first, x[..., perm]. On the CPU, and wherever no sparse kernel applies, the
-weight is unpacked once and cached; GPU kernels plug in through `compress.kernels` backends.
+activations are gathered first, x[..., perm]. Which path runs (`kernels`, set by `use_kernels`):
+  prefill  2:4 on CUDA with cuSPARSELt (compress.kernels.cslt), except one bf16 token: the product comes
+           feature-major and is transposed back (a tiled copy, or a view where `contiguous_output` is off);
+  decode   up to 16 tokens where cuSPARSELt does not apply (other N:M, one bf16 token): the Triton kernels
+           of compress.kernels.decode, reading the compressed values and metadata directly (the
+           permutation is applied while loading x);
+  dense    everywhere else (CPU, other N:M at prefill, kernels off): the weight unpacked once and cached.
 """
 from __future__ import annotations
 
@@ -12,7 +17,11 @@ from torch import nn
 
 from compress.kernels.nm_format import pack_nm, unpack_nm
 
-__all__ = ["SparseLinear"]
+__all__ = ["SparseLinear", "use_kernels"]
+
+# One token in bf16, or wherever cuSPARSELt is unavailable, takes the Triton kernels; everything else goes
+# to cuSPARSELt, whose fp16 products beat dense from 8 tokens up (BENCHMARKS.md).
+DECODE_TOKENS = 1
 
 
 class SparseLinear(nn.Module):
@@ -25,6 +34,10 @@ class SparseLinear(nn.Module):
         self.register_buffer("perm", perm)
         self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
         self._dense: torch.Tensor | None = None
+        self.kernels = False
+        self.contiguous_output = True
+        self._nibbles: torch.Tensor | None = None
+        self._cslt = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, n: int, m: int, perm: torch.Tensor | None = None) -> "SparseLinear":
@@ -48,7 +61,55 @@ class SparseLinear(nn.Module):
         weight[:, self.perm] = stored
         return weight
 
+    def prepare_kernels(self) -> None:
+        """Build the kernel-side forms of the weight (on its current device); drop the dense cache."""
+        from compress.kernels.cslt import CsltWeight, cslt_available
+
+        self._dense = None
+        if (self.n, self.m) == (2, 4):
+            from compress.kernels.decode import nibbles_24
+
+            self._nibbles = nibbles_24(self.mask, self.in_features)
+            if cslt_available() and self.values.is_cuda:
+                try:
+                    self._cslt = CsltWeight(unpack_nm(self.values, self.mask, self.in_features))
+                except RuntimeError:  # shapes cuSPARSELt refuses run on the dense path
+                    self._cslt = None
+
+    def _decode(self, x: torch.Tensor) -> torch.Tensor:
+        from compress.kernels import decode
+
+        if self._nibbles is not None:
+            kernel = decode.nm24_gemv if x.numel() // self.in_features <= 4 else decode.nm24_mm
+            out = kernel(x, self.values, self._nibbles, self.in_features, self.perm)
+        else:
+            out = decode.nm_mm(x, self.values, self.mask, self.in_features, self.n, self.m, self.perm)
+        return out if self.bias is None else out + self.bias
+
+    def _prefill(self, x: torch.Tensor) -> torch.Tensor:
+        if self.perm is not None:
+            x = x.index_select(-1, self.perm)
+        x2d = x.reshape(-1, self.in_features)
+        product = self._cslt.mm_t(x2d, self.bias)
+        if self.contiguous_output:
+            from compress.kernels.layout import transpose_copy
+
+            out = transpose_copy(product)[: x2d.shape[0]]
+        else:
+            out = product[:, : x2d.shape[0]].t()
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _decode_applies(self) -> bool:
+        return self._nibbles is not None or (self.m & (self.m - 1) == 0 and self.m <= 16 and self.in_features % 8 == 0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernels and x.is_cuda:
+            tokens = x.numel() // self.in_features
+            cslt_fits = self._cslt is not None and not (tokens <= DECODE_TOKENS and x.dtype == torch.bfloat16)
+            if cslt_fits:
+                return self._prefill(x)
+            if tokens <= 16 and self._decode_applies():
+                return self._decode(x)
         if self.perm is not None:
             x = x.index_select(-1, self.perm)
         return F.linear(x, self.stored_weight(), self.bias)
@@ -56,3 +117,22 @@ class SparseLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, {self.n}:{self.m}, "
                 f"permuted={self.perm is not None}, bias={self.bias is not None}")
+
+
+def use_kernels(model: nn.Module, enabled: bool = True, transposed_mlp: bool = True) -> int:
+    """Switch every SparseLinear of `model` to the GPU kernels (call after moving the model to CUDA).
+
+    With `transposed_mlp` the MLP Linears that widen the hidden state (gate/up) hand on the feature-major
+    product as a transposed view, saving a copy: their consumer, the down projection, wants exactly that
+    layout. Outputs of hidden size feed the residual stream and attention reshapes, so they stay
+    contiguous. Returns how many modules were switched."""
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    count = 0
+    for name, module in model.named_modules():
+        if isinstance(module, SparseLinear):
+            if enabled:
+                module.prepare_kernels()
+            module.kernels = enabled
+            module.contiguous_output = not (transposed_mlp and "mlp" in name and module.out_features != hidden)
+            count += 1
+    return count
