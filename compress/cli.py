@@ -212,6 +212,8 @@ def eval_(
     max_memory: Optional[str] = typer.Option(None, help=MAX_MEMORY_HELP),
     offload_folder: Optional[str] = typer.Option(None, help=OFFLOAD_HELP),
     trust_remote_code: bool = typer.Option(False, help="Allow code shipped with the checkpoint to run."),
+    kernels: bool = typer.Option(False, "--kernels", help="Compressed exports on a GPU: perplexity and tokens/s on "
+                                 "the dense path and on the sparse kernels."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -222,7 +224,7 @@ def eval_(
         job = EvalJob(models=list(models or [None]), evaluation=_text_source(text, dataset, text_field),
                       context=context, max_tokens=max_tokens, dtype=dtype, device=device,
                       trust_remote_code=trust_remote_code, device_map=device_map, max_memory=max_memory,
-                      offload_folder=offload_folder)
+                      offload_folder=offload_folder, kernels=kernels)
         with _layer_progress(quiet or as_json) as hooks:
             report = run_eval(job, hooks=hooks)
         if as_json:

@@ -158,6 +158,29 @@ def run_prune(job: PruneJob, hooks: Hooks | None = None) -> dict:
     return report
 
 
+def _kernel_rows(model, ids, context: int, device: str, source: str) -> list[dict]:
+    """Perplexity and tokens/s of a compressed model on the dense path, then on the sparse kernels."""
+    import torch
+
+    from compress.evaluate import perplexity
+    from compress.kernels.sparse_linear import SparseLinear, use_kernels
+
+    if torch.device(device).type != "cuda":
+        raise BadInput("--kernels needs a CUDA GPU (--device cuda)")
+    if not any(isinstance(m, SparseLinear) for m in model.modules()):
+        raise BadInput(f"{source}: --kernels needs a compressed export (compress prune ... --export compressed)")
+    model.to(device)
+    rows = []
+    for path in ("dense", "kernels"):
+        use_kernels(model, path == "kernels")
+        perplexity(model, ids[: 2 * context], context, device)  # warm-up: algorithm search, Triton compiles
+        torch.cuda.synchronize()
+        result = perplexity(model, ids, context, device).to_dict()
+        result["tokens_per_second"] = result["tokens"] / max(result["seconds"], 1e-9)
+        rows.append({"model": f"{source} ({path})", "path": path, **result})
+    return rows
+
+
 def _load_device(placement, device: str) -> str:
     """The device that decides `--dtype auto`: a map that keeps everything on CPU/disk computes on the CPU."""
     return (placement.compute_device() or device) if placement is not None else device
@@ -206,6 +229,7 @@ class EvalJob:
     device_map: str | None = None
     max_memory: str | None = None
     offload_folder: str | None = None
+    kernels: bool = False  # compressed exports: also run on the sparse GPU kernels, with tokens/s
 
 
 def run_eval(job: EvalJob, hooks: Hooks | None = None) -> dict:
@@ -225,7 +249,10 @@ def run_eval(job: EvalJob, hooks: Hooks | None = None) -> dict:
                                               job.trust_remote_code, placement)
         ids = evaluation_tokens(tokenizer, job.evaluation, job.max_tokens)
         where = _compute_device(model, device, placement)
-        results.append({"model": source, **perplexity(model, ids, job.context, where).to_dict()})
+        if job.kernels:
+            results.extend(_kernel_rows(model, ids, job.context, where, source))
+        else:
+            results.append({"model": source, **perplexity(model, ids, job.context, where).to_dict()})
         del model
     return {"source": job.evaluation.describe("austen:" + _evaluation_title()), "results": results,
             "versions": _versions()}

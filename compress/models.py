@@ -83,6 +83,8 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
     placement = device_map.load_kwargs() if device_map is not None else {}
     if path.is_file() and path.suffix == ".gguf":
         where, kwargs["gguf_file"] = str(path.parent), path.name
+    elif path.is_dir() and (path / "compressed.safetensors").is_file():
+        return _load_compressed(path, torch_dtype, trust_remote_code, device_map)
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise BadInput(f"{source}: not a Hugging Face model directory (no config.json)")
@@ -114,6 +116,19 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
     model.eval()
     model.config.use_cache = False
     return model, tokenizer, source
+
+
+def _load_compressed(path: Path, dtype, trust_remote_code: bool, device_map):
+    """A compressed export (`--export compressed`), its pruned Linears as SparseLinear modules."""
+    from transformers import AutoTokenizer
+
+    from compress.export.compressed import load
+
+    if device_map is not None:
+        raise BadInput(f"{path}: a compressed export loads whole; --device-map applies to plain checkpoints")
+    model = load(path, dtype, trust_remote_code)
+    model.config.use_cache = False
+    return model, AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code), str(path)
 
 
 def decoder_layers(model) -> list[tuple[str, object]]:

@@ -45,9 +45,10 @@ def _pattern_text(pattern: dict) -> str:
 
 def print_eval_report(report: dict) -> None:
     table = Table(title=f"perplexity on {report['source']}")
-    for column in ("model", "perplexity", "tokens", "context", "seconds"):
+    speed = any("tokens_per_second" in row for row in report["results"])
+    for column in ("model", "perplexity", "tokens", "context", "seconds") + (("tokens/s",) if speed else ()):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in report["results"]:
-        table.add_row(row["model"], f"{row['perplexity']:.3f}", str(row["tokens"]), str(row["context"]),
-                      f"{row['seconds']:.1f}")
+        cells = [row["model"], f"{row['perplexity']:.3f}", str(row["tokens"]), str(row["context"]), f"{row['seconds']:.1f}"]
+        table.add_row(*cells, *([f"{row.get('tokens_per_second', 0):,.0f}"] if speed else []))
     console.print(table)

@@ -96,3 +96,18 @@ def test_compressed_export_needs_n_m(tiny_model_dir, text_file, tmp_path):
     result = invoke("prune", tiny_model_dir, "--sparsity", "0.5", "--export", "compressed", "--out", tmp_path / "x",
                     *common(text_file))
     assert result.exit_code == 2 and "N:M" in result.output and not (tmp_path / "x").exists()
+
+
+def test_eval_reads_a_compressed_export_and_kernels_need_a_gpu(tiny_model_dir, text_file, tmp_path):
+    args = ["--method", "wanda", "--pattern", "2:4", *common(text_file)]
+    assert invoke("prune", tiny_model_dir, "--out", tmp_path / "hf", *args).exit_code == 0
+    assert invoke("prune", tiny_model_dir, "--out", tmp_path / "nm", "--export", "compressed", *args).exit_code == 0
+    evaluation = ["--text", str(text_file), "--context", "32", "--json", "--device", "cpu"]
+    result = invoke("eval", tmp_path / "hf", tmp_path / "nm", *evaluation)
+    assert result.exit_code == 0, result.output
+    dense, packed = json.loads(result.stdout)["results"]
+    assert abs(dense["perplexity"] - packed["perplexity"]) < 1e-4 * dense["perplexity"]
+    result = invoke("eval", tmp_path / "nm", *evaluation, "--kernels")
+    assert result.exit_code == 2 and "CUDA" in result.output
+    result = invoke("eval", tmp_path / "hf", *evaluation, "--kernels", "--device", "cuda")
+    assert result.exit_code == 2
