@@ -11,6 +11,8 @@ activations are gathered first, x[..., perm]. Which path runs (`kernels`, set by
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -107,7 +109,11 @@ class SparseLinear(nn.Module):
             tokens = x.numel() // self.in_features
             cslt_fits = self._cslt is not None and not (tokens <= DECODE_TOKENS and x.dtype == torch.bfloat16)
             if cslt_fits:
-                return self._prefill(x)
+                try:
+                    return self._prefill(x)
+                except RuntimeError as exc:  # a shape cuSPARSELt refuses: this module stays on the other paths
+                    warnings.warn(f"cuSPARSELt refused {self.out_features}x{self.in_features}: {str(exc)[:120]}")
+                    self._cslt = None
             if tokens <= 16 and self._decode_applies():
                 return self._decode(x)
         if self.perm is not None:
