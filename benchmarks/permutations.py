@@ -30,8 +30,9 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-tokens", type=int, default=16384)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--block", type=int, default=64)
+    parser.add_argument("--deflate", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
@@ -43,13 +44,13 @@ def main() -> None:
     summary = {"model": source, "versions": _versions(), "dense_ppl": round(dense, 3),
                "calibration": f"{args.nsamples}x{args.seqlen} Austen (5 novels), seed 0",
                "eval": f"Persuasion, first {evaluation.numel()} tokens, context 1024",
-               "learned": {"steps": args.steps, "block": args.block}, "rows": []}
+               "learned": LearnConfig(block=args.block, steps=args.steps, deflate=args.deflate).to_dict(), "rows": []}
     print(f"dense {dense:.3f}", flush=True)
     for pattern in args.patterns:
         for method in args.methods:
             for kind in args.kinds:
                 model.load_state_dict(original)
-                permute = PermuteConfig(kind, learn=LearnConfig(block=args.block, steps=args.steps))
+                permute = PermuteConfig(kind, learn=LearnConfig(block=args.block, steps=args.steps, deflate=args.deflate))
                 started = time.perf_counter()
                 prune_model(model, PruneConfig(method, parse_pattern(pattern), permute=permute), calib, args.device)
                 seconds = time.perf_counter() - started

@@ -200,8 +200,7 @@ def _permute_report(job: PruneJob) -> dict:
         return {"kind": "none"}
     learn = job.permute.learn
     return {"kind": job.permute.kind, "perm_blocks": job.permute.blocks, "sites": SITE_NOTES,
-            "learned": {"block": learn.block, "steps": learn.steps, "lr": learn.lr,
-                        "tau": [learn.tau_start, learn.tau_end]} if job.permute.kind == "learned" else None,
+            "learned": learn.to_dict() if job.permute.kind == "learned" else None,
             "stored_in": "permutations.safetensors (one int64 index per Linear: W_pruned[:, perm] is N:M)"}
 
 
