@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--block", type=int, default=64)
     parser.add_argument("--deflate", type=int, default=1)
+    parser.add_argument("--search-seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
@@ -44,13 +45,13 @@ def main() -> None:
     summary = {"model": source, "versions": _versions(), "dense_ppl": round(dense, 3),
                "calibration": f"{args.nsamples}x{args.seqlen} Austen (5 novels), seed 0",
                "eval": f"Persuasion, first {evaluation.numel()} tokens, context 1024",
-               "learned": LearnConfig(block=args.block, steps=args.steps, deflate=args.deflate).to_dict(), "rows": []}
+               "learned": LearnConfig(block=args.block, steps=args.steps, deflate=args.deflate, seed=args.search_seed).to_dict(), "rows": []}
     print(f"dense {dense:.3f}", flush=True)
     for pattern in args.patterns:
         for method in args.methods:
             for kind in args.kinds:
                 model.load_state_dict(original)
-                permute = PermuteConfig(kind, learn=LearnConfig(block=args.block, steps=args.steps, deflate=args.deflate))
+                permute = PermuteConfig(kind, learn=LearnConfig(block=args.block, steps=args.steps, deflate=args.deflate, seed=args.search_seed))
                 started = time.perf_counter()
                 prune_model(model, PruneConfig(method, parse_pattern(pattern), permute=permute), calib, args.device)
                 seconds = time.perf_counter() - started

@@ -24,7 +24,7 @@ import torch
 
 from compress.prune.pattern import Pattern, mask_for
 
-__all__ = ["LearnConfig", "learned_permutation", "output_loss"]
+__all__ = ["LearnConfig", "learned_permutation", "output_loss", "deflated"]
 
 
 @dataclass(frozen=True)
@@ -75,17 +75,14 @@ class _Search:
         self.w, self.s, self.h = weight, score, hessian
         self.n, self.m, self.config = pattern.n, pattern.m, config
         self.offsets = offsets  # (units, copies)
-        units, size = base.shape
-        self.per_unit = size // self.m
-        self.slots = base.reshape(units * self.per_unit, self.m).clone()  # group -> base channels
+        self.per_unit = base.shape[1] // self.m
+        self.slots = base.reshape(-1, self.m).clone()  # group -> base channels
         self.d = self._pruned_part()
         self.g = self.d @ hessian
-        self.scale = float(((weight @ hessian) * weight).sum().clamp_min(1e-30))
         self.loss = float((self.g * self.d).sum())
 
     def perm(self) -> torch.Tensor:
-        units, copies = self.offsets.shape
-        base = self.slots.reshape(units, -1)
+        base = self.slots.reshape(self.offsets.shape[0], -1)
         size = base.shape[1]
         perm = torch.empty(self.w.shape[1], dtype=torch.long, device=self.w.device)
         perm[(self.offsets[..., None] + torch.arange(size, device=base.device)).reshape(-1)] = \
@@ -104,7 +101,7 @@ class _Search:
         ga, pa, gb, pb = swaps.unbind(1)
         pair = torch.cat([self.slots[ga], self.slots[gb]], 1)
         rows = torch.arange(len(swaps), device=pair.device)
-        pa, pb = pa, pb + self.m
+        pb = pb + self.m
         pair[rows, pa], pair[rows, pb] = pair[rows, pb], pair[rows, pa]
         unit = ga // self.per_unit
         return (self.offsets[unit][:, :, None] + pair[:, None, :]).flatten(1)
@@ -168,6 +165,8 @@ class _Search:
 
     def round(self, generator: torch.Generator, rows: torch.Tensor) -> int:
         swaps = self.candidates(generator)
+        if not len(swaps):
+            return 0
         estimate = self.estimate(swaps, rows)
         order = estimate.argsort()[: self.config.tries * len(self.slots)]
         order = order[estimate[order] < 0]
@@ -188,7 +187,7 @@ class _Search:
         return accepted
 
 
-def _layout(features: int, block_slots: torch.Tensor | None, block: int | None, device) -> torch.Tensor:
+def _layout(block_slots: torch.Tensor | None, block: int | None, device) -> torch.Tensor:
     """offsets[unit, copy]: where each copy of a unit's base permutation starts in the input."""
     if block_slots is None:
         return torch.zeros(1, 1, dtype=torch.long, device=device)
@@ -216,7 +215,7 @@ def learned_permutation(
     device = weight.device
     weight, score = weight.float(), score.float().to(device)
     hessian = deflated(hessian.float().to(device), config.deflate, seed=config.seed)
-    offsets = _layout(weight.shape[1], block_slots, block, device)
+    offsets = _layout(block_slots, block, device)
     size = weight.shape[1] if block_slots is None else block
     init = init.to(device)
     base = init[offsets[:, :1] + torch.arange(size, device=device)] - offsets[:, :1]
