@@ -60,18 +60,22 @@ class CsltWeight:
 
     def __init__(self, weight: torch.Tensor):
         self.out_features, self.in_features = weight.shape
-        self.dtype = weight.dtype
         self.compressed = torch._cslt_compress(weight.contiguous())
+        self._prefix = f"{self.out_features}x{self.in_features}"
+        self._suffix = f"{str(weight.dtype).split('.')[-1]}/{torch.cuda.get_device_name(weight.device)}"
+        self._chosen: dict[tuple[int, bool], int] = {}  # (token bucket, row-major) -> algorithm, per call site
 
     def _algorithm(self, xt: torch.Tensor) -> int:
-        layout = "row" if xt.is_contiguous() else "col"  # an algorithm found for one layout can fail on the other
-        key = f"{self.out_features}x{self.in_features}/{_bucket(xt.shape[1])}/{layout}/" \
-              f"{str(self.dtype).split('.')[-1]}/{torch.cuda.get_device_name(xt.device)}"
-        _load_cache()
-        if key not in _ALGORITHMS:
-            _ALGORITHMS[key] = int(torch._cslt_sparse_mm_search(self.compressed, xt))
-            _save_cache()
-        return _ALGORITHMS[key]
+        local = (_bucket(xt.shape[1]), xt.is_contiguous())
+        if local not in self._chosen:
+            layout = "row" if local[1] else "col"  # an algorithm found for one layout can fail on the other
+            key = f"{self._prefix}/{local[0]}/{layout}/{self._suffix}"
+            _load_cache()
+            if key not in _ALGORITHMS:
+                _ALGORITHMS[key] = int(torch._cslt_sparse_mm_search(self.compressed, xt))
+                _save_cache()
+            self._chosen[local] = _ALGORITHMS[key]
+        return self._chosen[local]
 
     def mm_t(self, x2d: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """W·x2dᵀ (+ bias per row): the product feature-major, (out × tokens'), contiguous.
