@@ -127,3 +127,25 @@ def test_pruned_model_is_n_m_in_permuted_order(method, kind):
     sites = result.permutation_sites
     assert sites["model.layers.0.mlp.down_proj"] == "mlp" and sites["model.layers.0.self_attn.o_proj"] == "heads"
     assert sites["model.layers.0.self_attn.q_proj"] == "index"
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_learned_keeps_a_search_only_where_the_layer_error_falls(method):
+    ids = torch.randint(0, 320, (8, 32), generator=torch.Generator().manual_seed(1))
+    pattern = parse_pattern("2:4")
+    runs = {}
+    for kind in ("heuristic", "learned"):
+        model = tiny()
+        permute = PermuteConfig(kind, learn=LearnConfig(block=16, steps=3, deflate=0))
+        runs[kind] = (model, prune_model(model, PruneConfig(method=method, pattern=pattern, permute=permute), ids))
+    heuristic_step, learned_step = runs["heuristic"][1].steps[0], runs["learned"][1].steps[0]
+    report = learned_step.info["learned_permutation"]
+    # layer 0 sees the same inputs in both runs: the starting point is exactly the heuristic's layer
+    assert report["layer_error_heuristic"] == pytest.approx(heuristic_step.relative_error, rel=1e-6)
+    for step in runs["learned"][1].steps:
+        report = step.info["learned_permutation"]
+        assert report["layer_error"] <= report["layer_error_heuristic"]
+        assert step.relative_error == pytest.approx(report["layer_error"], rel=1e-6)
+        assert {g["kept"] for g in report["groups"].values()} <= {"heuristic", "learned"}
+    kept = [g["kept"] for s in runs["learned"][1].steps for g in s.info["learned_permutation"]["groups"].values()]
+    assert "learned" in kept  # the search did change something on this problem

@@ -18,7 +18,7 @@ from torch import nn
 
 from compress.placement import OffloadedLayer, execution_device, is_dispatched
 
-__all__ = ["LayerInputs", "capture_layer_inputs", "LayerStep", "walk_layers"]
+__all__ = ["LayerInputs", "LayerData", "capture_layer_inputs", "LayerStep", "walk_layers"]
 
 
 class _StopForward(Exception):
@@ -119,15 +119,15 @@ def walk_layers(
     layers: list[tuple[str, nn.Module]],
     inputs: LayerInputs | None,
     device: torch.device,
-    change_layer: Callable[[int, str, nn.Module, Callable[[], None]], dict],
+    change_layer: Callable[[int, str, nn.Module, "LayerData"], dict],
     on_done: Callable[[LayerStep], None] | None = None,
     error_tokens: int = 16384,
 ) -> list[LayerStep]:
     """Walk the layers one at a time on `device`.
 
-    `change_layer(index, name, layer, run_calibration)` alters the layer in place and returns info for
-    the report; it calls `run_calibration()` (with its collectors attached) when it needs data. With
-    `inputs=None` there is no data pass at all. The layer goes back where it was afterwards. A layer
+    `change_layer(index, name, layer, data)` alters the layer in place and returns info for the report; it
+    calls `data()` (with its collectors attached) when it needs data, and may compare candidate changes
+    with `data.output_error()` (a LayerData). With `inputs=None` there is no data pass at all. The layer goes back where it was afterwards. A layer
     placed by accelerate runs on its own execution device instead of `device`.
     The relative output error is measured on the first batches, up to `error_tokens` tokens, so only
     those batches' dense outputs are held.
@@ -143,36 +143,15 @@ def walk_layers(
             offloaded.load(device)
         home = _move_to(layer, device)
         clock.lap("load")
-        dense_out: list[torch.Tensor] = []
-
-        def forward(hidden, args, kwargs) -> torch.Tensor:
-            return _hidden_of(layer(hidden.to(device), *_to(args, device), **_to(kwargs, device)))
-
-        def run_calibration() -> None:
-            dense_out.clear()
-            for i, hidden, args, kwargs in inputs.batches():
-                out = forward(hidden, args, kwargs)
-                if i < error_batches:
-                    dense_out.append(out)
-            clock.lap("calibrate")
-
-        info = change_layer(index, name, layer, run_calibration if inputs is not None else _no_data)
+        data = LayerData(layer, inputs, device, error_batches, clock) if inputs is not None else _no_data
+        info = change_layer(index, name, layer, data)
         clock.lap("change")
         step = LayerStep(index, name, info=info)
         if inputs is not None:
-            if not dense_out:
-                run_calibration()
-            err_sq = torch.zeros((), dtype=torch.float64, device=device)
-            ref_sq = torch.zeros((), dtype=torch.float64, device=device)
-            for i, hidden, args, kwargs in inputs.batches():
-                out = forward(hidden, args, kwargs)
-                if i < error_batches:
-                    ref = dense_out[i]
-                    err_sq += (out.float() - ref.float()).pow(2).sum()
-                    ref_sq += ref.float().pow(2).sum()
-                inputs.hidden[i] = out.to(hidden.device)
-            step.relative_error = (err_sq / ref_sq.clamp_min(1e-30)).item()
-            dense_out.clear()
+            if not data.dense_out:
+                data()
+            step.relative_error = data.output_error(propagate=True)
+            data.dense_out.clear()
             clock.lap("propagate")
         _move_back(layer, home)
         if offloaded:
@@ -184,6 +163,48 @@ def walk_layers(
         if on_done:
             on_done(step)
     return steps
+
+
+class LayerData:
+    """The calibration data of one layer's step. Calling it runs every batch through the layer (with the
+    caller's collectors attached) and keeps the first batches' outputs as the dense reference;
+    `output_error()` then measures the changed layer against that reference."""
+
+    def __init__(self, layer: nn.Module, inputs: LayerInputs, device: torch.device, error_batches: int, clock):
+        self.layer, self.inputs, self.device = layer, inputs, device
+        self.error_batches, self.clock = error_batches, clock
+        self.dense_out: list[torch.Tensor] = []
+
+    def _forward(self, hidden, args, kwargs) -> torch.Tensor:
+        device = self.device
+        return _hidden_of(self.layer(hidden.to(device), *_to(args, device), **_to(kwargs, device)))
+
+    def __call__(self) -> None:
+        self.dense_out.clear()
+        for i, hidden, args, kwargs in self.inputs.batches():
+            out = self._forward(hidden, args, kwargs)
+            if i < self.error_batches:
+                self.dense_out.append(out)
+        self.clock.lap("calibrate")
+
+    def output_error(self, propagate: bool = False) -> float:
+        """‖f'(X) − f(X)‖² / ‖f(X)‖² on the reference batches. With `propagate`, every batch's output
+        replaces its input (the next layer's data)."""
+        if not self.dense_out:
+            raise RuntimeError("output_error needs the dense outputs: call the data first")
+        err_sq = torch.zeros((), dtype=torch.float64, device=self.device)
+        ref_sq = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i, hidden, args, kwargs in self.inputs.batches():
+            if i >= self.error_batches and not propagate:
+                break
+            out = self._forward(hidden, args, kwargs)
+            if i < self.error_batches:
+                ref = self.dense_out[i]
+                err_sq += (out.float() - ref.float()).pow(2).sum()
+                ref_sq += ref.float().pow(2).sum()
+            if propagate:
+                self.inputs.hidden[i] = out.to(hidden.device)
+        return (err_sq / ref_sq.clamp_min(1e-30)).item()
 
 
 def _error_batches(inputs: LayerInputs | None, error_tokens: int) -> int:

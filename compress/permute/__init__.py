@@ -19,8 +19,8 @@ from compress.permute.fold import attention_values_perm, fold_attention_values, 
 from compress.permute.heuristic import heuristic_permutation
 from compress.permute.learned import LearnConfig, learned_permutation
 
-__all__ = ["PERMUTATIONS", "PermuteConfig", "HeadLayout", "site_of", "find_permutation", "SITE_NOTES",
-           "fold_into_model"]
+__all__ = ["PERMUTATIONS", "PermuteConfig", "HeadLayout", "site_of", "find_permutation", "permutation_candidates",
+           "SITE_NOTES", "fold_into_model"]
 
 PERMUTATIONS = ("none", "heuristic", "learned")
 SITE_NOTES = {
@@ -82,20 +82,31 @@ def _head_permutation(score: torch.Tensor, n: int, m: int, heads: HeadLayout, bl
     return attention_values_perm(head_perms, heads.num_heads, heads.num_kv_heads, heads.head_dim)
 
 
-def find_permutation(config: PermuteConfig, pattern, weight: torch.Tensor, score: torch.Tensor,
-                     hessian: torch.Tensor | None, site: str, heads: HeadLayout | None) -> tuple[torch.Tensor, dict]:
-    """The input-channel permutation for one Linear (or a stack sharing an input), and what was learned."""
+def permutation_candidates(config: PermuteConfig, pattern, weight: torch.Tensor, score: torch.Tensor,
+                           hessian: torch.Tensor | None, site: str,
+                           heads: HeadLayout | None) -> list[tuple[str, torch.Tensor, dict]]:
+    """(label, input-channel permutation, search info) for one Linear (or a stack sharing an input):
+    the heuristic one first and, for `learned`, the swap search's result started from it. The caller
+    keeps the learned one only where it lowers the whole decoder layer's output error (prune/apply.py)."""
     n, m = pattern.n, pattern.m
     if site == "heads":
         perm = _head_permutation(score.cpu(), n, m, heads, config.blocks)
     else:
         perm = heuristic_permutation(score, n, m, config.blocks)
-    info: dict = {}
+    candidates = [("heuristic", perm, {})]
     if config.kind == "learned":
         slots = heads.kv_of_head() if site == "heads" else None
         block = heads.head_dim if site == "heads" else None
-        perm, info = learned_permutation(weight, score, hessian.to(weight.device), pattern, perm, config.learn,
-                                         block_slots=slots, block=block)
+        learned, info = learned_permutation(weight, score, hessian.to(weight.device), pattern, perm, config.learn,
+                                            block_slots=slots, block=block)
+        candidates.append(("learned", learned, info))
+    return candidates
+
+
+def find_permutation(config: PermuteConfig, pattern, weight: torch.Tensor, score: torch.Tensor,
+                     hessian: torch.Tensor | None, site: str, heads: HeadLayout | None) -> tuple[torch.Tensor, dict]:
+    """The permutation of `config.kind` for one Linear, by its own loss alone, and what was learned."""
+    _, perm, info = permutation_candidates(config, pattern, weight, score, hessian, site, heads)[-1]
     return perm, info
 
 

@@ -12,7 +12,7 @@ from compress.calibrate.collectors import collect_inputs
 from compress.calibrate.engine import LayerStep, capture_layer_inputs, walk_layers
 from compress.errors import BadInput
 from compress.models import decoder_layers, target_linears
-from compress.permute import HeadLayout, PermuteConfig, find_permutation, site_of, unpermute
+from compress.permute import HeadLayout, PermuteConfig, permutation_candidates, site_of, unpermute
 from compress.prune.method import Method
 from compress.prune.pattern import Pattern
 
@@ -91,26 +91,62 @@ def _groups(linears: dict[str, nn.Linear], collectors: dict, method: Method) -> 
     return list(groups.values())
 
 
-def _prune_group(names, linears, collectors, hessians, method, config, heads, result: PruneResult) -> dict:
+@dataclass
+class _Choice:
+    """One way to prune a group of Linears: the permutation and the weights it leads to (original order)."""
+
+    label: str
+    perm: torch.Tensor | None
+    pruned: torch.Tensor
+    info: dict
+
+
+def _apply(names, linears, choice: _Choice, result: PruneResult, site: str | None) -> None:
+    parts = choice.pruned.split([linears[n].weight.shape[0] for n in names], 0)
+    for name, part in zip(names, parts):
+        linears[name].weight.data.copy_(part)
+        if choice.perm is not None:
+            result.permutations[name], result.permutation_sites[name] = choice.perm, site
+
+
+def _prune_group(names, linears, collectors, hessians, method, config, heads, result: PruneResult) -> list[_Choice]:
+    """Prune one group in place with its first choice; return every choice (several for learned permutations)."""
     weights = [linears[n].weight.data for n in names]
     stats = collectors[names[0]] if method.collector else None
     stacked = torch.cat(weights, 0) if len(weights) > 1 else weights[0]
-    info: dict = {}
+    site = None
     if config.permuting:
         site = site_of(names[0], stacked.shape[1], heads)
         score = method.score(stacked, stats, config.options)  # stacks only form for row-independent scores
         hessian = hessians[names[0]].matrix() if hessians else None
-        perm, info = find_permutation(config.permute, config.pattern, stacked.float(), score, hessian, site, heads)
-        permuted_stats = stats.permuted(perm) if stats is not None else None
-        pruned = unpermute(method.prune(stacked[:, perm.to(stacked.device)], permuted_stats, config.pattern,
-                                        config.options), perm)
-        for name in names:
-            result.permutations[name], result.permutation_sites[name] = perm, site
+        choices = []
+        for label, perm, info in permutation_candidates(config.permute, config.pattern, stacked.float(), score,
+                                                        hessian, site, heads):
+            permuted_stats = stats.permuted(perm) if stats is not None else None
+            pruned = unpermute(method.prune(stacked[:, perm.to(stacked.device)], permuted_stats, config.pattern,
+                                            config.options), perm)
+            choices.append(_Choice(label, perm, pruned, info))
     else:
-        pruned = method.prune(stacked, stats, config.pattern, config.options)
-    for name, part in zip(names, pruned.split([w.shape[0] for w in weights], 0)):
-        linears[name].weight.data.copy_(part)
-    return info
+        choices = [_Choice("none", None, method.prune(stacked, stats, config.pattern, config.options), {})]
+    _apply(names, linears, choices[0], result, site)
+    return choices
+
+
+def _keep_by_layer_error(options: dict[str, tuple], linears, data, result: PruneResult) -> dict:
+    """Per group, in order, switch to each later choice and keep it only if the decoder layer's output error
+    on the calibration reference falls (one pass of coordinate descent from the first choices)."""
+    best = start = data.output_error()
+    kept = {}
+    for key, (names, choices, site) in options.items():
+        kept[key] = 0
+        for index in range(1, len(choices)):
+            _apply(names, linears, choices[index], result, site)
+            error = data.output_error()
+            if error < best:
+                best, kept[key] = error, index
+        _apply(names, linears, choices[kept[key]], result, site)
+    report = {key: {**options[key][1][-1].info, "kept": options[key][1][kept[key]].label} for key in options}
+    return {"groups": report, "layer_error_heuristic": start, "layer_error": best}
 
 
 @torch.no_grad()
@@ -139,23 +175,25 @@ def prune_model(
     result = PruneResult([], linear_report, 0.0, capture_seconds)
     learn_needs_hessian = config.permuting and config.permute.kind == "learned" and method.collector != "hessian"
 
-    def change_layer(index, name, layer, run_calibration) -> dict:
+    def change_layer(index, name, layer, data) -> dict:
         linears = target_linears(layer, name, config.targets, config.ignore)
         collectors, hessians = {}, {}
         if method.collector is not None:
             with collect_inputs(linears, method.collector) as collectors:
                 if learn_needs_hessian:
                     with collect_inputs(linears, "hessian") as hessians:
-                        run_calibration()
+                        data()
                 else:
-                    run_calibration()
+                    data()
             if method.collector == "hessian":
                 hessians = collectors
-        learned = {}
+        options = {}
         for group in _groups(linears, collectors, method):
-            group_info = _prune_group(group, linears, collectors, hessians, method, config, heads, result)
-            if group_info:
-                learned[group[0][len(name) + 1:]] = group_info
+            choices = _prune_group(group, linears, collectors, hessians, method, config, heads, result)
+            if len(choices) > 1:
+                site = result.permutation_sites[group[0]]
+                options[group[0][len(name) + 1:]] = (group, choices, site)
+        learned = _keep_by_layer_error(options, linears, data, result) if options else None
         per_linear, zeros, numel = {}, 0, 0
         for lname, linear in linears.items():
             z, n = int((linear.weight == 0).sum()), linear.weight.numel()
