@@ -62,8 +62,9 @@ def test_sparse_linear_kernels_match_dense(tokens, permuted):
     from compress.kernels.sparse_linear import SparseLinear, use_kernels
 
     linear = torch.nn.Linear(512, 384, bias=True, device="cuda", dtype=torch.float16)
-    linear.weight.data = nm_weight(384, 512, 2, 4, torch.float16)
+    stored = nm_weight(384, 512, 2, 4, torch.float16)  # N:M in the stored (permuted) order
     perm = torch.randperm(512, device="cuda") if permuted else None
+    linear.weight.data = stored if perm is None else torch.empty_like(stored).index_copy_(1, perm, stored)
     sparse = SparseLinear.from_linear(linear, 2, 4, perm)
     holder = torch.nn.Sequential(sparse)
     x = torch.randn(3, tokens, 512, device="cuda", dtype=torch.float16)[:1]
