@@ -128,6 +128,7 @@ def run_prune(job: PruneJob, hooks: Hooks | None = None) -> dict:
         dense = perplexity(model, _eval_ids(tokenizer, job, eval_cache), job.eval_context, device)
         report["perplexity"] = {"dense": dense.to_dict()}
     if device.startswith("cuda"):
+        torch.cuda.init()  # the allocator's statistics refuse every device until CUDA is initialised
         for gpu in range(torch.cuda.device_count()):
             torch.cuda.reset_peak_memory_stats(gpu)
     hooks.stage(f"pruning with {job.method} to {job.pattern}")

@@ -91,3 +91,21 @@ def test_compressed_model_on_kernels_gives_dense_logits(permute, tiny_model_dir,
         sparse, step = model(ids).logits, model(ids[:1, :1]).logits
     assert rel_err(sparse, dense) < 1e-2
     assert rel_err(step, dense_step) < 1e-2
+
+
+def test_cli_prunes_on_the_gpu_and_evaluates_on_the_kernels(tiny_model_dir, text_file, tmp_path):
+    import json
+
+    from tests.test_cli import invoke
+
+    args = ["--method", "magnitude", "--pattern", "2:4", "--device", "cuda", "--dtype", "float16",
+            "--export", "compressed", "--out", tmp_path / "nm"]  # no --eval: nothing else initialises CUDA first
+    result = invoke("prune", tiny_model_dir, *args)
+    assert result.exit_code == 0, result.output
+    result = invoke("eval", tmp_path / "nm", "--kernels", "--device", "cuda", "--dtype", "float16",
+                    "--text", text_file, "--context", "64", "--json")
+    assert result.exit_code == 0, result.output
+    dense, kernels = json.loads(result.stdout)["results"]
+    assert (dense["path"], kernels["path"]) == ("dense", "kernels")
+    assert abs(kernels["perplexity"] - dense["perplexity"]) < 1e-2 * dense["perplexity"]
+    assert kernels["tokens_per_second"] > 0
