@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from compress.kernels.bench import capture  # noqa: E402
+from compress.kernels.graphs import capture  # noqa: E402
 
 
 def prune_24(model) -> list[str]:
@@ -53,8 +53,10 @@ def rel_err(a, b) -> float:
 
 
 @torch.no_grad()
-def prefill(model, ids) -> tuple[float, torch.Tensor]:
-    graph, logits = capture(lambda: model(input_ids=ids, use_cache=False).logits)
+def prefill(model, ids, forward=None) -> tuple[float, torch.Tensor]:
+    forward = forward or model
+    forward(input_ids=ids, use_cache=False)  # eager warm-up first: algorithm searches, Triton compiles
+    graph, logits = capture(lambda: forward(input_ids=ids, use_cache=False).logits)
     return time_ms(graph), logits.clone()
 
 
@@ -91,6 +93,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float16")
     parser.add_argument("--decode-context", type=int, default=1024)
     parser.add_argument("--contiguous-mlp", action="store_true", help="copy gate/up outputs to row-major")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models (prefill only)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -103,11 +106,14 @@ def main() -> None:
         if variant == "sparse":
             to_sparse(model, names)
             use_kernels(model, transposed_mlp=not args.contiguous_mlp)
+        if args.compile:
+            torch._dynamo.reset()
+        forward = torch.compile(model, dynamic=False) if args.compile else None
         for b, ids in inputs.items():
-            ms, logits = prefill(model, ids)
+            ms, logits = prefill(model, ids, forward)
             runs[(variant, "prefill", b)] = (ms, logits)
             print(variant, "prefill", b, round(ms, 3), flush=True)
-        for b in args.batch:
+        for b in [] if args.compile else args.batch:
             ms, logits = decode_step(model, args.decode_context, b)
             runs[(variant, "decode", b)] = (ms, logits)
             print(variant, "decode", b, round(ms, 3), flush=True)
@@ -124,7 +130,7 @@ def main() -> None:
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "layers": args.layers, "dtype": args.dtype, "seqlen": args.seqlen, "decode_context": args.decode_context,
-            "contiguous_mlp": args.contiguous_mlp, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+            "contiguous_mlp": args.contiguous_mlp, "compile": args.compile, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
     print(json.dumps(meta))
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

@@ -213,7 +213,7 @@ def eval_(
     offload_folder: Optional[str] = typer.Option(None, help=OFFLOAD_HELP),
     trust_remote_code: bool = typer.Option(False, help="Allow code shipped with the checkpoint to run."),
     kernels: bool = typer.Option(False, "--kernels", help="Compressed exports on a GPU: perplexity and tokens/s on "
-                                 "the dense path and on the sparse kernels."),
+                                 "the dense path and on the sparse kernels, each forward replayed as a CUDA graph."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:

@@ -62,8 +62,9 @@ def on_device(model, device: torch.device):
 
 @torch.no_grad()
 def perplexity(model, ids: torch.Tensor, context: int = 1024, device: str | torch.device = "cpu",
-               batch_size: int = 1) -> Perplexity:
-    """exp(mean next-token NLL) over consecutive windows of `context` tokens of a 1-D id tensor."""
+               batch_size: int = 1, forward=None) -> Perplexity:
+    """exp(mean next-token NLL) over consecutive windows of `context` tokens of a 1-D id tensor.
+    `forward(input_ids) -> logits` replaces the model's own call (e.g. a CUDA-graphed one)."""
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions and context > max_positions:
         context = max_positions
@@ -77,7 +78,8 @@ def perplexity(model, ids: torch.Tensor, context: int = 1024, device: str | torc
     with on_device(model, device):
         for batch in chunks.split(batch_size):
             batch = batch.to(device)
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+            logits = forward(batch) if forward else model(input_ids=batch, use_cache=False).logits
+            logits = logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
             )

@@ -170,13 +170,18 @@ def _kernel_rows(model, ids, context: int, device: str, source: str) -> list[dic
         raise BadInput("--kernels needs a CUDA GPU (--device cuda)")
     if not any(isinstance(m, SparseLinear) for m in model.modules()):
         raise BadInput(f"{source}: --kernels needs a compressed export (compress prune ... --export compressed)")
+    from compress.kernels.graphs import graphed_logits
+
     model.to(device)
     rows = []
-    for path in ("dense", "kernels"):
+    for path in ("dense", "kernels"):  # both as CUDA graphs: outside one, cuSPARSELt's host time dominates
         use_kernels(model, path == "kernels")
         perplexity(model, ids[: 2 * context], context, device)  # warm-up: algorithm search, Triton compiles
+        forward = graphed_logits(model)
+        perplexity(model, ids[:context], context, device, forward=forward)  # captures the graph
         torch.cuda.synchronize()
-        result = perplexity(model, ids, context, device).to_dict()
+        result = perplexity(model, ids, context, device, forward=forward).to_dict()
+        del forward
         result["tokens_per_second"] = result["tokens"] / max(result["seconds"], 1e-9)
         rows.append({"model": f"{source} ({path})", "path": path, **result})
     return rows

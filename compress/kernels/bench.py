@@ -19,6 +19,8 @@ import platform
 
 import torch
 
+from compress.kernels.graphs import capture
+
 __all__ = ["SHAPES", "bench_kernels", "capture"]
 
 SHAPES = {  # (out, in) of the MLP and attention Linears
@@ -27,21 +29,6 @@ SHAPES = {  # (out, in) of the MLP and attention Linears
     "70B gate/up": (28672, 8192), "70B down": (8192, 28672),
 }
 REPLAYS = 10
-
-
-def capture(fn, replays: int = 1):
-    """(graph, output of the last captured call): `fn` warmed up on a side stream, then captured `replays`×."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(replays):
-            out = fn()
-    return graph, out
 
 
 def _time_ms(fn, graphed: bool) -> float:

@@ -93,7 +93,9 @@ class SparseLinear(nn.Module):
             x = x.index_select(-1, self.perm)
         x2d = x.reshape(-1, self.in_features)
         product = self._cslt.mm_t(x2d, self.bias)
-        if self.contiguous_output:
+        if self.contiguous_output and torch.compiler.is_compiling():
+            out = product[:, : x2d.shape[0]].t().contiguous()  # left to the compiler, which can fuse the copy
+        elif self.contiguous_output:
             from compress.kernels.layout import transpose_copy
 
             out = transpose_copy(product)[: x2d.shape[0]]
