@@ -54,7 +54,7 @@ def rel_err(a, b) -> float:
 
 @torch.no_grad()
 def prefill(model, ids, forward=None) -> tuple[float, torch.Tensor]:
-    forward = forward or model
+    forward = model if forward is None else forward
     forward(input_ids=ids, use_cache=False)  # eager warm-up first: algorithm searches, Triton compiles
     graph, logits = capture(lambda: forward(input_ids=ids, use_cache=False).logits)
     return time_ms(graph), logits.clone()
