@@ -34,16 +34,17 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=64)
     parser.add_argument("--deflate", type=int, default=1)
     parser.add_argument("--search-seed", type=int, default=0)
+    parser.add_argument("--calib-seed", type=int, default=0, help="which calibration windows are drawn")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
     model, tokenizer, source = load_model(None, "float32", args.device)
     original = {k: v.clone() for k, v in model.state_dict().items()}
-    calib = calibration_tokens(tokenizer, TextSource(), args.nsamples, args.seqlen, seed=0)
+    calib = calibration_tokens(tokenizer, TextSource(), args.nsamples, args.seqlen, seed=args.calib_seed)
     evaluation = evaluation_tokens(tokenizer, TextSource(), args.eval_tokens)
     dense = perplexity(model, evaluation, 1024, args.device).perplexity
     summary = {"model": source, "versions": _versions(), "dense_ppl": round(dense, 3),
-               "calibration": f"{args.nsamples}x{args.seqlen} Austen (5 novels), seed 0",
+               "calibration": f"{args.nsamples}x{args.seqlen} Austen (5 novels), seed {args.calib_seed}",
                "eval": f"Persuasion, first {evaluation.numel()} tokens, context 1024",
                "learned": LearnConfig(block=args.block, steps=args.steps, deflate=args.deflate, seed=args.search_seed).to_dict(), "rows": []}
     print(f"dense {dense:.3f}", flush=True)
@@ -53,11 +54,16 @@ def main() -> None:
                 model.load_state_dict(original)
                 permute = PermuteConfig(kind, learn=LearnConfig(block=args.block, steps=args.steps, deflate=args.deflate, seed=args.search_seed))
                 started = time.perf_counter()
-                prune_model(model, PruneConfig(method, parse_pattern(pattern), permute=permute), calib, args.device)
+                result = prune_model(model, PruneConfig(method, parse_pattern(pattern), permute=permute), calib, args.device)
                 seconds = time.perf_counter() - started
                 ppl = perplexity(model, evaluation, 1024, args.device).perplexity
                 row = {"pattern": pattern, "method": method, "permute": kind, "ppl": round(ppl, 3),
-                       "gap": round(ppl - dense, 3), "prune_s": round(seconds, 1)}
+                       "gap": round(ppl - dense, 3), "prune_s": round(seconds, 1), "calib_seed": args.calib_seed,
+                       "mean_layer_error": sum(s.relative_error for s in result.steps) / len(result.steps)}
+                kept = [g["kept"] for s in result.steps
+                        for g in s.info.get("learned_permutation", {}).get("groups", {}).values()]
+                if kept:
+                    row["groups_kept_learned"] = f"{kept.count('learned')}/{len(kept)}"
                 summary["rows"].append(row)
                 print(json.dumps(row), flush=True)
                 with open(args.out, "w") as f:
