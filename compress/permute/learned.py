@@ -8,7 +8,8 @@ the masks of its two groups, so its effect is cheap to compute exactly from G = 
 H loses its top `deflate` eigendirections first. The top one is the input component shared by all tokens;
 with it, the search mostly buys cancellation of errors along that one direction (a near-constant shift of
 the outputs) at the price of keeping less importance. Lower loss has not meant lower perplexity: see
-BENCHMARKS.md, where no variant reliably beat the heuristic.
+BENCHMARKS.md, where no variant reliably beat the heuristic. prune/apply.py therefore keeps a searched
+permutation only where the whole decoder layer's output error falls.
 
 One round: the groups are shuffled into windows of `block` channels and every swap inside a window is
 scored on a sample of rows; the most promising are then checked on all rows, in batches of swaps on
@@ -39,7 +40,8 @@ class LearnConfig:
     seed: int = 0
 
     def to_dict(self) -> dict:
-        return {"search": "channel swaps on the output error", **asdict(self)}
+        return {"search": "channel swaps on the output error", **asdict(self),
+                "kept_only_where": "the decoder layer's output error falls (else the heuristic permutation)"}
 
 
 def deflated(hessian: torch.Tensor, k: int, iters: int = 40, seed: int = 0) -> torch.Tensor:
