@@ -134,7 +134,9 @@ def _prune_group(names, linears, collectors, hessians, method, config, heads, re
 
 def _keep_by_layer_error(options: dict[str, tuple], linears, data, result: PruneResult) -> dict:
     """Per group, in order, switch to each later choice and keep it only if the decoder layer's output error
-    on the calibration reference falls (one pass of coordinate descent from the first choices)."""
+    on the calibration reference falls (one pass of coordinate descent from the first choices). The error
+    is per token: the plain one is dominated by a few massive-activation tokens, and choosing by it made
+    perplexity worse (BENCHMARKS.md)."""
     best = start = data.output_error()
     kept = {}
     for key, (names, choices, site) in options.items():
