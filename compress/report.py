@@ -19,12 +19,12 @@ def _ppl_line(report: dict) -> str | None:
 def print_prune_report(report: dict, out: str | None = None) -> None:
     prune = report["prune"]
     table = Table(title=f"{report['method']} {_pattern_text(report['pattern'])} · {report['model']}")
-    for column in ("layer", "sparsity", "seconds", "rel. error"):
+    for column in ("layer", "sparsity", "seconds", "rel. error", "per token"):
         table.add_column(column, justify="right" if column != "layer" else "left")
     for step in prune["layers"]:
-        error = step["relative_error"]
+        errors = [step["relative_error"], step.get("token_error")]
         table.add_row(step["name"], f"{step['info']['sparsity']:.1%}", f"{step['seconds']:.2f}",
-                      "—" if error is None else f"{error:.2e}")
+                      *("—" if error is None else f"{error:.2e}" for error in errors))
     console.print(table)
     console.print(f"overall sparsity of pruned Linears {prune['overall_sparsity']:.2%}; "
                   f"pruning took {prune['seconds']:.1f} s; total {report['seconds_total']:.1f} s")
