@@ -176,9 +176,9 @@ def _kernel_rows(model, ids, context: int, device: str, source: str) -> list[dic
     rows = []
     for path in ("dense", "kernels"):  # both as CUDA graphs: outside one, cuSPARSELt's host time dominates
         use_kernels(model, path == "kernels")
-        perplexity(model, ids[: 2 * context], context, device)  # warm-up: algorithm search, Triton compiles
         forward = graphed_logits(model)
-        perplexity(model, ids[:context], context, device, forward=forward)  # captures the graph
+        # captures the graph; its warm-up runs the algorithm searches and Triton compiles
+        perplexity(model, ids[:context], context, device, forward=forward)
         torch.cuda.synchronize()
         result = perplexity(model, ids, context, device, forward=forward).to_dict()
         del forward

@@ -128,8 +128,9 @@ def walk_layers(
 
     `change_layer(index, name, layer, data)` alters the layer in place and returns info for the report; it
     calls `data()` (with its collectors attached) when it needs data, and may compare candidate changes
-    with `data.output_error()` (a LayerData). With `inputs=None` there is no data pass at all. The layer goes back where it was afterwards. A layer
-    placed by accelerate runs on its own execution device instead of `device`.
+    with `data.output_error()` (a LayerData). With `inputs=None` there is no data pass at all. The layer
+    goes back where it was afterwards. A layer placed by accelerate runs on its own execution device
+    instead of `device`.
     The relative output error is measured on the first batches, up to `error_tokens` tokens, so only
     those batches' dense outputs are held.
     """
@@ -212,9 +213,9 @@ class LayerData:
                 self.inputs.hidden[i] = out.to(hidden.device)
         return (err_sq / ref_sq.clamp_min(1e-30)).item(), (token_sum / max(tokens, 1)).item()
 
-    def output_error(self, per_token: bool = True) -> float:
-        """The changed layer's error against the dense reference (per token by default: see errors())."""
-        return self.errors()[1 if per_token else 0]
+    def output_error(self) -> float:
+        """The changed layer's per-token error against the dense reference (see errors())."""
+        return self.errors()[1]
 
 
 def _error_batches(inputs: LayerInputs | None, error_tokens: int) -> int:
