@@ -2,10 +2,12 @@
 
 Usage: python benchmarks/permutations.py --out benchmarks/results/permutations.json
        [--methods wanda ria sparsegpt] [--patterns 2:4 4:8] [--kinds none heuristic learned]
+       [--calib-seed 0 1 2 ...] [--device cuda]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 
@@ -34,40 +36,40 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=64)
     parser.add_argument("--deflate", type=int, default=1)
     parser.add_argument("--search-seed", type=int, default=0)
-    parser.add_argument("--calib-seed", type=int, default=0, help="which calibration windows are drawn")
+    parser.add_argument("--calib-seed", type=int, nargs="+", default=[0],
+                        help="which calibration windows are drawn; several seeds give one row set per draw")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
     model, tokenizer, source = load_model(None, "float32", args.device)
     original = {k: v.clone() for k, v in model.state_dict().items()}
-    calib = calibration_tokens(tokenizer, TextSource(), args.nsamples, args.seqlen, seed=args.calib_seed)
     evaluation = evaluation_tokens(tokenizer, TextSource(), args.eval_tokens)
     dense = perplexity(model, evaluation, 1024, args.device).perplexity
     summary = {"model": source, "versions": _versions(), "dense_ppl": round(dense, 3),
-               "calibration": f"{args.nsamples}x{args.seqlen} Austen (5 novels), seed {args.calib_seed}",
+               "calibration": f"{args.nsamples}x{args.seqlen} Austen (5 novels), seeds {args.calib_seed}",
                "eval": f"Persuasion, first {evaluation.numel()} tokens, context 1024",
                "learned": LearnConfig(block=args.block, steps=args.steps, deflate=args.deflate, seed=args.search_seed).to_dict(), "rows": []}
     print(f"dense {dense:.3f}", flush=True)
-    for pattern in args.patterns:
-        for method in args.methods:
-            for kind in args.kinds:
-                model.load_state_dict(original)
-                permute = PermuteConfig(kind, learn=LearnConfig(block=args.block, steps=args.steps, deflate=args.deflate, seed=args.search_seed))
-                started = time.perf_counter()
-                result = prune_model(model, PruneConfig(method, parse_pattern(pattern), permute=permute), calib, args.device)
-                seconds = time.perf_counter() - started
-                ppl = perplexity(model, evaluation, 1024, args.device).perplexity
-                row = {"pattern": pattern, "method": method, "permute": kind, "ppl": round(ppl, 3),
-                       "gap": round(ppl - dense, 3), "prune_s": round(seconds, 1), "calib_seed": args.calib_seed,
-                       "mean_layer_error": sum(s.relative_error for s in result.steps) / len(result.steps)}
-                kept = [g["kept"] for s in result.steps
-                        for g in s.info.get("learned_permutation", {}).get("groups", {}).values()]
-                if kept:
-                    row["groups_kept_learned"] = f"{kept.count('learned')}/{len(kept)}"
-                summary["rows"].append(row)
-                print(json.dumps(row), flush=True)
-                with open(args.out, "w") as f:
-                    json.dump(summary, f, indent=2)
+    for calib_seed in args.calib_seed:
+        calib = calibration_tokens(tokenizer, TextSource(), args.nsamples, args.seqlen, seed=calib_seed)
+        for pattern, method, kind in itertools.product(args.patterns, args.methods, args.kinds):
+            model.load_state_dict(original)
+            permute = PermuteConfig(kind, learn=LearnConfig(block=args.block, steps=args.steps, deflate=args.deflate, seed=args.search_seed))
+            started = time.perf_counter()
+            result = prune_model(model, PruneConfig(method, parse_pattern(pattern), permute=permute), calib, args.device)
+            seconds = time.perf_counter() - started
+            ppl = perplexity(model, evaluation, 1024, args.device).perplexity
+            row = {"pattern": pattern, "method": method, "permute": kind, "ppl": round(ppl, 3),
+                   "gap": round(ppl - dense, 3), "prune_s": round(seconds, 1), "calib_seed": calib_seed,
+                   "mean_layer_error": sum(s.relative_error for s in result.steps) / len(result.steps)}
+            kept = [g["kept"] for s in result.steps
+                    for g in s.info.get("learned_permutation", {}).get("groups", {}).values()]
+            if kept:
+                row["groups_kept_learned"] = f"{kept.count('learned')}/{len(kept)}"
+            summary["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            with open(args.out, "w") as f:
+                json.dump(summary, f, indent=2)
 
 
 if __name__ == "__main__":
