@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
+    learn = LearnConfig(block=args.block, steps=args.steps, deflate=args.deflate, seed=args.search_seed)
     model, tokenizer, source = load_model(None, "float32", args.device)
     original = {k: v.clone() for k, v in model.state_dict().items()}
     evaluation = evaluation_tokens(tokenizer, TextSource(), args.eval_tokens)
@@ -48,13 +49,13 @@ def main() -> None:
     summary = {"model": source, "versions": _versions(), "dense_ppl": round(dense, 3),
                "calibration": f"{args.nsamples}x{args.seqlen} Austen (5 novels), seeds {args.calib_seed}",
                "eval": f"Persuasion, first {evaluation.numel()} tokens, context 1024",
-               "learned": LearnConfig(block=args.block, steps=args.steps, deflate=args.deflate, seed=args.search_seed).to_dict(), "rows": []}
+               "learned": learn.to_dict(), "rows": []}
     print(f"dense {dense:.3f}", flush=True)
     for calib_seed in args.calib_seed:
         calib = calibration_tokens(tokenizer, TextSource(), args.nsamples, args.seqlen, seed=calib_seed)
         for pattern, method, kind in itertools.product(args.patterns, args.methods, args.kinds):
             model.load_state_dict(original)
-            permute = PermuteConfig(kind, learn=LearnConfig(block=args.block, steps=args.steps, deflate=args.deflate, seed=args.search_seed))
+            permute = PermuteConfig(kind, learn=learn)
             started = time.perf_counter()
             result = prune_model(model, PruneConfig(method, parse_pattern(pattern), permute=permute), calib, args.device)
             seconds = time.perf_counter() - started
