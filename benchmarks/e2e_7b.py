@@ -21,8 +21,8 @@ from compress.kernels.graphs import capture  # noqa: E402
 
 
 def prune_24(model) -> list[str]:
-    from compress.models import decoder_layers, target_linears
-    from compress.prune.pattern import nm_mask
+    from compress.model.layers import decoder_layers, target_linears
+    from compress.pattern import nm_mask
 
     names = []
     for name, layer in decoder_layers(model):

@@ -18,7 +18,7 @@ def main() -> None:
     from compress.calibrate.data import TextSource, calibration_tokens, evaluation_tokens
     from compress.evaluate import perplexity
     from compress.jobs import _versions
-    from compress.models import load_model
+    from compress.model.loading import load_model
     from compress.permute import PermuteConfig
     from compress.permute.learned import LearnConfig
     from compress.prune import parse_pattern

@@ -42,7 +42,7 @@ def plan(model, args, dtype) -> dict:
     from accelerate import infer_auto_device_map
     from accelerate.utils import get_balanced_memory
 
-    from compress.placement import parse_max_memory
+    from compress.model.placement import parse_max_memory
 
     if args.tiny:
         half = args.layers // 2
@@ -89,7 +89,7 @@ def random_dispatched_llama(args, dtype, offload_dir):
 
 def main() -> None:
     from compress.evaluate import perplexity
-    from compress.placement import main_device
+    from compress.model.placement import main_device
     from compress.prune import parse_pattern
     from compress.prune.apply import PruneConfig, prune_model
 

@@ -60,7 +60,7 @@ def _exit_codes():
     except typer.Exit:
         raise
     except Exception as exc:
-        from compress.assets import AssetError
+        from compress.defaults.assets import AssetError
 
         if isinstance(exc, AssetError):
             err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
@@ -165,7 +165,7 @@ def prune(
         from compress.jobs import PruneJob, run_prune
         from compress.permute import PermuteConfig
         from compress.permute.learned import LearnConfig
-        from compress.prune.pattern import parse_pattern
+        from compress.pattern import parse_pattern
 
         job = PruneJob(
             model=model, method=method,

@@ -32,7 +32,7 @@ def on_device(model, device: torch.device):
 
     A model already placed by accelerate (loaded with a device_map) runs where it is.
     """
-    from compress.placement import is_dispatched
+    from compress.model.placement import is_dispatched
 
     if is_dispatched(model):
         yield model

@@ -9,7 +9,7 @@ from typing import Callable
 from compress.calibrate.data import TextSource
 from compress.errors import BadInput
 from compress.permute import PermuteConfig
-from compress.prune.pattern import Pattern
+from compress.pattern import Pattern
 
 __all__ = ["PruneJob", "run_prune", "EvalJob", "run_eval", "Hooks"]
 
@@ -76,8 +76,9 @@ def run_prune(job: PruneJob, hooks: Hooks | None = None) -> dict:
     from compress.calibrate.data import calibration_tokens
     from compress.evaluate import perplexity
     from compress.export import check_output_dir, save_checkpoint
-    from compress.models import compile_regex, load_model, resolve_device
-    from compress.placement import has_offloaded, parse_device_map
+    from compress.model.loading import load_model, resolve_device
+    from compress.model.layers import compile_regex
+    from compress.model.placement import has_offloaded, parse_device_map
     from compress.prune import METHODS
     from compress.prune.apply import PruneConfig, check_config, prune_model
 
@@ -194,7 +195,7 @@ def _load_device(placement, device: str) -> str:
 
 def _compute_device(model, device: str, placement) -> str:
     """Where inputs go: with a device_map, the model's main device (it may sit whole on one GPU, without hooks)."""
-    from compress.placement import main_device
+    from compress.model.placement import main_device
 
     return str(main_device(model, next(model.parameters()).device)) if placement is not None else device
 
@@ -211,13 +212,13 @@ def _permute_report(job: PruneJob) -> dict:
 
 
 def _calibration_titles():
-    from compress.assets import CALIBRATION_NOVELS
+    from compress.defaults.assets import CALIBRATION_NOVELS
 
     return CALIBRATION_NOVELS
 
 
 def _evaluation_title():
-    from compress.assets import EVALUATION_NOVEL
+    from compress.defaults.assets import EVALUATION_NOVEL
 
     return EVALUATION_NOVEL
 
@@ -241,8 +242,8 @@ def run_eval(job: EvalJob, hooks: Hooks | None = None) -> dict:
     """Perplexity of each model on the same held-out tokens (tokenized by each model's own tokenizer)."""
     from compress.calibrate.data import evaluation_tokens
     from compress.evaluate import perplexity
-    from compress.models import load_model, resolve_device
-    from compress.placement import parse_device_map
+    from compress.model.loading import load_model, resolve_device
+    from compress.model.placement import parse_device_map
 
     hooks = hooks or Hooks()
     device = resolve_device(job.device)

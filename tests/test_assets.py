@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from compress import assets, rdata
+from compress.defaults import assets, rdata
 
 # ---------------------------------------------------------------- hand-built R XDR serializations
 

@@ -47,7 +47,7 @@ def test_prune_eval_export_roundtrip(tiny_model_dir, text_file, tmp_path):
         logits = reloaded(ids).logits
     # the same job in memory gives the same logits as the exported checkpoint
     from compress.calibrate.data import TextSource
-    from compress.models import load_model
+    from compress.model.loading import load_model
     from compress.prune import parse_pattern
     from compress.prune.apply import PruneConfig, prune_model
     from compress.calibrate.data import calibration_tokens

@@ -5,7 +5,7 @@ import torch
 from compress.calibrate.collectors import collect_inputs
 from compress.calibrate.engine import capture_layer_inputs, walk_layers
 from compress.errors import BadInput
-from compress.models import decoder_layers, target_linears
+from compress.model.layers import decoder_layers, target_linears
 from compress.prune import parse_pattern
 from compress.prune.apply import PruneConfig, prune_model
 from tests.conftest import tiny_llama_config

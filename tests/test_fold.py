@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.models import decoder_layers
+from compress.model.layers import decoder_layers
 from compress.permute.fold import (attention_values_perm, fold_attention_values, fold_mlp, fold_residual,
                                    inverse, is_permutation)
 

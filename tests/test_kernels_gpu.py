@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from compress.kernels.nm_format import pack_nm
-from compress.prune.pattern import nm_mask
+from compress.pattern import nm_mask
 
 pytestmark = pytest.mark.gpu
 

@@ -9,8 +9,9 @@ from typer.testing import CliRunner
 
 from compress.cli import app
 from compress.evaluate import perplexity
-from compress.models import decoder_layers, load_model
-from compress.placement import DeviceMap, is_dispatched, parse_max_memory
+from compress.model.loading import load_model
+from compress.model.layers import decoder_layers
+from compress.model.placement import DeviceMap, is_dispatched, parse_max_memory
 from compress.prune import parse_pattern
 from compress.prune.apply import PruneConfig, prune_model
 from tests.conftest import save_tiny_model
@@ -178,7 +179,7 @@ def test_compressed_export_of_an_offloaded_model_is_refused(tiny_model_dir, tmp_
 
 
 def test_layers_run_on_their_hooks_execution_device(three_layer_dir, tmp_path):
-    from compress.placement import OffloadedLayer, execution_device, has_offloaded
+    from compress.model.placement import OffloadedLayer, execution_device, has_offloaded
 
     split = split_model(three_layer_dir, tmp_path / "off")
     plain, _, _ = load_model(str(three_layer_dir), "float32", "cpu")

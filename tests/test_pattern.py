@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from compress.errors import BadInput
-from compress.prune.pattern import Pattern, nm_mask, parse_pattern, row_mask
+from compress.pattern import Pattern, nm_mask, parse_pattern, row_mask
 
 
 @pytest.mark.parametrize("text,n,m", [("2:4", 2, 4), ("4:8", 4, 8), ("6:8", 6, 8), (" 1 : 16 ", 1, 16)])

@@ -3,7 +3,7 @@ import pytest
 
 from compress.calibrate.data import TextSource, calibration_tokens, evaluation_tokens
 from compress.evaluate import perplexity
-from compress.models import load_model
+from compress.model.loading import load_model
 from compress.prune import parse_pattern
 from compress.prune.apply import PruneConfig, prune_model
 

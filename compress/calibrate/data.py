@@ -75,7 +75,7 @@ def read_text(source: TextSource, purpose: str) -> str:
         return _read_file(source.path, source.text_field)
     if source.dataset:
         return _read_dataset(source.dataset, source.text_field, "train" if purpose == "calibration" else "test")
-    from compress.assets import CALIBRATION_NOVELS, EVALUATION_NOVEL, austen_novels
+    from compress.defaults.assets import CALIBRATION_NOVELS, EVALUATION_NOVEL, austen_novels
 
     novels = austen_novels()
     titles = CALIBRATION_NOVELS if purpose == "calibration" else (EVALUATION_NOVEL,)

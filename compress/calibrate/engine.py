@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from compress.placement import OffloadedLayer, execution_device, is_dispatched
+from compress.model.placement import OffloadedLayer, execution_device, is_dispatched
 
 __all__ = ["LayerInputs", "LayerData", "capture_layer_inputs", "LayerStep", "walk_layers"]
 

@@ -45,7 +45,7 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _nm_weight(out_features: int, in_features: int, n: int, m: int, dtype) -> torch.Tensor:
-    from compress.prune.pattern import nm_mask
+    from compress.pattern import nm_mask
 
     w = torch.randn(out_features, in_features, device="cuda", dtype=torch.float32) * 0.02
     return (w * nm_mask(torch.rand_like(w), n, m)).to(dtype)

@@ -24,7 +24,7 @@ def cslt_available() -> bool:
 
 
 def _cache_file() -> Path:
-    from compress.assets import cache_dir
+    from compress.defaults.assets import cache_dir
 
     return cache_dir() / "cslt-algorithms.json"
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from compress.errors import BadInput
+from compress.model.roles import HeadLayout, names_with, role_of
 from compress.permute.fold import attention_values_perm, fold_attention_values, fold_mlp, inverse
 from compress.permute.heuristic import heuristic_permutation
 from compress.permute.learned import LearnConfig, learned_permutation
@@ -43,30 +44,11 @@ class PermuteConfig:
             raise BadInput("--perm-blocks must be at least 1")
 
 
-@dataclass(frozen=True)
-class HeadLayout:
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-
-    @classmethod
-    def of(cls, config) -> "HeadLayout | None":
-        heads = getattr(config, "num_attention_heads", None)
-        if not heads:
-            return None
-        kv = getattr(config, "num_key_value_heads", None) or heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        return cls(heads, kv, head_dim)
-
-    def kv_of_head(self) -> torch.Tensor:
-        return torch.arange(self.num_heads) // (self.num_heads // self.num_kv_heads)
-
-
 def site_of(linear_name: str, in_features: int, heads: HeadLayout | None) -> str:
-    last = linear_name.rsplit(".", 1)[-1]
-    if last in ("down_proj", "w2", "fc2"):
+    role = role_of(linear_name)
+    if role == "down":
         return "mlp"
-    if last in ("o_proj", "out_proj") and heads and in_features == heads.num_heads * heads.head_dim:
+    if role == "o" and heads and in_features == heads.num_heads * heads.head_dim:
         return "heads"
     return "index"
 
@@ -114,8 +96,8 @@ def unpermute(pruned_in_perm_order: torch.Tensor, perm: torch.Tensor) -> torch.T
     return pruned_in_perm_order[:, inverse(perm).to(pruned_in_perm_order.device)]
 
 
-MLP_PRODUCERS = ("gate_proj", "up_proj", "w1", "w3", "fc1")
-VALUE_PRODUCERS = ("v_proj",)
+def _sibling(parent, *roles):
+    return next((getattr(parent, name) for name in names_with(*roles) if hasattr(parent, name)), None)
 
 
 def fold_into_model(model, permutations: dict[str, torch.Tensor], sites: dict[str, str],
@@ -130,13 +112,14 @@ def fold_into_model(model, permutations: dict[str, torch.Tensor], sites: dict[st
         parent = model.get_submodule(name.rpartition(".")[0])
         consumer = model.get_submodule(name)
         if sites.get(name) == "mlp":
-            producers = [getattr(parent, p) for p in MLP_PRODUCERS if hasattr(parent, p)]
-            if producers:
-                gate, up = (producers + [None])[:2] if len(producers) == 2 else (None, producers[0])
+            gate, up = _sibling(parent, "gate"), _sibling(parent, "up")
+            if gate is not None and up is None:
+                gate, up = None, gate  # a lone producer is folded alike
+            if up is not None:
                 fold_mlp(gate, up, consumer, perm)
                 continue
         if sites.get(name) == "heads" and heads is not None:
-            value = next((getattr(parent, p) for p in VALUE_PRODUCERS if hasattr(parent, p)), None)
+            value = _sibling(parent, "v")
             if value is not None:
                 kv_of_head = heads.kv_of_head()
                 first_head = [int((kv_of_head == k).nonzero()[0]) for k in range(heads.num_kv_heads)]

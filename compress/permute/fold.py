@@ -26,20 +26,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compress.models import decoder_layers
+from compress.model.layers import decoder_layers
+from compress.model.roles import HEAD_NORMS, RESIDUAL_READERS, RESIDUAL_WRITERS
 
 __all__ = ["is_permutation", "inverse", "fold_mlp", "attention_values_perm", "fold_attention_values",
-           "fold_residual", "RESIDUAL_READERS", "RESIDUAL_WRITERS", "HEAD_NORMS"]
+           "fold_residual"]
 
-# Linear names (last component of the module name) that read the residual stream: input columns.
-RESIDUAL_READERS = frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "gate_proj",
-                              "up_proj", "gate_up_proj", "w1", "w3", "fc", "fc1", "c_fc", "dense_h_to_4h",
-                              "gate", "router", "shared_expert_gate"})
-# Linear names that write to the residual stream: output rows and bias.
-RESIDUAL_WRITERS = frozenset({"o_proj", "down_proj", "out_proj", "dense", "w2", "fc2", "c_proj",
-                              "dense_4h_to_h"})
-# Norms over head_dim, not hidden; left alone even when head_dim happens to equal hidden.
-HEAD_NORMS = frozenset({"q_norm", "k_norm", "q_layernorm", "k_layernorm"})
 
 
 def is_permutation(perm, n: int) -> bool:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from compress.prune.pattern import Pattern, mask_for
+from compress.pattern import Pattern, mask_for
 
 __all__ = ["LearnConfig", "learned_permutation", "output_loss", "deflated"]
 

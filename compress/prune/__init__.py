@@ -1,7 +1,7 @@
 """Pruning methods. A new method is one file with a `METHOD` and one entry in `METHODS`."""
 from compress.prune import magnitude, ria, sparsegpt, wanda
 from compress.prune.method import Method
-from compress.prune.pattern import Pattern, mask_for, nm_mask, parse_pattern, row_mask
+from compress.pattern import Pattern, mask_for, nm_mask, parse_pattern, row_mask
 
 METHODS: dict[str, Method] = {m.name: m for m in (magnitude.METHOD, wanda.METHOD, sparsegpt.METHOD, ria.METHOD)}
 

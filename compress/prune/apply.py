@@ -11,10 +11,10 @@ from torch import nn
 from compress.calibrate.collectors import collect_inputs
 from compress.calibrate.engine import LayerStep, capture_layer_inputs, walk_layers
 from compress.errors import BadInput
-from compress.models import decoder_layers, target_linears
+from compress.model.layers import decoder_layers, target_linears
 from compress.permute import HeadLayout, PermuteConfig, permutation_candidates, site_of, unpermute
 from compress.prune.method import Method
-from compress.prune.pattern import Pattern
+from compress.pattern import Pattern
 
 __all__ = ["PruneConfig", "PruneResult", "prune_model", "check_config"]
 

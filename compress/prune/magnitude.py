@@ -2,7 +2,7 @@
 import torch
 
 from compress.prune.method import Method
-from compress.prune.pattern import Pattern, mask_for
+from compress.pattern import Pattern, mask_for
 
 
 def score(weight: torch.Tensor) -> torch.Tensor:

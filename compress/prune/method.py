@@ -7,7 +7,7 @@ from typing import Callable, Optional
 import torch
 
 from compress.calibrate.collectors import Collector
-from compress.prune.pattern import Pattern
+from compress.pattern import Pattern
 
 PruneFn = Callable[[torch.Tensor, Optional[Collector], Pattern, dict], torch.Tensor]
 ScoreFn = Callable[[torch.Tensor, Optional[Collector], dict], torch.Tensor]

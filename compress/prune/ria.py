@@ -6,7 +6,7 @@ The column sum runs over output rows, so the Linears that share an input are not
 import torch
 
 from compress.prune.method import Method
-from compress.prune.pattern import Pattern, mask_for
+from compress.pattern import Pattern, mask_for
 
 
 def score(weight: torch.Tensor, input_norm: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from compress.prune.method import Method
-from compress.prune.pattern import Pattern, nm_mask, row_mask
+from compress.pattern import Pattern, nm_mask, row_mask
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:

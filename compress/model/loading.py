@@ -1,4 +1,4 @@
-"""Loading causal LMs from a directory, a .gguf file or the hub, and finding their decoder layers."""
+"""Loading causal LMs from a directory, a .gguf file or the hub, and choosing dtype and device."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from compress.errors import BadInput
 
-__all__ = ["load_model", "resolve_dtype", "decoder_layers", "target_linears"]
+__all__ = ["load_model", "resolve_dtype", "resolve_device"]
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
@@ -68,13 +68,13 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
     """Load (model, tokenizer, resolved source) on the CPU in `dtype`; the caller streams layers to a GPU.
 
     `source` is a local HF directory, a .gguf file, a hub id, or None for the default model.
-    `device_map` (a compress.placement.DeviceMap) spreads the model over GPUs, CPU memory and disk
+    `device_map` (a compress.model.placement.DeviceMap) spreads the model over GPUs, CPU memory and disk
     with accelerate instead; the engine and the evaluation then keep that placement.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if source is None:
-        from compress.assets import default_model_dir
+        from compress.defaults.assets import default_model_dir
 
         source = str(default_model_dir())
     torch_dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
@@ -129,47 +129,3 @@ def _load_compressed(path: Path, dtype, trust_remote_code: bool, device_map):
     model = load(path, dtype, trust_remote_code)
     model.config.use_cache = False
     return model, AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code), str(path)
-
-
-def decoder_layers(model) -> list[tuple[str, object]]:
-    """The repeated decoder blocks, in order, found from `_no_split_modules` or the longest ModuleList."""
-    from torch import nn
-
-    block_classes = set(getattr(model, "_no_split_modules", None) or [])
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) and type(module[0]).__name__ in block_classes:
-            return [(f"{name}.{i}", layer) for i, layer in enumerate(module)]
-    lists = [(name, m) for name, m in model.named_modules()
-             if isinstance(m, nn.ModuleList) and len(m) > 1 and len({type(x) for x in m}) == 1]
-    if not lists:
-        raise BadInput(f"no decoder layers found in {type(model).__name__}")
-    name, module = max(lists, key=lambda item: len(item[1]))
-    return [(f"{name}.{i}", layer) for i, layer in enumerate(module)]
-
-
-def target_linears(layer, layer_name: str, targets: str | None = None, ignore: str | None = None):
-    """{full name: Linear} inside one decoder layer, filtered by regexes searched in the full name."""
-    from torch import nn
-
-    found = {}
-    for name, module in layer.named_modules():
-        full = f"{layer_name}.{name}" if name else layer_name
-        if not isinstance(module, nn.Linear):
-            continue
-        if targets and not re.search(targets, full):
-            continue
-        if ignore and re.search(ignore, full):
-            continue
-        found[full] = module
-    return found
-
-
-def compile_regex(pattern: str | None, option: str) -> str | None:
-    if pattern is None:
-        return None
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise BadInput(f"{option}: bad regular expression {pattern!r} ({exc})") from exc
-    return pattern
-

@@ -21,7 +21,7 @@ import zlib
 from typing import Any
 from unittest import mock
 
-from compress.rdata import read_lazyload_db
+from compress.defaults.rdata import read_lazyload_db
 
 log = logging.getLogger(__name__)
 
