@@ -2,6 +2,14 @@
 
 A source is the default Jane Austen text, a local .txt/.md file, a .jsonl file (one record a line,
 `text_field` holding the text), or a Hugging Face dataset given as NAME[:CONFIG][:SPLIT].
+
+BOS: where the tokenizer itself starts a sequence with a BOS token (it adds one under
+add_special_tokens=True), windows start with it, as the model saw text in training:
+  calibration  each window of `seqlen` is [BOS] + seqlen−1 text tokens;
+  evaluation   `evaluation_tokens` returns the text ids alone; `window_bos(tokenizer)` gives the id that
+               `compress.evaluate.perplexity(..., bos_id=)` puts before each window of text.
+`bos=False` (CLI --no-bos) cuts windows straight from the text, as before. A tokenizer that adds no BOS
+(SmolLM2's) gives the same windows either way.
 """
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ import torch
 
 from compress.errors import BadInput
 
-__all__ = ["TextSource", "read_text", "calibration_tokens", "evaluation_tokens"]
+__all__ = ["TextSource", "read_text", "calibration_tokens", "evaluation_tokens", "window_bos"]
 
 
 @dataclass(frozen=True)
@@ -87,18 +95,38 @@ def _tokenize(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def calibration_tokens(tokenizer, source: TextSource, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """`nsamples` random windows of `seqlen` tokens, drawn reproducibly from the source."""
+def window_bos(tokenizer, bos: bool = True) -> int | None:
+    """The id that starts every window: the BOS the tokenizer adds itself, or None (none added, or bos off)."""
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if not bos or bos_id is None:
+        return None
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    # compare with the plain ids too: a text whose first token happens to be the BOS id is not an added BOS
+    added = len(special) > len(plain) and special[0] == bos_id and special[1 : 1 + len(plain)] == plain
+    return bos_id if added else None
+
+
+def calibration_tokens(tokenizer, source: TextSource, nsamples: int, seqlen: int, seed: int,
+                       bos: bool = True) -> torch.Tensor:
+    """`nsamples` random windows of `seqlen` tokens, drawn reproducibly from the source; each starts with
+    the tokenizer's BOS where it adds one (and `bos` is on), followed by seqlen−1 text tokens."""
     if nsamples < 1 or seqlen < 2:
         raise BadInput(f"need --nsamples >= 1 and --seqlen >= 2 (got {nsamples}, {seqlen})")
     ids = _tokenize(tokenizer, read_text(source, "calibration"))
-    if ids.numel() <= seqlen:
+    bos_id = window_bos(tokenizer, bos)
+    text_len = seqlen - (bos_id is not None)
+    if ids.numel() <= text_len:
         raise BadInput(f"calibration text has {ids.numel()} tokens, fewer than --seqlen {seqlen}")
     generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seqlen, (nsamples,), generator=generator)
-    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+    starts = torch.randint(0, ids.numel() - text_len, (nsamples,), generator=generator)
+    windows = torch.stack([ids[s : s + text_len] for s in starts.tolist()])
+    if bos_id is None:
+        return windows
+    return torch.cat([torch.full((nsamples, 1), bos_id, dtype=windows.dtype), windows], dim=1)
 
 
 def evaluation_tokens(tokenizer, source: TextSource, max_tokens: int | None = None) -> torch.Tensor:
+    """The evaluation text's ids (at most `max_tokens`), no BOS: `perplexity` adds it per window."""
     ids = _tokenize(tokenizer, read_text(source, "evaluation"))
     return ids[:max_tokens] if max_tokens else ids

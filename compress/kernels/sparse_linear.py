@@ -8,6 +8,12 @@ activations are gathered first, x[..., perm]. Which path runs (`kernels`, set by
            of compress.kernels.decode, reading the compressed values and metadata directly (the
            permutation is applied while loading x);
   dense    everywhere else (CPU, other N:M at prefill, kernels off): the weight unpacked once and cached.
+
+Every forward records the path it took in `ran_on` ("cusparselt", "triton" or "dense"); with the kernels
+on, `fallback_reason` says why it is not on the sparse kernel meant for it (cuSPARSELt refused the shape or
+is missing, no kernel for this N:M and token count, input not on CUDA), else None. Under a CUDA graph the
+record is that of the captured call, which is what replays. `kernel_usage` and `kernel_fallbacks` read
+them for a whole model.
 """
 from __future__ import annotations
 
@@ -19,11 +25,16 @@ from torch import nn
 
 from compress.kernels.nm_format import pack_nm, unpack_nm
 
-__all__ = ["SparseLinear", "use_kernels"]
+__all__ = ["SparseLinear", "use_kernels", "kernel_usage", "kernel_fallbacks"]
 
 # One token in bf16, or wherever cuSPARSELt is unavailable, takes the Triton kernels; everything else goes
 # to cuSPARSELt, whose fp16 products beat dense from 8 tokens up (BENCHMARKS.md).
 DECODE_TOKENS = 1
+DECODE_MAX_TOKENS = 16  # the most tokens sent to the Triton kernels
+
+
+def _on_gpu(x: torch.Tensor) -> bool:
+    return x.is_cuda  # one place for the CPU tests to pretend
 
 
 class SparseLinear(nn.Module):
@@ -40,6 +51,9 @@ class SparseLinear(nn.Module):
         self.contiguous_output = True
         self._nibbles: torch.Tensor | None = None
         self._cslt = None
+        self._cslt_refused: str | None = None  # why a 2:4 weight has no cuSPARSELt form
+        self.ran_on: str | None = None
+        self.fallback_reason: str | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, n: int, m: int, perm: torch.Tensor | None = None) -> "SparseLinear":
@@ -75,8 +89,14 @@ class SparseLinear(nn.Module):
             if cslt_available() and self.values.is_cuda:
                 try:
                     self._cslt = CsltWeight(unpack_nm(self.values, self.mask, self.in_features))
-                except RuntimeError:  # shapes cuSPARSELt refuses run on the dense path
+                    self._cslt_refused = None
+                except RuntimeError as exc:  # shapes cuSPARSELt refuses run on the other paths
                     self._cslt = None
+                    self._cslt_refused = f"cuSPARSELt refused {self.out_features}x{self.in_features}: {str(exc)[:120]}"
+                    warnings.warn(self._cslt_refused)
+            elif self._cslt is None:
+                self._cslt_refused = ("cuSPARSELt is not available" if not cslt_available()
+                                      else "the weight was not on a GPU when the kernels were prepared")
 
     def _decode(self, x: torch.Tensor) -> torch.Tensor:
         from compress.kernels import decode
@@ -106,18 +126,30 @@ class SparseLinear(nn.Module):
     def _decode_applies(self) -> bool:
         return self._nibbles is not None or (self.m & (self.m - 1) == 0 and self.m <= 16 and self.in_features % 8 == 0)
 
+    def _ran(self, path: str, reason: str | None = None) -> None:
+        self.ran_on, self.fallback_reason = path, reason
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernels and x.is_cuda:
+        if self.kernels and _on_gpu(x):
             tokens = x.numel() // self.in_features
-            cslt_fits = self._cslt is not None and not (tokens <= DECODE_TOKENS and x.dtype == torch.bfloat16)
-            if cslt_fits:
+            wants_cslt = (self.n, self.m) == (2, 4) and not (tokens <= DECODE_TOKENS and x.dtype == torch.bfloat16)
+            if wants_cslt and self._cslt is not None:
                 try:
-                    return self._prefill(x)
+                    out = self._prefill(x)
+                    self._ran("cusparselt")
+                    return out
                 except RuntimeError as exc:  # a shape cuSPARSELt refuses: this module stays on the other paths
-                    warnings.warn(f"cuSPARSELt refused {self.out_features}x{self.in_features}: {str(exc)[:120]}")
+                    self._cslt_refused = f"cuSPARSELt refused {self.out_features}x{self.in_features}: {str(exc)[:120]}"
+                    warnings.warn(self._cslt_refused)
                     self._cslt = None
-            if tokens <= 16 and self._decode_applies():
-                return self._decode(x)
+            reason = self._cslt_refused if wants_cslt else None
+            if tokens <= DECODE_MAX_TOKENS and self._decode_applies():
+                out = self._decode(x)
+                self._ran("triton", reason)
+                return out
+            self._ran("dense", reason or f"no sparse kernel for {self.n}:{self.m} at {tokens} tokens")
+        else:
+            self._ran("dense", f"input on {x.device.type}: the kernels need CUDA" if self.kernels else None)
         if self.perm is not None:
             x = x.index_select(-1, self.perm)
         return F.linear(x, self.stored_weight(), self.bias)
@@ -141,6 +173,23 @@ def use_kernels(model: nn.Module, enabled: bool = True, transposed_mlp: bool = T
             if enabled:
                 module.prepare_kernels()
             module.kernels = enabled
+            module.ran_on = module.fallback_reason = None  # a fresh record for the next run
             module.contiguous_output = not (transposed_mlp and "mlp" in name and module.out_features != hidden)
             count += 1
     return count
+
+
+def kernel_usage(model: nn.Module) -> dict[str, list[str]]:
+    """Path ("cusparselt", "triton", "dense") → names of the SparseLinear modules whose last forward took
+    it; modules that have not run since `use_kernels` are left out."""
+    usage: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, SparseLinear) and module.ran_on is not None:
+            usage.setdefault(module.ran_on, []).append(name)
+    return usage
+
+
+def kernel_fallbacks(model: nn.Module) -> dict[str, str]:
+    """Name → reason for each SparseLinear whose last forward, with the kernels on, missed its sparse kernel."""
+    return {name: module.fallback_reason for name, module in model.named_modules()
+            if isinstance(module, SparseLinear) and module.fallback_reason is not None}

@@ -7,21 +7,44 @@ from pathlib import Path
 
 from compress.errors import BadInput
 
-__all__ = ["load_model", "resolve_dtype", "resolve_device"]
+__all__ = ["load_model", "resolve_dtype", "resolve_device", "checkpoint_dtype"]
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
 
 
-def resolve_dtype(name: str, device: str):
-    """'auto' means float32 on CPU (half precision is slow there) and bfloat16 on a GPU."""
+def resolve_dtype(name: str, device: str, config=None):
+    """The torch dtype to load in. 'auto': float32 on the CPU (half precision is slow there); on a GPU the
+    dtype the checkpoint records (`config.dtype`, older `torch_dtype`), bfloat16 where it records none or
+    `config` is None (a .gguf). float16 only ever comes from the checkpoint: it overflows in some families."""
     import torch
 
     if name == "auto":
-        return torch.float32 if device == "cpu" else torch.bfloat16
+        return torch.float32 if device == "cpu" else checkpoint_dtype(config)
     if name not in DTYPES:
         raise BadInput(f"unknown dtype {name!r}: choose auto, float32, bfloat16 or float16")
     return getattr(torch, DTYPES[name])
+
+
+def checkpoint_dtype(config):
+    """The float dtype a model config records, bfloat16 where it records none (or one we do not load in)."""
+    import torch
+
+    recorded = None
+    if config is not None:
+        recorded = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(recorded, str):
+        recorded = getattr(torch, DTYPES.get(recorded, recorded), None)
+    return recorded if recorded in (torch.float32, torch.bfloat16, torch.float16) else torch.bfloat16
+
+
+def _auto_config(where: str, kwargs: dict):
+    """The config that decides `--dtype auto` on a GPU: None for a .gguf (bfloat16)."""
+    if "gguf_file" in kwargs:
+        return None
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(where, trust_remote_code=kwargs.get("trust_remote_code", False))
 
 
 def resolve_device(name: str) -> str:
@@ -36,7 +59,7 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def _looks_like_hub_id(source: str) -> bool:
+def looks_like_hub_id(source: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", source)) and not source.startswith(".")
 
 
@@ -77,13 +100,16 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
         from compress.defaults.assets import default_model_dir
 
         source = str(default_model_dir())
-    torch_dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
+    torch_dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype  # checks the name early
+    from_checkpoint = dtype == "auto" and device != "cpu"
     path = Path(source)
     kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     placement = device_map.load_kwargs() if device_map is not None else {}
     if path.is_file() and path.suffix == ".gguf":
         where, kwargs["gguf_file"] = str(path.parent), path.name
     elif path.is_dir() and (path / "compressed.safetensors").is_file():
+        if from_checkpoint:
+            torch_dtype = resolve_dtype(dtype, device, _auto_config(str(path), kwargs))
         return _load_compressed(path, torch_dtype, trust_remote_code, device_map)
     elif path.is_dir():
         if not (path / "config.json").is_file():
@@ -93,7 +119,7 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
         where = str(path)
     elif path.exists():
         raise BadInput(f"{source}: expected a model directory or a .gguf file")
-    elif _looks_like_hub_id(source):
+    elif looks_like_hub_id(source):
         where = source
         os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
         os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
@@ -102,6 +128,8 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
     else:
         raise BadInput(f"{source}: no such file or directory")
     try:
+        if from_checkpoint:
+            kwargs["dtype"] = resolve_dtype(dtype, device, _auto_config(where, kwargs))
         # Weights come from safetensors or weights-only torch.load; remote code runs only if asked.
         model = AutoModelForCausalLM.from_pretrained(where, low_cpu_mem_usage=True, **kwargs, **placement)
         tokenizer = AutoTokenizer.from_pretrained(
@@ -109,7 +137,7 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
         )
     except Exception as exc:  # loaders raise many types; each means this input cannot be used
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if where == source and _looks_like_hub_id(source) and not path.exists():
+        if where == source and looks_like_hub_id(source) and not path.exists():
             raise BadInput(f"could not fetch {source!r} from the Hugging Face hub ({first_line[:200]}); "
                            "download it elsewhere and pass the local directory") from exc
         raise BadInput(f"could not load model from {source}: {first_line[:300]}") from exc
