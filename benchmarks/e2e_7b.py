@@ -1,6 +1,7 @@
 """End-to-end prefill and decode of a 7B-shape 2:4 Llama on the GPU: our kernels vs the dense model.
 
 Usage: PYTHONPATH=. python benchmarks/e2e_7b.py [--layers 32] [--batch 1 4] [--seqlen 2048] [--json out.json]
+       PYTHONPATH=. python benchmarks/e2e_7b.py --tiny --json /tmp/tiny.json   # small shape: a quick GPU check
 Random weights, every decoder Linear pruned 2:4 by magnitude. "dense" runs cuBLAS on the pruned weights
 (zeros in place), "sparse" swaps each Linear for SparseLinear with kernels on (cuSPARSELt for prefill,
 the Triton decode kernel for one token). Both are captured in a CUDA graph and timed with do_bench
@@ -16,6 +17,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from _meta import meta  # noqa: E402
 
 from compress.kernels.graphs import capture  # noqa: E402
 
@@ -94,10 +97,16 @@ def main() -> None:
     parser.add_argument("--decode-context", type=int, default=1024)
     parser.add_argument("--contiguous-mlp", action="store_true", help="copy gate/up outputs to row-major")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models (prefill only)")
+    parser.add_argument("--hidden", type=int, default=4096)
+    parser.add_argument("--intermediate", type=int, default=11008)
+    parser.add_argument("--tiny", action="store_true", help="2 layers, hidden 512, 128 tokens, batch 1")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.tiny:
+        args.layers, args.hidden, args.intermediate, args.seqlen, args.batch, args.decode_context = 2, 512, 1024, 128, [1], 64
+    run_meta = meta()
     dtype = getattr(torch, args.dtype)
-    model = random_llama(args.layers, 4096, 11008, dtype, device="cuda")
+    model = random_llama(args.layers, args.hidden, args.intermediate, dtype, device="cuda")
     names = prune_24(model)
     rows, runs = [], {}
     gen = torch.Generator("cuda").manual_seed(0)
@@ -128,12 +137,12 @@ def main() -> None:
                "speedup": dense_ms / ms, "logits_rel_err": rel_err(logits, dense_logits)}
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "layers": args.layers, "dtype": args.dtype, "seqlen": args.seqlen, "decode_context": args.decode_context,
-            "contiguous_mlp": args.contiguous_mlp, "compile": args.compile, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
-    print(json.dumps(meta))
+    settings = {"layers": args.layers, "hidden": args.hidden, "intermediate": args.intermediate, "dtype": args.dtype,
+                "seqlen": args.seqlen, "decode_context": args.decode_context, "contiguous_mlp": args.contiguous_mlp,
+                "compile": args.compile, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    print(json.dumps(settings))
     if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"meta": {**run_meta, **settings}, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -3,26 +3,26 @@
 Usage: python benchmarks/permutations.py --out benchmarks/results/permutations.json
        [--methods wanda ria sparsegpt] [--patterns 2:4 4:8] [--kinds none heuristic learned]
        [--calib-seed 0 1 2 ...] [--device cuda]
+       python benchmarks/permutations.py --tiny --out /tmp/tiny.json   # tiny random model: a quick check
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
+import tempfile
 import time
 
 import torch
 
+from _compat import learn_config, prune_config
+from _meta import meta
+from _tiny import tiny_model
+
 
 def main() -> None:
-    from compress.calibrate.data import TextSource, calibration_tokens, evaluation_tokens
-    from compress.evaluate import perplexity
-    from compress.jobs import _versions
+    from compress.calibrate.data import TextSource
     from compress.model.loading import load_model
-    from compress.permute import PermuteConfig
-    from compress.permute.learned import LearnConfig
-    from compress.prune import parse_pattern
-    from compress.prune.apply import PruneConfig, prune_model
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-tokens", type=int, default=16384)
+    parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--block", type=int, default=64)
     parser.add_argument("--deflate", type=int, default=1)
@@ -39,27 +40,45 @@ def main() -> None:
     parser.add_argument("--calib-seed", type=int, nargs="+", default=[0],
                         help="which calibration windows are drawn; several seeds give one row set per draw")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tiny", action="store_true", help="tiny random model and text, Wanda 2:4, few tokens")
     args = parser.parse_args()
+    run_meta = meta()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir, text = None, TextSource()
+        if args.tiny:
+            model_dir, path = tiny_model(tmp)
+            text = TextSource(path=path)
+            args.methods, args.patterns, args.nsamples, args.seqlen, args.eval_tokens, args.context = (
+                ["wanda"], ["2:4"], 4, 32, 256, 64)
+            args.steps = 1
+        model, tokenizer, source = load_model(model_dir, "float32", args.device)
+        run(args, run_meta, model, tokenizer, source if not args.tiny else "tiny random Llama", text)
 
-    learn = LearnConfig(block=args.block, steps=args.steps, deflate=args.deflate, seed=args.search_seed)
-    model, tokenizer, source = load_model(None, "float32", args.device)
+
+def run(args, run_meta, model, tokenizer, source, text) -> None:
+    from compress.calibrate.data import calibration_tokens, evaluation_tokens
+    from compress.evaluate import perplexity
+    from compress.prune.apply import prune_model
+
+    learn = learn_config(args.steps, args.block, args.deflate, args.search_seed)
     original = {k: v.clone() for k, v in model.state_dict().items()}
-    evaluation = evaluation_tokens(tokenizer, TextSource(), args.eval_tokens)
-    dense = perplexity(model, evaluation, 1024, args.device).perplexity
-    summary = {"model": source, "versions": _versions(), "dense_ppl": round(dense, 3),
-               "calibration": f"{args.nsamples}x{args.seqlen} Austen (5 novels), seeds {args.calib_seed}",
-               "eval": f"Persuasion, first {evaluation.numel()} tokens, context 1024",
+    evaluation = evaluation_tokens(tokenizer, text, args.eval_tokens)
+    dense = perplexity(model, evaluation, args.context, args.device).perplexity
+    summary = {"meta": run_meta, "model": source, "versions": run_meta["versions"], "dense_ppl": round(dense, 3),
+               "calibration": f"{args.nsamples}x{args.seqlen} {text.describe('Austen (5 novels)')}, seeds {args.calib_seed}",
+               "eval": f"{text.describe('Persuasion')}, first {evaluation.numel()} tokens, context {args.context}",
                "learned": learn.to_dict(), "rows": []}
     print(f"dense {dense:.3f}", flush=True)
     for calib_seed in args.calib_seed:
-        calib = calibration_tokens(tokenizer, TextSource(), args.nsamples, args.seqlen, seed=calib_seed)
+        calib = calibration_tokens(tokenizer, text, args.nsamples, args.seqlen, seed=calib_seed)
         for pattern, method, kind in itertools.product(args.patterns, args.methods, args.kinds):
             model.load_state_dict(original)
-            permute = PermuteConfig(kind, learn=learn)
+            config = prune_config(method, pattern, permute=kind, perm_steps=args.steps, perm_block_size=args.block,
+                                  perm_deflate=args.deflate, perm_seed=args.search_seed)
             started = time.perf_counter()
-            result = prune_model(model, PruneConfig(method, parse_pattern(pattern), permute=permute), calib, args.device)
+            result = prune_model(model, config, calib, args.device)
             seconds = time.perf_counter() - started
-            ppl = perplexity(model, evaluation, 1024, args.device).perplexity
+            ppl = perplexity(model, evaluation, args.context, args.device).perplexity
             row = {"pattern": pattern, "method": method, "permute": kind, "ppl": round(ppl, 3),
                    "gap": round(ppl - dense, 3), "prune_s": round(seconds, 1), "calib_seed": calib_seed,
                    "mean_layer_error": sum(s.relative_error for s in result.steps) / len(result.steps)}

@@ -24,6 +24,9 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
+from _compat import prune_config  # noqa: E402
+from _meta import meta  # noqa: E402
+
 
 def build_config(args):
     from transformers import LlamaConfig
@@ -90,8 +93,7 @@ def random_dispatched_llama(args, dtype, offload_dir):
 def main() -> None:
     from compress.evaluate import perplexity
     from compress.model.placement import main_device
-    from compress.prune import parse_pattern
-    from compress.prune.apply import PruneConfig, prune_model
+    from compress.prune.apply import prune_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU, half its layers on disk")
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--eval-context", type=int, default=2048)
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args()
+    run_meta = meta()
     if args.tiny:
         args.dtype, args.nsamples, args.seqlen, args.eval_tokens, args.eval_context = "float32", 8, 64, 1024, 128
     dtype = getattr(torch, args.dtype)
@@ -127,7 +130,7 @@ def main() -> None:
         for gpu in range(gpus):
             torch.cuda.reset_peak_memory_stats(gpu)
         t0 = time.perf_counter()
-        result = prune_model(model, PruneConfig(method=args.method, pattern=parse_pattern(args.pattern)), calib, device)
+        result = prune_model(model, prune_config(args.method, args.pattern), calib, device)
         _synchronize(gpus)
         prune_s = time.perf_counter() - t0
         prune_peaks = [torch.cuda.max_memory_allocated(gpu) for gpu in range(gpus)]
@@ -142,7 +145,7 @@ def main() -> None:
     for where in device_map.values():
         placed[str(where)] = placed.get(str(where), 0) + 1
     report = {
-        "shape": {"layers": args.layers, "hidden": args.hidden, "intermediate": args.intermediate,
+        "meta": run_meta, "shape": {"layers": args.layers, "hidden": args.hidden, "intermediate": args.intermediate,
                   "heads": args.heads, "kv_heads": args.kv_heads, "vocab": args.vocab, "dtype": args.dtype},
         "model_gib": round(size / 2**30, 2), "modules_per_device": placed, "main_device": str(device),
         "method": args.method, "pattern": args.pattern, "tokens": args.nsamples * args.seqlen,
