@@ -13,9 +13,19 @@ ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("commit", "dirty", "command", "versions", "machine", "date")
 
 
+def _code_root() -> Path:
+    """The checkout whose compress/ package is imported: its commit is the code that ran."""
+    try:
+        import compress
+
+        return Path(compress.__file__).resolve().parent.parent
+    except ImportError:
+        return ROOT
+
+
 def _git(*args: str) -> str | None:
     try:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(["git", *args], cwd=_code_root(), capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
