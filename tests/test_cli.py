@@ -34,12 +34,15 @@ def test_prune_eval_export_roundtrip(tiny_model_dir, text_file, tmp_path):
                     "--out", out, *common(text_file))
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["prune"]["overall_sparsity"] == pytest.approx(0.5)
-    assert report["perplexity"]["dense"]["perplexity"] > 1
+    prune, evaluation = report["stages"][0]["result"], report["stages"][1]["result"]
+    assert prune["overall_sparsity"] == pytest.approx(0.5)
+    assert evaluation["before"]["perplexity"] > 1 and evaluation["after"]["perplexity"] > 1
     manifest = json.loads((out / "compression.json").read_text())
-    assert manifest["method"] == "sparsegpt" and manifest["pattern"] == {"type": "n:m", "n": 4, "m": 8, "zero_fraction": 0.5}
+    pruned = manifest["stages"][0]["result"]
+    assert pruned["method"] == "sparsegpt" and pruned["pattern"] == {"type": "n:m", "n": 4, "m": 8, "zero_fraction": 0.5}
     assert manifest["calibration"]["nsamples"] == 8 and manifest["calibration"]["seed"] == 0
-    assert len(manifest["prune"]["layers"]) == 2
+    assert len(pruned["layers"]) == 2
+    assert (out / "recipe.yaml").is_file()
 
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     ids = torch.randint(0, 320, (2, 40))
@@ -48,13 +51,12 @@ def test_prune_eval_export_roundtrip(tiny_model_dir, text_file, tmp_path):
     # the same job in memory gives the same logits as the exported checkpoint
     from compress.calibrate.data import TextSource
     from compress.model.loading import load_model
-    from compress.prune import parse_pattern
     from compress.prune.apply import PruneConfig, prune_model
     from compress.calibrate.data import calibration_tokens
 
     model, tok, _ = load_model(str(tiny_model_dir), "float32", "cpu")
     calib = calibration_tokens(tok, TextSource(path=str(text_file)), 8, 64, 0)
-    prune_model(model, PruneConfig("sparsegpt", parse_pattern("4:8")), calib)
+    prune_model(model, PruneConfig(method="sparsegpt", pattern="4:8"), calib)
     with torch.no_grad():
         assert torch.equal(model(ids).logits, logits)
     original = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -71,9 +73,9 @@ def test_permuted_export_stores_indices_that_make_weights_n_m(tiny_model_dir, te
     result = invoke("prune", tiny_model_dir, "--method", "wanda", "--pattern", "2:4", "--permute", "heuristic",
                     "--out", out, "--json", *common(text_file))
     assert result.exit_code == 0, result.output
-    manifest = json.loads((out / "compression.json").read_text())
-    assert manifest["permute"]["kind"] == "heuristic"
-    assert manifest["prune"]["permutation_sites"]["model.layers.1.mlp.down_proj"] == "mlp"
+    pruned = json.loads((out / "compression.json").read_text())["stages"][0]["result"]
+    assert pruned["permute"]["kind"] == "heuristic"
+    assert pruned["permutation_sites"]["model.layers.1.mlp.down_proj"] == "mlp"
     perms = load_file(out / "permutations.safetensors")
     model = AutoModelForCausalLM.from_pretrained(out)
     assert len(perms) == 14
@@ -91,16 +93,29 @@ def test_eval_side_by_side(tiny_model_dir, text_file):
     assert len(rows) == 2 and rows[0]["perplexity"] == rows[1]["perplexity"]
 
 
-def test_refuses_to_overwrite_without_force(tiny_model_dir, text_file, tmp_path):
+def test_force_replaces_only_an_earlier_output(tiny_model_dir, text_file, tmp_path):
     out = tmp_path / "exists"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = invoke("prune", tiny_model_dir, "--method", "magnitude", "--out", out, *common(text_file))
-    assert result.exit_code == 2 and "already exists" in result.output
-    assert (out / "keep.txt").read_text() == "mine"
-    result = invoke("prune", tiny_model_dir, "--method", "magnitude", "--out", out, "--force", *common(text_file))
+    (out / "sub").mkdir()
+    for extra in ([], ["--force"]):  # a folder this tool did not write is never replaced
+        result = invoke("prune", tiny_model_dir, "--method", "magnitude", "--out", out, *extra, *common(text_file))
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert (out / "keep.txt").read_text() == "mine" and (out / "sub").is_dir()
+    fresh = tmp_path / "fresh"
+    assert invoke("prune", tiny_model_dir, "--method", "magnitude", "--out", fresh, *common(text_file)).exit_code == 0
+    result = invoke("prune", tiny_model_dir, "--method", "magnitude", "--pattern", "4:8", "--out", fresh, "--force",
+                    *common(text_file))
     assert result.exit_code == 0, result.output
-    assert not (out / "keep.txt").exists() and (out / "compression.json").exists()
+    manifest = json.loads((fresh / "compression.json").read_text())
+    assert manifest["stages"][0]["result"]["pattern"]["m"] == 8
+
+
+def test_out_dot_is_refused(tiny_model_dir, text_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.txt").write_text("mine")
+    result = invoke("prune", tiny_model_dir, "--method", "magnitude", "--out", ".", "--force", *common(text_file))
+    assert result.exit_code == 2 and (tmp_path / "mine.txt").read_text() == "mine"
 
 
 def corrupt_copy(src, dst):
@@ -134,7 +149,7 @@ BAD_INPUTS = {
     "nothing targeted": (lambda d, t: ["prune", d, "--targets", "nomatch"], "no Linear layers matched"),
     "missing text": (lambda d, t: ["prune", d, "--text", t / "none.txt", "--eval-text", t / "none.txt"], "no such text file"),
     "offline hub id": (lambda d, t: ["prune", "someone/some-model"], "hub"),
-    "unknown permutation": (lambda d, t: ["prune", d, "--permute", "random"], "unknown --permute"),
+    "unknown permutation": (lambda d, t: ["prune", d, "--permute", "random"], "--permute"),
     "learned without data": (lambda d, t: ["prune", d, "--method", "magnitude", "--permute", "learned"], "calibration data"),
     "eval missing model": (lambda d, t: ["eval", t / "nope"], "no such file"),
 }

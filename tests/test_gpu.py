@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gpu
 def test_gpu_matches_cpu(method):
     ids = torch.randint(0, 320, (8, 64), generator=torch.Generator().manual_seed(0))
     cpu, gpu = tiny(), tiny()
-    config = PruneConfig(method=method, pattern=parse_pattern("2:4"))
+    config = PruneConfig(method=method, pattern="2:4")
     prune_model(cpu, config, ids, "cpu")
     prune_model(gpu, config, ids, "cuda")
     assert next(gpu.parameters()).device.type == "cpu"  # layers went back home
@@ -43,13 +43,11 @@ def test_sparsegpt_graph_replay_equals_eager(spec, sparsity):
 
 @pytest.mark.parametrize("kind", ["heuristic", "learned"])
 def test_permuted_pruning_on_gpu(kind):
-    from compress.permute import PermuteConfig
     from compress.permute.fold import is_permutation
-    from compress.permute.learned import LearnConfig
 
     ids = torch.randint(0, 320, (8, 64), generator=torch.Generator().manual_seed(0))
     model = tiny()
-    config = PruneConfig("wanda", parse_pattern("2:4"), permute=PermuteConfig(kind, learn=LearnConfig(block=16, steps=10)))
+    config = PruneConfig(method="wanda", pattern="2:4", permute=kind, perm_block_size=16, perm_steps=10)
     result = prune_model(model, config, ids, "cuda")
     for name, perm in result.permutations.items():
         weight = model.get_submodule(name).weight

@@ -4,7 +4,6 @@ import pytest
 from compress.calibrate.data import TextSource, calibration_tokens, evaluation_tokens
 from compress.evaluate import perplexity
 from compress.model.loading import load_model
-from compress.prune import parse_pattern
 from compress.prune.apply import PruneConfig, prune_model
 
 pytestmark = pytest.mark.slow
@@ -23,7 +22,7 @@ def assets():
 
 def pruned_perplexity(method, pattern, calib, evaluation):
     model, _, _ = load_model(None, "float32", "cpu")
-    prune_model(model, PruneConfig(method=method, pattern=parse_pattern(pattern)), calib)
+    prune_model(model, PruneConfig(method=method, pattern=pattern), calib)
     return perplexity(model, evaluation, CONTEXT).perplexity
 
 

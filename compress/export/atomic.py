@@ -1,4 +1,8 @@
-"""Write a directory completely or not at all: build it beside the target, then rename."""
+"""Write a directory completely or not at all: build it beside the target, then rename.
+
+Replacing (`force`) only ever touches a directory that holds a previous output of this tool, recognised
+by its compression.json; anything else is refused, so nothing this tool did not write is deleted.
+"""
 from __future__ import annotations
 
 import os
@@ -10,23 +14,38 @@ from typing import Iterator
 
 from compress.errors import BadInput
 
-__all__ = ["check_output_dir", "atomic_directory"]
+__all__ = ["check_output_dir", "atomic_directory", "MANIFEST"]
+
+MANIFEST = "compression.json"
+
+
+def _ours(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and (path / MANIFEST).is_file()
 
 
 def check_output_dir(out: str | Path, force: bool, inputs: tuple[str | Path | None, ...] = ()) -> Path:
-    """Refuse an output that exists (unless `force`) or that is one of the inputs; return it resolved."""
-    path = Path(out).expanduser().resolve()
+    """Refuse an output that exists (unless `force` and it is an earlier output of ours) or that is one
+    of the inputs; return it resolved."""
+    path = Path(out).expanduser().absolute()
+    resolved = path.resolve()
     for source in inputs:
         if source is not None and Path(source).expanduser().exists():
             src = Path(source).expanduser().resolve()
-            if path == src or src in path.parents or path in src.parents:
-                raise BadInput(f"--out {out} would overwrite the input model {source}")
-    if path.exists() and not force:
-        raise BadInput(f"--out {out} already exists (use --force to replace it)")
+            if resolved == src or src in resolved.parents or resolved in src.parents:
+                raise BadInput(f"{out} would overwrite the input model {source}", key="out")
+    if resolved in Path.cwd().resolve().parents or resolved == Path.cwd().resolve():
+        raise BadInput(f"{out} is the current directory or one above it", key="out")
+    if path.is_symlink():
+        raise BadInput(f"{out} is a symbolic link", key="out")
     if path.exists() and not path.is_dir():
-        raise BadInput(f"--out {out} exists and is not a directory")
+        raise BadInput(f"{out} exists and is not a directory", key="out")
+    if path.exists() and not force:
+        raise BadInput(f"{out} already exists (force replaces an earlier output of compress)", key="out")
+    if path.exists() and not _ours(path):
+        raise BadInput(f"{out} exists and holds no {MANIFEST}: only an earlier output of compress is "
+                       "replaced", key="out")
     if not path.parent.is_dir():
-        raise BadInput(f"--out {out}: parent directory {path.parent} does not exist")
+        raise BadInput(f"{out}: parent directory {path.parent} does not exist", key="out")
     return path
 
 
@@ -37,9 +56,10 @@ def atomic_directory(out: str | Path, force: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
-        if out.exists():
-            if not force:
-                raise BadInput(f"{out} appeared while writing (use --force to replace it)")
+        if out.exists() or out.is_symlink():
+            if not (force and _ours(out)):
+                raise BadInput(f"{out} appeared while writing, and is not an earlier output of compress to replace",
+                               key="out")
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / out.name)
             os.replace(tmp, out)

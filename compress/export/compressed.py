@@ -29,20 +29,16 @@ FORMAT = {"name": "compress-nm", "version": 1, "file": COMPRESSED,
 
 def save_compressed(model, tokenizer, out: str | Path, manifest: dict, pattern, linears: list[str],
                     permutations: dict[str, torch.Tensor] | None = None, force: bool = False,
-                    fold_sites: dict[str, str] | None = None) -> Path:
-    """Write the compressed checkpoint. With `fold_sites` (linear -> mlp | heads | index), permutations
-    that fold are folded into `model` first (changing it in place, same function) and need no index."""
+                    extra_files: dict[str, str] | None = None) -> Path:
+    """Write the compressed checkpoint. `permutations` are the indices still carried (the caller folds
+    the foldable ones into the model first: compress.permute.fold_into_model)."""
     from safetensors.torch import save_file
 
     from compress.kernels.nm_format import pack_nm
 
     if not pattern.is_nm:
-        raise BadInput("--export compressed needs an N:M pattern")
+        raise BadInput("the compressed export needs an N:M pattern", key="export.format")
     permutations = permutations or {}
-    if permutations and fold_sites is not None:
-        from compress.permute import HeadLayout, fold_into_model
-
-        permutations = fold_into_model(model, permutations, fold_sites, HeadLayout.of(model.config))
     tensors, seen = {}, set()
     for key, tensor in model.state_dict().items():
         ptr = tensor.data_ptr()
@@ -64,6 +60,8 @@ def save_compressed(model, tokenizer, out: str | Path, manifest: dict, pattern, 
             tokenizer.save_pretrained(tmp)
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / COMPRESSED))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
     return Path(out)
 
 

@@ -39,9 +39,9 @@ class PermuteConfig:
 
     def __post_init__(self):
         if self.kind not in PERMUTATIONS:
-            raise BadInput(f"unknown --permute {self.kind!r}: choose one of {', '.join(PERMUTATIONS)}")
+            raise BadInput(f"unknown permutation {self.kind!r}: choose one of {', '.join(PERMUTATIONS)}", key="permute")
         if self.blocks < 1:
-            raise BadInput("--perm-blocks must be at least 1")
+            raise BadInput("perm_blocks must be at least 1", key="perm_blocks")
 
 
 def site_of(linear_name: str, in_features: int, heads: HeadLayout | None) -> str:

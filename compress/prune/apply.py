@@ -12,26 +12,12 @@ from compress.calibrate.collectors import collect_inputs
 from compress.calibrate.engine import LayerStep, capture_layer_inputs, walk_layers
 from compress.errors import BadInput
 from compress.model.layers import decoder_layers, target_linears
-from compress.permute import HeadLayout, PermuteConfig, permutation_candidates, site_of, unpermute
+from compress.model.roles import HeadLayout
+from compress.permute import permutation_candidates, site_of, unpermute
+from compress.prune.config import PruneConfig
 from compress.prune.method import Method
-from compress.pattern import Pattern
 
 __all__ = ["PruneConfig", "PruneResult", "prune_model", "check_config"]
-
-
-@dataclass
-class PruneConfig:
-    method: str = "wanda"
-    pattern: Pattern = field(default_factory=lambda: Pattern(n=2, m=4))
-    targets: str | None = None  # regex searched in full module names; default: every Linear in a decoder layer
-    ignore: str | None = None
-    options: dict = field(default_factory=dict)  # method options: blocksize, damp, ria_alpha
-    calib_batch: int = 0  # samples per forward; 0 picks about 16k tokens
-    permute: PermuteConfig = field(default_factory=PermuteConfig)
-
-    @property
-    def permuting(self) -> bool:
-        return self.permute.kind != "none" and self.pattern.is_nm
 
 
 @dataclass
@@ -62,22 +48,20 @@ class PruneResult:
 def _method(name: str) -> Method:
     from compress.prune import METHODS
 
-    if name not in METHODS:
-        raise BadInput(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
-    return METHODS[name]
+    return METHODS[name]  # PruneConfig checked the name
 
 
 def check_config(model, config: PruneConfig) -> list[tuple[str, nn.Module]]:
     """Validate method, targets and pattern against the model before any work; return the layers."""
     method = _method(config.method)
-    if config.permuting and config.permute.kind == "learned" and method.collector is None:
-        raise BadInput(f"learned permutations need calibration data, which {method.name} does not use")
+    if config.permuting and config.permute == "learned" and method.collector is None:
+        raise BadInput(f"learned permutations need calibration data, which {method.name} does not use", key="permute")
     layers = decoder_layers(model)
     chosen = {n: m for name, layer in layers for n, m in target_linears(layer, name, config.targets, config.ignore).items()}
     if not chosen:
-        raise BadInput("no Linear layers matched --targets/--ignore inside the decoder layers")
+        raise BadInput("no Linear layers matched targets/ignore inside the decoder layers", key="targets")
     for name, linear in chosen.items():
-        config.pattern.check_fits(linear.in_features, name)
+        config.parsed_pattern.check_fits(linear.in_features, name)
     return layers
 
 
@@ -109,25 +93,26 @@ def _apply(names, linears, choice: _Choice, result: PruneResult, site: str | Non
             result.permutations[name], result.permutation_sites[name] = choice.perm, site
 
 
-def _prune_group(names, linears, collectors, hessians, method, config, heads, result: PruneResult) -> list[_Choice]:
+def _prune_group(names, linears, collectors, hessians, method, config: PruneConfig, permute, heads,
+                 result: PruneResult) -> list[_Choice]:
     """Prune one group in place with its first choice; return every choice (several for learned permutations)."""
     weights = [linears[n].weight.data for n in names]
     stats = collectors[names[0]] if method.collector else None
     stacked = torch.cat(weights, 0) if len(weights) > 1 else weights[0]
-    site = None
+    site, pattern = None, config.parsed_pattern
     if config.permuting:
         site = site_of(names[0], stacked.shape[1], heads)
         score = method.score(stacked, stats, config.options)  # stacks only form for row-independent scores
         hessian = hessians[names[0]].matrix() if hessians else None
         choices = []
-        for label, perm, info in permutation_candidates(config.permute, config.pattern, stacked.float(), score,
+        for label, perm, info in permutation_candidates(permute, pattern, stacked.float(), score,
                                                         hessian, site, heads):
             permuted_stats = stats.permuted(perm) if stats is not None else None
-            pruned = unpermute(method.prune(stacked[:, perm.to(stacked.device)], permuted_stats, config.pattern,
+            pruned = unpermute(method.prune(stacked[:, perm.to(stacked.device)], permuted_stats, pattern,
                                             config.options), perm)
             choices.append(_Choice(label, perm, pruned, info))
     else:
-        choices = [_Choice("none", None, method.prune(stacked, stats, config.pattern, config.options), {})]
+        choices = [_Choice("none", None, method.prune(stacked, stats, pattern, config.options), {})]
     _apply(names, linears, choices[0], result, site)
     return choices
 
@@ -167,7 +152,7 @@ def prune_model(
     inputs, capture_seconds = None, 0.0
     if method.collector is not None:
         if calibration is None:
-            raise BadInput(f"method {method.name} needs calibration data")
+            raise BadInput(f"method {method.name} needs calibration data", key="calibrate")
         per_batch = config.calib_batch or max(1, 16384 // calibration.shape[1])
         batches = list(calibration.split(per_batch, 0))
         inputs = capture_layer_inputs(model, [layer for _, layer in layers], batches, device)
@@ -175,7 +160,8 @@ def prune_model(
     linear_report: dict[str, dict] = {}
     heads = HeadLayout.of(model.config)
     result = PruneResult([], linear_report, 0.0, capture_seconds)
-    learn_needs_hessian = config.permuting and config.permute.kind == "learned" and method.collector != "hessian"
+    learn_needs_hessian = config.permuting and config.permute == "learned" and method.collector != "hessian"
+    permute = config.permute_config()
 
     def change_layer(index, name, layer, data) -> dict:
         linears = target_linears(layer, name, config.targets, config.ignore)
@@ -191,7 +177,7 @@ def prune_model(
                 hessians = collectors
         options = {}
         for group in _groups(linears, collectors, method):
-            choices = _prune_group(group, linears, collectors, hessians, method, config, heads, result)
+            choices = _prune_group(group, linears, collectors, hessians, method, config, permute, heads, result)
             if len(choices) > 1:
                 site = result.permutation_sites[group[0]]
                 options[group[0][len(name) + 1:]] = (group, choices, site)

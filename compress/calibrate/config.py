@@ -1,0 +1,36 @@
+"""The calibration token source every calibrated stage draws from (each stage collects its own statistics
+as it walks the layers: layer i's statistics depend on the already-changed layers before it)."""
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from compress.config import StrictConfig
+
+__all__ = ["CalibrateConfig"]
+
+
+class CalibrateConfig(StrictConfig):
+    text: str | None = None
+    """A .txt/.md file, or .jsonl with `text_field`; default: five Austen novels (Persuasion is held out)."""
+    dataset: str | None = None
+    """A Hugging Face dataset NAME[:CONFIG][:SPLIT] (needs compress[datasets])."""
+    text_field: str = "text"
+    nsamples: int = Field(128, ge=1)
+    """Calibration windows."""
+    seqlen: int = Field(2048, ge=2)
+    """Tokens per window (capped at the model's maximum)."""
+    seed: int = Field(0, ge=0)
+    """Seed for drawing the windows."""
+    bos: bool = True
+    """Start each window with the tokenizer's BOS where it adds one: [BOS] + seqlen − 1 text tokens."""
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.text and self.dataset:
+            raise ValueError("give a text file or a dataset, not both")
+        return self
+
+    def source(self):
+        from compress.calibrate.data import TextSource
+
+        return TextSource(path=self.text, dataset=self.dataset, text_field=self.text_field)

@@ -1,0 +1,90 @@
+"""What every command shares: exit codes, consoles that never read user text as markup, progress, and
+the names of flags for config keys."""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+__all__ = ["err", "out", "exit_codes", "progress", "print_json", "error_line"]
+
+err = Console(stderr=True, markup=False, highlight=False, emoji=False)
+out = Console(markup=False, highlight=False, emoji=False)
+
+
+def error_line(prefix: str, message: str) -> None:
+    """One line on stderr; `message` is shown as plain text, whatever brackets it holds."""
+    err.print(Text.assemble((prefix, "red"), " ", message), soft_wrap=True)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+@contextmanager
+def exit_codes(flag_of=None):
+    """Bad input: one line, exit 2. Anything else: one line, exit 1 (traceback with COMPRESS_DEBUG=1).
+    `flag_of(key)` names the flag behind a config key in errors raised after validation."""
+    from compress.errors import BadInput
+
+    try:
+        _quiet_libraries()
+        yield
+    except BadInput as exc:
+        flag = flag_of(exc.key) if flag_of and exc.key else None
+        error_line("error:", f"{flag}: {exc}" if flag else str(exc))
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130)
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        from compress.defaults.assets import AssetError
+
+        if isinstance(exc, AssetError):
+            error_line("error:", str(exc))
+            raise typer.Exit(2)
+        if os.environ.get("COMPRESS_DEBUG"):
+            raise
+        error_line("internal error:", f"{type(exc).__name__}: {exc}")
+        raise typer.Exit(1)
+
+
+@contextmanager
+def progress(quiet: bool):
+    """Rich progress over decoder layers (stderr) with stage messages; yields a pipeline Progress."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from compress.pipeline.session import Progress as Hooks
+
+    if quiet:
+        yield Hooks()
+        return
+    bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True)
+    tasks: dict = {}
+
+    def stage(message: str) -> None:
+        tasks.pop("layers", None)
+        bar.console.print(Text.assemble(("•", "dim"), " ", message))
+
+    def layer(step, total: int) -> None:
+        if "layers" not in tasks:
+            tasks["layers"] = bar.add_task("layers", total=total)
+        bar.update(tasks["layers"], advance=1, description=f"({step.index + 1}/{total}) {step.name}")
+
+    with bar:
+        yield Hooks(stage=stage, layer=layer)
+
+
+def print_json(data) -> None:
+    print(json.dumps(data, indent=2))

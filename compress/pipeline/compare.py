@@ -1,0 +1,112 @@
+"""`compress eval`: perplexity of several models on the same held-out text, each tokenized by its own
+tokenizer; compressed exports optionally also on the sparse GPU kernels, with tokens/s."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from compress.config import StrictConfig
+from compress.errors import BadInput
+from compress.pipeline.report import ReportModel
+from compress.pipeline.session import Progress, versions
+
+__all__ = ["CompareConfig", "CompareReport", "KernelFallback", "compare_models"]
+
+
+class CompareConfig(StrictConfig):
+    models: list[str | None] = Field(default_factory=lambda: [None])
+    text: str | None = None
+    dataset: str | None = None
+    text_field: str = "text"
+    context: int = Field(1024, ge=2)
+    tokens: int | None = Field(None, ge=2)
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_folder: str | None = None
+    trust_remote_code: bool = False
+    kernels: bool = False
+    """Compressed exports: also run on the sparse GPU kernels (each forward replayed as a CUDA graph)."""
+    allow_fallback: bool = False
+    """With kernels: report Linears that fell back to the dense path instead of failing on them."""
+    bos: bool = True
+    """Start each window with the tokenizer's BOS where it adds one."""
+
+
+class KernelFallback(Exception):
+    """Some Linears did not run on their sparse kernel (exit 1 unless allowed): the speed is not the kernels'."""
+
+    def __init__(self, fallbacks: dict[str, str]):
+        self.fallbacks = fallbacks
+        named = "; ".join(f"{name}: {why}" for name, why in list(fallbacks.items())[:5])
+        more = f" (+{len(fallbacks) - 5} more)" if len(fallbacks) > 5 else ""
+        super().__init__(f"{len(fallbacks)} Linears fell back from their sparse kernel: {named}{more} "
+                         "(--allow-fallback reports them instead)")
+
+
+class CompareReport(ReportModel):
+    source: str
+    results: list[dict[str, Any]]
+    versions: dict[str, str]
+
+
+def _kernel_rows(model, ids, context: int, device: str, source: str, bos_id, allow_fallback: bool) -> list[dict]:
+    """Perplexity and tokens/s of a compressed model on the dense path, then on the sparse kernels."""
+    import torch
+
+    from compress.evaluate import perplexity
+    from compress.kernels.sparse_linear import SparseLinear, kernel_fallbacks, kernel_usage, use_kernels
+
+    if torch.device(device).type != "cuda":
+        raise BadInput("kernels need a CUDA GPU (device cuda)", key="kernels")
+    if not any(isinstance(m, SparseLinear) for m in model.modules()):
+        raise BadInput(f"{source}: kernels need a compressed export (prune ... --export compressed)", key="kernels")
+    from compress.kernels.graphs import graphed_logits
+
+    model.to(device)
+    rows = []
+    for path in ("dense", "kernels"):  # both as CUDA graphs: outside one, cuSPARSELt's host time dominates
+        use_kernels(model, path == "kernels")
+        forward = graphed_logits(model)
+        # captures the graph; its warm-up runs the algorithm searches and Triton compiles
+        perplexity(model, ids[:context], context, device, forward=forward, bos_id=bos_id)
+        torch.cuda.synchronize()
+        result = perplexity(model, ids, context, device, forward=forward, bos_id=bos_id).to_dict()
+        del forward
+        result["tokens_per_second"] = result["tokens"] / max(result["seconds"], 1e-9)
+        if path == "kernels":
+            result["linears_per_path"] = {name: len(names) for name, names in kernel_usage(model).items()}
+            result["fallbacks"] = kernel_fallbacks(model)
+            if result["fallbacks"] and not allow_fallback:
+                raise KernelFallback(result["fallbacks"])
+        rows.append({"model": f"{source} ({path})", "path": path, **result})
+    return rows
+
+
+def compare_models(config: CompareConfig, progress: Progress | None = None) -> CompareReport:
+    from compress.calibrate.data import TextSource, evaluation_tokens, window_bos
+    from compress.defaults.assets import EVALUATION_NOVEL
+    from compress.evaluate import perplexity
+    from compress.model.loading import load_model, resolve_device
+    from compress.model.placement import main_device, parse_device_map
+
+    progress = progress or Progress()
+    device = resolve_device(config.device)
+    placement = parse_device_map(config.device_map, config.max_memory, config.offload_folder)
+    load_device = (placement.compute_device() or device) if placement is not None else device
+    source = TextSource(path=config.text, dataset=config.dataset, text_field=config.text_field)
+    results = []
+    for name in config.models:
+        progress.stage(f"evaluating {name or 'the default model'}")
+        model, tokenizer, resolved = load_model(name, config.dtype, load_device, config.trust_remote_code, placement)
+        ids = evaluation_tokens(tokenizer, source, config.tokens)
+        where = str(main_device(model, next(model.parameters()).device)) if placement is not None else device
+        bos_id = window_bos(tokenizer, config.bos)
+        if config.kernels:
+            results.extend(_kernel_rows(model, ids, config.context, where, resolved, bos_id, config.allow_fallback))
+        else:
+            results.append({"model": resolved, **perplexity(model, ids, config.context, where, bos_id=bos_id).to_dict()})
+        del model
+    return CompareReport(source=source.describe("austen:" + EVALUATION_NOVEL), results=results, versions=versions())

@@ -1,0 +1,198 @@
+"""Recipes: a model (optional), a calibration source, an ordered list of stages and an output.
+
+    model: ./Llama-3-8B          # optional; default SmolLM2-135M-Instruct
+    calibrate: {nsamples: 128, seqlen: 2048}
+    stages:
+      - prune: {method: sparsegpt, pattern: "2:4", permute: heuristic}
+      - eval: {context: 1024}
+      - export: {format: compressed}
+    out: ./llama-2of4
+
+Everything is validated before a model is loaded. A stage is addressed by its `name` (default: its
+kind, when that kind occurs once) or by its index: `--set prune.pattern=6:8`, `--set stages.0.damp=0.1`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from compress.calibrate.config import CalibrateConfig
+from compress.config import StrictConfig
+from compress.errors import BadInput
+import compress.pipeline.stages  # noqa: F401  (registers the stage kinds)
+from compress.pipeline.registry import STAGES
+
+__all__ = ["Recipe", "dump_recipe", "validate_recipe", "validate_config", "stage_item"]
+
+_Stage = Annotated[Union[tuple(spec.config for spec in STAGES.values())], Field(discriminator="kind")]
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+class Recipe(StrictConfig):
+    model: str | None = None
+    """A local HF directory, a .gguf file or a hub id; default SmolLM2-135M-Instruct."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N. The model stays in CPU memory; one layer at a time moves to the GPU."""
+    device_map: str | None = None
+    """Spread the model with accelerate: auto | balanced | balanced_low_0 | sequential | a JSON file."""
+    max_memory: str | None = None
+    offload_folder: str | None = None
+    trust_remote_code: bool = False
+    calibrate: CalibrateConfig | None = None
+    stages: list[_Stage] = Field(min_length=1)
+    out: str | None = None
+    """The output directory (needed by an export stage; an export hf is added when out has none)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_items(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("stages"), list):
+            data = {**data, "stages": [_flatten_item(item, i) for i, item in enumerate(data["stages"])]}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if not _DEVICE.fullmatch(self.device):
+            raise BadInput(f"unknown device {self.device!r}: choose auto, cpu, cuda or cuda:N", key="device")
+        if self.model is not None:
+            _check_model_path(self.model)
+        if (self.max_memory or self.offload_folder) and self.device_map is None:
+            raise BadInput("max_memory and offload_folder go with device_map", key="max_memory")
+        names = self.stage_names()
+        for index, (name, stage) in enumerate(zip(names, self.stages)):
+            if names.count(name) > 1:
+                raise BadInput(f"two stages are called {name!r}: give each a distinct name", key=f"stages.{index}")
+            if STAGES[stage.kind].needs_calibration(stage) and self.calibrate is None:
+                raise BadInput(f"stage {name} needs calibration data: add a calibrate section", key=f"stages.{index}")
+        exports = [i for i, s in enumerate(self.stages) if s.kind == "export"]
+        if len(exports) > 1 or (exports and exports[0] != len(self.stages) - 1):
+            raise BadInput("export must be the last stage, and there can be only one", key=f"stages.{exports[-1]}")
+        if exports and self.out is None:
+            raise BadInput("the export stage needs an output directory (out)", key="out")
+        if self.out is not None and not exports:
+            self.stages.append(STAGES["export"].config())
+        export = self.stages[-1] if self.out is not None else None
+        if export is not None and export.format == "compressed":
+            _check_compressible(self.stages, len(self.stages) - 1)
+        return self
+
+    def stage_names(self) -> list[str]:
+        kinds = [s.kind for s in self.stages]
+        return [s.name or (s.kind if kinds.count(s.kind) == 1 else f"{s.kind}{i}") for i, s in enumerate(self.stages)]
+
+    def to_dict(self) -> dict:
+        data = self.model_dump(mode="json", exclude_none=True)
+        data["stages"] = [stage_item(stage) for stage in self.stages]
+        return data
+
+
+def stage_item(stage) -> dict:
+    """A stage as a recipe item: {kind: {settings}}."""
+    config = stage.model_dump(mode="json", exclude_none=True)
+    return {config.pop("kind"): config}
+
+
+def _flatten_item(item, index: int):
+    if not isinstance(item, dict) or len(item) != 1:
+        raise BadInput("each stage is one mapping {kind: {settings}}, e.g. '- prune: {method: wanda}'",
+                       key=f"stages.{index}")
+    (kind, settings), = item.items()
+    if kind not in STAGES:
+        raise BadInput(f"unknown stage {kind!r}: choose one of {', '.join(STAGES)}", key=f"stages.{index}.{kind}")
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise BadInput(f"the settings of stage {kind} must be a mapping", key=f"stages.{index}.{kind}")
+    if "kind" in settings:
+        raise BadInput("a stage's kind is its key; remove 'kind'", key=f"stages.{index}.{kind}.kind")
+    return {"kind": kind, **settings}
+
+
+def _check_model_path(model: str) -> None:
+    from compress.model.loading import looks_like_hub_id
+
+    path = Path(model).expanduser()
+    if not path.exists() and not looks_like_hub_id(model):
+        raise BadInput(f"{model}: no such file or directory", key="model")
+
+
+def _check_compressible(stages: list, export_index: int) -> None:
+    prunes = [s for s in stages if s.kind == "prune"]
+    patterns = {str(s.parsed_pattern) for s in prunes}
+    if not prunes or not all(s.parsed_pattern.is_nm for s in prunes) or len(patterns) > 1:
+        raise BadInput("the compressed export needs prune stages with one N:M pattern (not unstructured sparsity)",
+                       key=f"stages.{export_index}.export.format")
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def validate_recipe(data, locate=None, label=None) -> Recipe:
+    """A Recipe from plain data; errors become one BadInput whose key is the dotted path of the culprit.
+    `locate(path) -> str` turns a path into a prefix (the file and line) for the message; `label(path)`
+    names the culprit (default: its dotted path; the CLI gives its flag)."""
+    locate, label = locate or (lambda path: ""), label or _dotted
+    if not isinstance(data, dict):
+        raise BadInput(f"{locate(())}a recipe is a mapping of model, calibrate, stages, out")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        path, message = _first_error(exc)
+    except BadInput as exc:
+        path, message = _split_key(exc.key), str(exc)
+    error = BadInput(f"{locate(path)}{label(path)}: {message}" if path else f"{locate(path)}{message}")
+    error.path = path  # already named in the message
+    raise error
+
+
+def validate_config(model_class, data: dict, label=None):
+    """Any strict config from plain data, its first error as one BadInput naming the key (or its flag)."""
+    label = label or _dotted
+    try:
+        return model_class.model_validate(data)
+    except ValidationError as exc:
+        path, message = _first_error(exc)
+    except BadInput as exc:
+        path, message = _split_key(exc.key), str(exc)
+    error = BadInput(f"{label(path)}: {message}" if path else message)
+    error.path = path
+    raise error
+
+
+def _split_key(key: str | None) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in key.split(".")) if key else ()
+
+
+def _dotted(path: tuple) -> str:
+    from compress.pipeline.yaml_lines import path_text
+
+    return path_text(path)
+
+
+def _valid_keys(parent: tuple) -> list[str]:
+    if len(parent) == 3 and parent[0] == "stages" and parent[2] in STAGES:
+        return [k for k in STAGES[parent[2]].config.model_fields if k != "kind"]
+    if parent == ("calibrate",):
+        return list(CalibrateConfig.model_fields)
+    return list(Recipe.model_fields)
+
+
+def _first_error(exc: ValidationError) -> tuple[tuple, str]:
+    error = exc.errors()[0]
+    path = tuple(error["loc"])
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, BadInput) and cause.key:
+        key = _split_key(cause.key)
+        path = key if not path else (path + key[-1:] if path[-1:] != key[-1:] else path)
+    message = str(cause) if cause is not None else error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = f"unknown key (valid: {', '.join(_valid_keys(path[:-1]))})"
+    elif error["type"] == "missing":
+        message = "missing"
+    return path, message.removeprefix("Value error, ")

