@@ -33,6 +33,13 @@ def run(args: list[str]) -> tuple[dict, float, float]:
     return json.loads(stdout), time.perf_counter() - started, usage.ru_maxrss / 2**20  # KiB → GiB
 
 
+def prune_result(report: dict) -> dict:
+    """The prune part of a `compress prune --json` report (a stage of the pipeline report, or its older `prune` key)."""
+    if "prune" in report:
+        return report["prune"]
+    return next(stage["result"] for stage in report["stages"] if stage["kind"] == "prune")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -58,9 +65,10 @@ def main() -> None:
             for method in args.methods:
                 out = os.path.join(tmp, f"{method}-{value.replace(':', 'of')}")
                 report, wall, rss = run(["prune", *model, "--method", method, flag, value, "--out", out, *common])
-                rows.append({"method": method, "pattern": value, "prune_s": round(report["prune"]["seconds"], 1),
+                pruned = prune_result(report)
+                rows.append({"method": method, "pattern": value, "prune_s": round(pruned["seconds"], 1),
                              "process_s": round(wall, 1), "peak_rss_gib": round(rss, 2),
-                             "sparsity": round(report["prune"]["overall_sparsity"], 4)})
+                             "sparsity": round(pruned["overall_sparsity"], 4)})
                 outputs.append(out)
                 print(json.dumps(rows[-1]), flush=True)
         eval_text = ["--text", text[1], "--context", "64"] if args.tiny else []

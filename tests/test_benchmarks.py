@@ -1,0 +1,73 @@
+"""BENCHMARKS.md is rendered from benchmarks/results/, and each stored result has the keys its script writes now."""
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+RESULTS = BENCH / "results"
+sys.path.insert(0, str(BENCH))
+
+import _meta  # noqa: E402
+import render  # noqa: E402
+from _schema import differences  # noqa: E402
+
+# script -> (output flag, stored results it writes, needs CUDA)
+SCRIPTS = {
+    "cpu_methods.py": ("--out", ["cpu-methods"], False),
+    "permutations.py": ("--out", ["permutations", "permutations-learned", "permutations-learned-rows",
+                                  "permutations-seeds", "permutations-draws-h200"], False),
+    "prune_7b.py": ("--json", ["prune7b-h200", "perm7b-4layers-h200", "perm7b-swap-h200"], False),
+    "ties.py": ("--out", ["ties"], False),
+    "e2e_7b.py": ("--json", ["e2e7b-h200", "e2e7b-compile-h200"], True),
+    "kernels.py": ("--json", ["kernels-h200", "kernels-ours-h200"], True),
+    "cslt_transposed.py": ("--json", [], True),
+}
+
+
+def test_benchmarks_md_is_rendered_from_the_results():
+    text = render.DOC.read_text()
+    assert render.render(text) == text, "BENCHMARKS.md is out of date: run python benchmarks/render.py"
+    assert render.unmarked_figures(text) == []
+
+
+def test_every_figure_is_used_and_every_result_is_shown():
+    text = render.DOC.read_text()
+    used = {m.group(2) for m in render.MARK.finditer(text)}
+    assert set(render.FIGURES) - used == set()
+    assert {f"meta/{p.stem}" for p in RESULTS.glob("*.json")} <= used
+
+
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("*.json")), ids=lambda p: p.name)
+def test_stored_result_has_meta(path):
+    meta = json.loads(path.read_text())["meta"]
+    if meta.get("reconstructed"):
+        assert meta["reconstruction_note"] and meta["last_committed"]["commit"]
+    else:
+        assert set(_meta.KEYS) <= set(meta) and meta["commit"] and meta["command"].startswith("python benchmarks/")
+
+
+def test_every_stored_result_is_claimed_by_a_script():
+    claimed = {stem for _, stems, _ in SCRIPTS.values() for stem in stems}
+    assert {p.stem for p in RESULTS.glob("*.json")} - claimed == {"eval-kernels-1b-h200"}  # a `compress eval` report
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_tiny_run_writes_the_stored_keys(script, tmp_path, monkeypatch):
+    flag, stems, cuda = SCRIPTS[script]
+    if cuda and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    out = tmp_path / "out.json"
+    monkeypatch.setattr(sys, "argv", [str(BENCH / script), "--tiny", flag, str(out)])
+    with torch.enable_grad():  # scripts may switch grad off for the whole process
+        runpy.run_path(str(BENCH / script), run_name="__main__")
+    written = json.loads(out.read_text())
+    assert set(_meta.KEYS) <= set(written["meta"])
+    for stem in stems:
+        stored = json.loads((RESULTS / f"{stem}.json").read_text())
+        assert differences(written, stored) == stored["meta"].get("differs_from_script", []), stem
