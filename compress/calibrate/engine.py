@@ -115,7 +115,6 @@ class LayerStep:
     info: dict = field(default_factory=dict)
 
 
-@torch.no_grad()
 def walk_layers(
     layers: list[tuple[str, nn.Module]],
     inputs: LayerInputs | None,
@@ -123,6 +122,7 @@ def walk_layers(
     change_layer: Callable[[int, str, nn.Module, "LayerData"], dict],
     on_done: Callable[[LayerStep], None] | None = None,
     error_tokens: int = 16384,
+    grad: bool = False,
 ) -> list[LayerStep]:
     """Walk the layers one at a time on `device`.
 
@@ -131,6 +131,9 @@ def walk_layers(
     with `data.output_error()` (a LayerData). With `inputs=None` there is no data pass at all. The layer
     goes back where it was afterwards. A layer placed by accelerate runs on its own execution device
     instead of `device`.
+    A change may replace modules or add parameters inside the layer: they go home with it (offloaded or
+    not). Data passes run without gradients; `change_layer` runs with them when `grad` is set (e.g. to fit
+    a router on the layer's calibration data).
     The relative output error is measured on the first batches, up to `error_tokens` tokens, so only
     those batches' dense outputs are held.
     """
@@ -143,10 +146,11 @@ def walk_layers(
         offloaded = OffloadedLayer.find(layer)
         if offloaded:
             offloaded.load(device)
-        home = _move_to(layer, device)
+        home, home_device = _move_to(layer, device)
         clock.lap("load")
         data = LayerData(layer, inputs, device, error_batches, clock) if inputs is not None else _no_data
-        info = change_layer(index, name, layer, data)
+        with torch.set_grad_enabled(grad):
+            info = change_layer(index, name, layer, data)
         clock.lap("change")
         step = LayerStep(index, name, info=info)
         if inputs is not None:
@@ -155,9 +159,9 @@ def walk_layers(
             step.relative_error, step.token_error = data.errors(propagate=True)
             data.dense_out.clear()
             clock.lap("propagate")
-        _move_back(layer, home)
+        _move_back(layer, home, home_device)
         if offloaded:
-            offloaded.store()
+            offloaded.store(layer, name, device)
         clock.lap("unload")
         step.seconds = clock.total
         step.info["phase_seconds"] = clock.phases
@@ -181,6 +185,7 @@ class LayerData:
         device = self.device
         return _hidden_of(self.layer(hidden.to(device), *_to(args, device), **_to(kwargs, device)))
 
+    @torch.no_grad()
     def __call__(self) -> None:
         self.dense_out.clear()
         for i, hidden, args, kwargs in self.inputs.batches():
@@ -189,6 +194,7 @@ class LayerData:
                 self.dense_out.append(out)
         self.clock.lap("calibrate")
 
+    @torch.no_grad()
     def errors(self, propagate: bool = False) -> tuple[float, float]:
         """(‖f'(X) − f(X)‖² / ‖f(X)‖², the mean over tokens of ‖f'(x) − f(x)‖² / ‖f(x)‖²) on the reference
         batches. The first is dominated by the few tokens with massive hidden states (the first token of a
@@ -229,22 +235,31 @@ def _error_batches(inputs: LayerInputs | None, error_tokens: int) -> int:
     return count
 
 
-def _move_to(layer: nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
-    """Move a layer's tensors to `device`, returning the originals so they can be reused on the way back."""
+def _tensors(layer: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return list(layer.named_parameters()) + list(layer.named_buffers())
+
+
+def _move_to(layer: nn.Module, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.device | None]:
+    """Move a layer's tensors to `device`, returning the originals (to reuse on the way back) and their device."""
     home = {}
-    for name, tensor in list(layer.named_parameters()) + list(layer.named_buffers()):
+    for name, tensor in _tensors(layer):
         home[name] = tensor.data
         tensor.data = tensor.data.to(device, non_blocking=True)
-    return home
+    real = [t.device for t in home.values() if t.device.type != "meta"]
+    return home, (real[0] if real else None)
 
 
-def _move_back(layer: nn.Module, home: dict[str, torch.Tensor]) -> None:
-    """Copy the (changed) tensors into their original storage: no fresh host allocations to fault in."""
-    for name, tensor in list(layer.named_parameters()) + list(layer.named_buffers()):
-        original = home[name]
-        if original.device != tensor.device:
-            original.copy_(tensor.data)
-            tensor.data = original
+def _move_back(layer: nn.Module, home: dict[str, torch.Tensor], home_device: torch.device | None) -> None:
+    """Copy the (changed) tensors into their original storage: no fresh host allocations to fault in.
+    Tensors the change added or reshaped move to the layer's home device."""
+    for name, tensor in _tensors(layer):
+        original = home.get(name)
+        if original is not None and original.shape == tensor.shape and original.dtype == tensor.dtype:
+            if original.device != tensor.device:
+                original.copy_(tensor.data)
+                tensor.data = original
+        elif home_device is not None and tensor.device != home_device:
+            tensor.data = tensor.data.to(home_device)
 
 
 class _PhaseClock:

@@ -181,15 +181,87 @@ class OffloadedLayer:
                 set_module_tensor_to_device(module, name, device, value=hook.weights_map[name])
             hook.offload = False
 
-    def store(self) -> None:
-        """Write the (changed) weights back to their store, free them ("meta") and resume the hooks."""
+    def store(self, layer=None, layer_name: str | None = None, device=None) -> None:
+        """Write the (changed) weights back to their store, free them ("meta") and resume the hooks.
+
+        With `layer` and its `layer_name`, a change that replaced modules is followed: modules no longer in
+        the layer leave the store's index (files are never deleted), and new modules holding tensors get
+        offload hooks like their siblings', their tensors written beside the others'."""
         from accelerate.utils import set_module_tensor_to_device
 
+        inside = {id(m) for m in layer.modules()} if layer is not None else None
+        first_module, first_hook, first_names = self.parts[0]
+        in_memory = bool(first_names) and _in_memory(first_hook.weights_map, first_names[0])
+        kept = []
         for module, hook, names in self.parts:
-            for name in names:
+            if inside is not None and id(module) not in inside:
+                for name in names:
+                    _forget(hook.weights_map, name)
+                continue
+            kept.append((module, hook, names))
+            for name in _current_names(module, hook):
                 _write(hook.weights_map, name, _tensor(module, name))
                 set_module_tensor_to_device(module, name, "meta")
             hook.offload = True
+        if layer is not None:
+            self.parts = kept
+            self._adopt_new_modules(layer, layer_name, device, first_hook, in_memory)
+
+    def _adopt_new_modules(self, layer, layer_name: str, device, sample_hook, in_memory: bool) -> None:
+        from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+        from accelerate.utils import PrefixedDataset, set_module_tensor_to_device
+
+        hooked = {id(module) for module, _, _ in self.parts}
+        base = sample_hook.weights_map.dataset if isinstance(sample_hook.weights_map, PrefixedDataset) \
+            else sample_hook.weights_map
+        # submodules whose tensors an existing hook already places (place_submodules)
+        covered = {id(sub) for m, h, _ in self.parts if h.place_submodules for sub in m.modules()}
+        for name, module in layer.named_modules():
+            own = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+            if id(module) in hooked or not own or id(module) in covered:
+                continue
+            prefix = f"{layer_name}.{name}." if name else f"{layer_name}."
+            weights = PrefixedDataset(base, prefix)
+            hook = AlignDevicesHook(execution_device=sample_hook.execution_device or device, offload=True,
+                                    weights_map=weights, offload_buffers=sample_hook.offload_buffers)
+            for tensor_name, tensor in own:
+                _write(weights, tensor_name, tensor.data, to_memory=in_memory)
+                set_module_tensor_to_device(module, tensor_name, "meta")
+            add_hook_to_module(module, hook, append=True)
+            self.parts.append((module, hook, [n for n, _ in own]))
+
+
+def _current_names(module, hook) -> list[str]:
+    from accelerate.utils import named_module_tensors
+
+    return [n for n, _ in named_module_tensors(module, include_buffers=hook.offload_buffers,
+                                               recurse=hook.place_submodules, remove_non_persistent=True)]
+
+
+def _in_memory(weights_map, name: str) -> bool:
+    from accelerate.utils import OffloadedWeightsLoader, PrefixedDataset
+
+    store, key = weights_map, name
+    if isinstance(store, PrefixedDataset):
+        store, key = store.dataset, store.prefix + name
+    memory = store.state_dict if isinstance(store, OffloadedWeightsLoader) else store
+    return key in memory
+
+
+def _forget(weights_map, name: str) -> None:
+    """Drop an entry from the store's index (host memory or disk index); files stay where they are."""
+    from accelerate.utils import OffloadedWeightsLoader, PrefixedDataset
+
+    store, key = weights_map, name
+    if isinstance(store, PrefixedDataset):
+        store, key = store.dataset, store.prefix + name
+    if isinstance(store, OffloadedWeightsLoader):
+        store.state_dict.pop(key, None)
+        store.index.pop(key, None)
+        if key in getattr(store, "all_keys", []):
+            store.all_keys.remove(key)
+    elif isinstance(store, dict):
+        store.pop(key, None)
 
 
 def _tensor(module, name: str):
@@ -197,7 +269,7 @@ def _tensor(module, name: str):
     return getattr(module.get_submodule(owner) if owner else module, leaf).data
 
 
-def _write(weights_map, name: str, tensor) -> None:
+def _write(weights_map, name: str, tensor, to_memory: bool = False) -> None:
     """Write into the store behind a hook: host memory in place, disk as a new file in the offload folder.
 
     Disk entries may point into the input checkpoint's safetensors; those are never written. The new
@@ -213,7 +285,10 @@ def _write(weights_map, name: str, tensor) -> None:
         if memory[key].data_ptr() != tensor.data_ptr():
             memory[key].copy_(tensor)
         return
-    if getattr(store, "save_folder", None) is None:  # disk entries without a folder to write to: keep the result in memory
+    if isinstance(store, OffloadedWeightsLoader) and key not in store.all_keys:
+        store.all_keys.append(key)  # a tensor a change added
+    # disk entries without a folder to write to, or new tensors of a layer held in memory: keep in memory
+    if to_memory or getattr(store, "save_folder", None) is None:
         memory[key] = tensor.to("cpu", copy=True)
         return
     from safetensors.torch import save_file
