@@ -1,4 +1,4 @@
-"""Statistics gathered from a module's inputs during the calibration pass.
+"""Statistics gathered from a module's inputs (or outputs) during the calibration pass.
 
 A collector sees every batch that flows into one module and keeps a running statistic. Modules that
 read the very same tensor (q/k/v read one normed hidden state, gate/up another) share one collector,
@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["Collector", "InputNorm", "Hessian", "COLLECTORS", "collect_inputs"]
+__all__ = ["Collector", "InputNorm", "Hessian", "ChannelMeanAbs", "COLLECTORS", "collect_inputs", "collect_outputs"]
 
 
 class Collector:
@@ -81,7 +81,47 @@ class Hessian(Collector):
         return view
 
 
-COLLECTORS: dict[str, type[Collector]] = {"input_norm": InputNorm, "hessian": Hessian}
+class ChannelMeanAbs(Collector):
+    """Mean |x| of each channel over all tokens (e.g. a projection's outputs, or post-RoPE q/k channels)."""
+
+    def __init__(self, features: int, device: torch.device):
+        super().__init__(features, device)
+        self.sum_abs = torch.zeros(features, dtype=torch.float64, device=device)
+
+    def _update(self, x: torch.Tensor) -> None:
+        self.sum_abs += x.double().abs().sum(0)
+
+    def mean(self) -> torch.Tensor:
+        return self.sum_abs / max(self.tokens, 1)
+
+
+COLLECTORS: dict[str, type[Collector]] = {"input_norm": InputNorm, "hessian": Hessian, "channel_mean_abs": ChannelMeanAbs}
+
+
+@contextmanager
+def collect_outputs(modules: dict[str, nn.Module], kind: str) -> Iterator[dict[str, Collector]]:
+    """Attach a `kind` collector to each module's output (its first tensor when it returns a tuple).
+
+    Yields {module name: collector}, filled in as batches flow through the modules.
+    """
+    cls = COLLECTORS[kind]
+    collectors: dict[str, Collector] = {}
+
+    def hook_for(name: str):
+        def hook(_module, _args, output):
+            y = output[0] if isinstance(output, (tuple, list)) else output
+            if name not in collectors:
+                collectors[name] = cls(y.shape[-1], y.device)
+            collectors[name].update(y.detach())
+
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
+    try:
+        yield collectors
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager
