@@ -1,5 +1,7 @@
 """compress: post-training compression for Hugging Face causal LMs."""
-__version__ = "0.1.0"
+from compress.version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(path, dtype=None, trust_remote_code: bool = False):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from compress import __version__
+from compress.version import __version__
 from compress.cli.bench import bench_app
 from compress.cli.evaluate import EXAMPLES as EVAL_EXAMPLES
 from compress.cli.evaluate import evaluate

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from compress.errors import BadInput
 
-__all__ = ["load_model", "resolve_dtype", "resolve_device", "checkpoint_dtype"]
+__all__ = ["load_model", "resolve_dtype", "resolve_device", "checkpoint_dtype", "is_compressed_export", "looks_like_hub_id"]
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
@@ -36,6 +36,11 @@ def checkpoint_dtype(config):
     if isinstance(recorded, str):
         recorded = getattr(torch, DTYPES.get(recorded, recorded), None)
     return recorded if recorded in (torch.float32, torch.bfloat16, torch.float16) else torch.bfloat16
+
+
+def is_compressed_export(path: Path) -> bool:
+    """A directory written by the compressed export (compress/export/compressed.py)."""
+    return path.is_dir() and (path / "compressed.safetensors").is_file()
 
 
 def _auto_config(where: str, kwargs: dict):
@@ -107,10 +112,8 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
     placement = device_map.load_kwargs() if device_map is not None else {}
     if path.is_file() and path.suffix == ".gguf":
         where, kwargs["gguf_file"] = str(path.parent), path.name
-    elif path.is_dir() and (path / "compressed.safetensors").is_file():
-        if from_checkpoint:
-            torch_dtype = resolve_dtype(dtype, device, _auto_config(str(path), kwargs))
-        return _load_compressed(path, torch_dtype, trust_remote_code, device_map)
+    elif is_compressed_export(path):
+        raise BadInput(f"{source}: a compressed export; load it with compress.load() (compress eval and run do)")
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise BadInput(f"{source}: not a Hugging Face model directory (no config.json)")
@@ -144,16 +147,3 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
     model.eval()
     model.config.use_cache = False
     return model, tokenizer, source
-
-
-def _load_compressed(path: Path, dtype, trust_remote_code: bool, device_map):
-    """A compressed export (`--export compressed`), its pruned Linears as SparseLinear modules."""
-    from transformers import AutoTokenizer
-
-    from compress.export.compressed import load
-
-    if device_map is not None:
-        raise BadInput(f"{path}: a compressed export loads whole; --device-map applies to plain checkpoints")
-    model = load(path, dtype, trust_remote_code)
-    model.config.use_cache = False
-    return model, AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code), str(path)

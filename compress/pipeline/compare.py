@@ -89,8 +89,9 @@ def compare_models(config: CompareConfig, progress: Progress | None = None) -> C
     from compress.calibrate.data import TextSource, evaluation_tokens, window_bos
     from compress.defaults.assets import EVALUATION_NOVEL
     from compress.evaluate import perplexity
-    from compress.model.loading import load_model, resolve_device
+    from compress.model.loading import resolve_device
     from compress.model.placement import main_device, parse_device_map
+    from compress.pipeline.loading import load_any
 
     progress = progress or Progress()
     device = resolve_device(config.device)
@@ -100,7 +101,7 @@ def compare_models(config: CompareConfig, progress: Progress | None = None) -> C
     results = []
     for name in config.models:
         progress.stage(f"evaluating {name or 'the default model'}")
-        model, tokenizer, resolved = load_model(name, config.dtype, load_device, config.trust_remote_code, placement)
+        model, tokenizer, resolved = load_any(name, config.dtype, load_device, config.trust_remote_code, placement)
         ids = evaluation_tokens(tokenizer, source, config.tokens)
         where = str(main_device(model, next(model.parameters()).device)) if placement is not None else device
         bos_id = window_bos(tokenizer, config.bos)

@@ -29,7 +29,7 @@ def versions() -> dict:
     import torch
     import transformers
 
-    from compress import __version__
+    from compress.version import __version__
 
     return {"compress": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
@@ -92,8 +92,9 @@ class Session:
 
     # -- the run -------------------------------------------------------------------------------------
     def _load(self) -> None:
-        from compress.model.loading import load_model, resolve_device
+        from compress.model.loading import resolve_device
         from compress.model.placement import main_device, parse_device_map
+        from compress.pipeline.loading import load_any
 
         recipe = self.recipe
         device = resolve_device(recipe.device)
@@ -101,7 +102,7 @@ class Session:
         # a map that keeps everything on CPU/disk computes on the CPU (so dtype auto means float32)
         load_device = (self.placement.compute_device() or device) if self.placement is not None else device
         self.progress.stage(f"loading {recipe.model or 'the default model (SmolLM2-135M-Instruct)'}")
-        self.model, self.tokenizer, source = load_model(recipe.model, recipe.dtype, load_device,
+        self.model, self.tokenizer, source = load_any(recipe.model, recipe.dtype, load_device,
                                                         recipe.trust_remote_code, self.placement)
         if self.placement is not None:  # inputs go to the model's main device
             device = str(main_device(self.model, next(self.model.parameters()).device))
