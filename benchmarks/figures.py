@@ -62,6 +62,13 @@ def span(values, fmt=f2, unit: str = "") -> str:
     return f"{lo}{unit}" if lo == hi else f"{lo}–{hi}{unit}"
 
 
+def verdict(values, target: float) -> str:
+    """**met** when every value reaches the target, **missed** when none does, else how many do."""
+    values = list(values)
+    hits = sum(v >= target for v in values)
+    return "**met**" if hits == len(values) else "**missed**" if hits == 0 else f"**met on {hits} of {len(values)}**"
+
+
 def table(header: list[str], body: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
@@ -80,8 +87,9 @@ def meta_line(stem: str) -> str:
     if not m.get("reconstructed"):
         v, mach = m["versions"], m["machine"]
         where = f"measured on one {mach['gpu']}" if mach.get("gpu") else f"CPU ({mach['cpu_count']} cores, {mach['cpu']})"
+        cuda = f", CUDA {mach['cuda']}" if mach.get("cuda") else ""
         return (f"{where} · {m['date'][:10]} · commit {m['commit'][:7]}{' (dirty)' if m['dirty'] else ''} · "
-                f"python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, compress {v['compress']}")
+                f"python {v['python']}, torch {v['torch']}{cuda}, transformers {v['transformers']}, compress {v['compress']}")
     v = m.get("versions", {})
     where = (f"measured on one {m['gpu']}" if m.get("gpu") else
              f"machine: {data['machine']} (written by hand)" if isinstance(data.get("machine"), str) else "machine not recorded")
@@ -111,30 +119,48 @@ def provenance() -> str:
 # ---------------------------------------------------------------- 7B pruning on one GPU
 
 
+PRUNE7B = ("prune7b-h200", "prune7b-h200-47263c1")  # the current run, then one stored before meta existed
+
+
+def run_of(stem: str) -> str:
+    m = load(stem)["meta"]
+    return (m.get("commit") or m["last_committed"]["commit"])[:7]
+
+
 @figure("prune7b")
 def prune7b() -> str:
-    targets = {"wanda": "≤ 30 s", "sparsegpt": "≤ 90 s"}
-    body = [[r["method"], f"**{r['wall_s']:.1f} s**", targets.get(r["method"], "—"),
+    targets = {"wanda": 30, "sparsegpt": 90}
+    body = [[r["method"], run_of(stem), f"**{r['wall_s']:.1f} s**",
+             f"≤ {targets[r['method']]} s: {'met' if r['wall_s'] <= targets[r['method']] else '**missed**'}",
              f"{r['peak_gpu_gib']:.2f} GiB ({pct(r['peak_gpu_gib'] / r['model_gib'])} of the model)",
-             f"{r['median_layer_s']:.2f} s"] for r in rows("prune7b-h200")]
-    return table(["method", "wall time", "target", "peak GPU memory", "per layer (median)"], body)
+             f"{r['median_layer_s']:.2f} s"] for stem in PRUNE7B for r in rows(stem)]
+    return table(["method", "run", "wall time", "target", "peak GPU memory", "per layer (median)"], body)
 
 
 @figure("prune7b-phases")
 def prune7b_phases() -> str:
     body = []
-    for r in rows("prune7b-h200"):
-        p, layers = r["phases_s"], r.get("layers", PRUNE7B_LAYERS)
-        body.append([r["method"], f"{p['load']:.1f}", f"{p['calibrate']:.1f}", f"{p['change']:.1f}",
-                     f"{p['propagate']:.1f}", f"{p['unload']:.1f}", f"{(p['calibrate'] + p['propagate']) / layers:.2f}"])
-    return table(["method", "load", "calibration pass", "scoring + masking (SparseGPT: OBS sweeps)", "propagation pass",
-                  "copy back", "both forward passes, per layer"], body)
+    for stem in PRUNE7B:
+        for r in rows(stem):
+            p, layers = r["phases_s"], r.get("layers", PRUNE7B_LAYERS)
+            body.append([r["method"], run_of(stem), f"{p['load']:.1f}", f"{p['calibrate']:.1f}", f"{p['change']:.1f}",
+                         f"{p['propagate']:.1f}", f"{p['unload']:.1f}", f"{(p['calibrate'] + p['propagate']) / layers:.2f}"])
+    return table(["method", "run", "load", "calibration pass", "scoring + masking (SparseGPT: OBS sweeps)",
+                  "propagation pass", "copy back", "both forward passes, per layer"], body)
+
+
+def _phase(stem: str, method: str, phase: str) -> float:
+    return one(stem, method=method)["phases_s"][phase]
 
 
 FIGURES["prune7b.model_gib"] = lambda: f"{rows('prune7b-h200')[0]['model_gib']:.2f} GiB"
 FIGURES["prune7b.tokens"] = lambda: f"{load('prune7b-h200')['meta']['tokens']:,}"
+FIGURES["prune7b.run"] = lambda: run_of("prune7b-h200")
 FIGURES["prune7b.wanda_forward"] = lambda: "{:.2f} s".format(
-    (lambda p: (p["calibrate"] + p["propagate"]) / PRUNE7B_LAYERS)(one("prune7b-h200", method="wanda")["phases_s"]))
+    (_phase("prune7b-h200", "wanda", "calibrate") + _phase("prune7b-h200", "wanda", "propagate")) / PRUNE7B_LAYERS)
+FIGURES["prune7b.change"] = lambda: ", ".join(
+    f"{m} {_phase('prune7b-h200-47263c1', m, 'change'):.1f} s → {_phase('prune7b-h200', m, 'change'):.1f} s"
+    for m in ("wanda", "sparsegpt"))
 
 
 # ---------------------------------------------------------------- every method on the default model (CPU)
@@ -200,6 +226,9 @@ FIGURES["base.decode_fp16_7b8b"] = lambda: span(
     _speed("kernels-h200", "cslt24", M=16, dtype="float16", shape=MLP_7B8B), unit="x")
 FIGURES["base.decode_fp16_70b"] = lambda: span(
     _speed("kernels-h200", "cslt24", M=16, dtype="float16", shape=("70B gate/up", "70B down")), unit="x")
+FIGURES["base.v_24"] = lambda: verdict(_speed("kernels-h200", "cslt24", shape=MLP_7B8B, M=BIG_M), 1.6)
+FIGURES["base.v_68"] = lambda: verdict(_speed("kernels-h200", "slide68", M=BIG_M), 1.25)
+FIGURES["base.v_decode_bf16"] = lambda: verdict(_speed("kernels-h200", "cslt24", M=16, dtype="bfloat16"), 1.5)
 FIGURES["base.decode_bf16"] = lambda: span(_speed("kernels-h200", "cslt24", M=16, dtype="bfloat16"), unit="x")
 
 
@@ -209,9 +238,10 @@ FIGURES["base.decode_bf16"] = lambda: span(_speed("kernels-h200", "cslt24", M=16
 @figure("kernels-ours")
 def kernels_ours() -> str:
     body = [[r["dtype"], r["shape"], r["M"], f"{1000 * r['dense_ms']:.1f}", _cell(r, "cslt24"), _cell(r, "ours24"),
-             _cell(r, "gemv24"), _cell(r, "tc24"), _cell(r, "slide68")] for r in rows("kernels-ours-h200")]
+             _cell(r, "gemv24"), _cell(r, "tc24"), _cell(r, "slide68"),
+             f"{max(v for k, v in r.items() if k.endswith('_rel_err')):.0e}"] for r in rows("kernels-ours-h200")]
     return table(["dtype", "shape", "M", "dense µs", "cuSPARSELt 2:4", "ours: SparseLinear", "gemv 2:4",
-                  "tensor-core 2:4", "slide 6:8"], body)
+                  "tensor-core 2:4", "slide 6:8", "max rel err"], body)
 
 
 def _missing_rows() -> str:
@@ -220,7 +250,9 @@ def _missing_rows() -> str:
     ms = sorted({r["M"] for r in rows("kernels-ours-h200")})
     want = [(d, s, m) for d in ("float16", "bfloat16") for s in shapes for m in ms]
     gone = [w for w in want if w not in have]
-    return f"{len(have)} of {len(want)} rows; missing: " + ", ".join(f"{d} {s} M = {m}" for d, s, m in gone)
+    if not gone:
+        return f"All {len(want)} rows were measured."
+    return f"{len(have)} of {len(want)} rows were measured; missing: " + ", ".join(f"{d} {s} M = {m}" for d, s, m in gone) + "."
 
 
 FIGURES["ours.count"] = _missing_rows
@@ -232,6 +264,9 @@ FIGURES["ours.sl_mlp_big_fp16"] = lambda: span(
     _speed("kernels-ours-h200", "ours24", shape=MLP_7B8B, M=BIG_M, dtype="float16"), unit="x")
 FIGURES["ours.sl_mlp_big_bf16"] = lambda: span(
     _speed("kernels-ours-h200", "ours24", shape=MLP_7B8B, M=BIG_M, dtype="bfloat16"), unit="x")
+FIGURES["ours.v_24"] = lambda: verdict(_speed("kernels-ours-h200", "ours24", shape=MLP_7B8B, M=BIG_M), 1.6)
+FIGURES["ours.v_68"] = lambda: verdict(_speed("kernels-ours-h200", "slide68", M=BIG_M), 1.25)
+FIGURES["ours.v_bf16"] = lambda: verdict(_speed("kernels-ours-h200", "ours24", dtype="bfloat16", M=(1, 16)), 1.5)
 FIGURES["ours.slide_big"] = lambda: span(_speed("kernels-ours-h200", "slide68", M=BIG_M), unit="x")
 FIGURES["ours.sl_m1"] = lambda: span(_speed("kernels-ours-h200", "ours24", M=1, dtype="float16"), unit="x")
 
@@ -244,12 +279,28 @@ def _decode(met: bool) -> str:
 
 FIGURES["ours.decode_met"] = lambda: _decode(True)
 FIGURES["ours.decode_missed"] = lambda: _decode(False)
-FIGURES["ours.decode_cslt_7b8b_gateup"] = lambda: " and ".join(
-    f"{r['cslt24_speedup']:.4f}x" for r in rows("kernels-ours-h200", dtype="float16", M=16, shape=("7B gate/up", "8B gate/up")))
+FIGURES["ours.decode_cslt_7b8b_gateup"] = lambda: (lambda found: " and ".join(f"{r['cslt24_speedup']:.4f}x" for r in found)
+                                                    + f" (target: {verdict([r['cslt24_speedup'] for r in found], 1.5)})")(
+    rows("kernels-ours-h200", dtype="float16", M=16, shape=("7B gate/up", "8B gate/up")))
 FIGURES["ours.decode_bf16"] = lambda: span(_speed("kernels-ours-h200", "ours24", dtype="bfloat16", M=(1, 16)), unit="x")
 FIGURES["ours.gemv_bf16_m1"] = lambda: span(_speed("kernels-ours-h200", "gemv24", dtype="bfloat16", M=1), unit="x")
 FIGURES["ours.gemv_m16"] = lambda: span(_speed("kernels-ours-h200", "gemv24", M=16), unit="x")
 FIGURES["ours.tc"] = lambda: span(_speed("kernels-ours-h200", "tc24"), unit="x")
+
+
+@figure("cslt-transposed")
+def cslt_transposed() -> str:
+    body = [[f"{r['out']}×{r['in']}", r["M"], x(r["plain_speedup"]), x(r["transposed_default_alg_speedup"]),
+             x(r["transposed_plain_alg_speedup"]), r["transposed_search"].split(" when calling")[0].replace("`", "")]
+            for r in rows("cslt-transposed-h200")]
+    return table(["shape (out×in)", "M", "plain (feature-major)", "transpose_result, default algorithm",
+                  "transpose_result, plain layout's algorithm", "algorithm search for transpose_result"], body)
+
+
+FIGURES["cslt.plain_alg"] = lambda: span([r["transposed_plain_alg_speedup"] for r in rows("cslt-transposed-h200")], unit="x")
+FIGURES["cslt.default_alg"] = lambda: span([r["transposed_default_alg_speedup"] for r in rows("cslt-transposed-h200")], unit="x")
+FIGURES["cslt.search"] = lambda: "{} of {}".format(
+    sum(r["transposed_search"].startswith("failed") for r in rows("cslt-transposed-h200")), len(rows("cslt-transposed-h200")))
 
 
 # ---------------------------------------------------------------- end to end
@@ -265,6 +316,8 @@ E2E_HEADER = ["phase", "batch", "tokens per call", "dense ms", "2:4 ms", "dense 
               "logits rel. error"]
 FIGURES["e2e"] = lambda: table(E2E_HEADER, _e2e_rows("e2e7b-h200"))
 FIGURES["e2e-compile"] = lambda: table(E2E_HEADER, _e2e_rows("e2e7b-compile-h200", "prefill, compiled"))
+FIGURES["e2e.v_prefill"] = lambda: verdict([r["speedup"] for r in rows("e2e7b-h200", phase="prefill")], 1.3)
+FIGURES["e2e.v_compiled"] = lambda: verdict([r["speedup"] for r in rows("e2e7b-compile-h200")], 1.3)
 FIGURES["e2e.prefill"] = lambda: span([r["speedup"] for r in rows("e2e7b-h200", phase="prefill")], unit="x")
 FIGURES["e2e.decode"] = lambda: span([r["speedup"] for r in rows("e2e7b-h200", phase="decode")], unit="x")
 FIGURES["e2e.logits"] = lambda: f"{100 * max(r['logits_rel_err'] for r in rows('e2e7b-h200', phase='prefill')):.1f}%"
@@ -288,7 +341,16 @@ def _needed() -> float:
     return _linears_ms() / (step / 1.3 - (step - _linears_ms()))
 
 
+def _linears_speedup() -> float:
+    """SparseLinear over dense for the same sum of float16 7B Linears at M = 2048."""
+    r = {r["shape"]: r for r in rows("kernels-ours-h200", dtype="float16", M=2048)}
+    count = {"7B qkvo": 4, "7B gate/up": 2, "7B down": 1}
+    dense = sum(n * r[s]["dense_ms"] for s, n in count.items())
+    return dense / sum(n * r[s]["dense_ms"] / r[s]["ours24_speedup"] for s, n in count.items())
+
+
 FIGURES["e2e.linears_ms"] = lambda: f"{_linears_ms():.1f} ms"
+FIGURES["e2e.linears_sum"] = lambda: x(_linears_speedup())
 FIGURES["e2e.linears_2048"] = lambda: span(_speed("kernels-ours-h200", "ours24", shape=SHAPES_7B, dtype="float16", M=2048), unit="x")
 FIGURES["e2e.needed"] = lambda: x(_needed())
 FIGURES["e2e.cslt_2048"] = lambda: span(_speed("kernels-ours-h200", "cslt24", shape=SHAPES_7B, dtype="float16", M=2048), unit="x")

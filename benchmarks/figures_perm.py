@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from figures import FIGURES, SMOLLM2_LAYERS, f2, figure, load, one, pct, pcts, rows, span, table, x
+from figures import FIGURES, SMOLLM2_LAYERS, f2, figure, load, one, pct, pcts, rows, span, table, verdict, x
 
 PER_TOKEN = "learned, kept by the per-token layer error"
 PLAIN = "learned, kept by the plain layer error"
@@ -62,6 +62,9 @@ FIGURES["perm.heur_cut"] = lambda: pcts([cut(n["ppl"], h["ppl"], load("permutati
                                           for n, h, _ in _cpu_cells()])
 FIGURES["perm.wanda24_cut"] = lambda: next(pct(cut(n["ppl"], h["ppl"], load("permutations")["dense_ppl"]))
                                            for n, h, _ in _cpu_cells() if (n["pattern"], n["method"]) == ("2:4", "wanda"))
+FIGURES["perm.v_wanda24"] = lambda: verdict([next(cut(n["ppl"], h["ppl"], load("permutations")["dense_ppl"])
+                                                  for n, h, _ in _cpu_cells() if (n["pattern"], n["method"]) == ("2:4", "wanda"))],
+                                             0.15)
 FIGURES["perm.learned_vs_heur"] = _learned_vs_heuristic
 FIGURES["perm.cpu_time_ratio"] = lambda: span([l["prune_s"] / h["prune_s"] for _, h, l in _cpu_cells() if l],
                                               lambda v: f"{v:.0f}", "×")
@@ -133,6 +136,7 @@ FIGURES["perm.seed_means"] = lambda: f"{f2(_mean(PER_TOKEN))} vs {f2(_mean('heur
 FIGURES["perm.seed_cuts"] = lambda: "{} (heuristic {})".format(
     pct(cut(_mean("none"), _mean(PER_TOKEN), load("permutations")["dense_ppl"])),
     pct(cut(_mean("none"), _mean("heuristic"), load("permutations")["dense_ppl"])))
+FIGURES["perm.v_seed_mean"] = lambda: verdict([cut(_mean("none"), _mean(PER_TOKEN), load("permutations")["dense_ppl"])], 0.15)
 FIGURES["perm.seed0_time"] = lambda: "{:.0f}× the heuristic's CPU time ({:.0f} s vs {:.0f} s on draw 0)".format(
     _draw(0, PER_TOKEN)["prune_s"] / _draw(0, "heuristic")["prune_s"], _draw(0, PER_TOKEN)["prune_s"],
     _draw(0, "heuristic")["prune_s"])

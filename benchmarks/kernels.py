@@ -2,7 +2,7 @@
 
 Usage: PYTHONPATH=. python benchmarks/kernels.py --json kernels.json [--shapes "7B gate/up" ...] [--tokens 1 16 ...]
        [--dtypes float16 bfloat16]
-       PYTHONPATH=. python benchmarks/kernels.py --tiny --json /tmp/tiny.json   # one 1024x1024 shape, M = 16
+       PYTHONPATH=. python benchmarks/kernels.py --tiny --json /tmp/tiny.json   # one 1024x1024 shape, M = 1 and 16
 Rows keep full precision (the console line is rounded, the file is not); the file is rewritten after
 every row, so a run cut short keeps what it measured.
 """
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     shapes = {"tiny 1024x1024": (1024, 1024)} if args.tiny else {name: SHAPES[name] for name in args.shapes}
-    tokens, dtypes = ([16], ["float16"]) if args.tiny else (args.tokens, args.dtypes)
+    tokens, dtypes = ([1, 16], ["float16"]) if args.tiny else (args.tokens, args.dtypes)
     result = {"meta": {**meta(), "replays_per_graph": REPLAYS}, "rows": []}
     for dtype in dtypes:
         for name, shape in shapes.items():

@@ -50,7 +50,7 @@ def main() -> None:
             text = TextSource(path=path)
             args.methods, args.patterns, args.nsamples, args.seqlen, args.eval_tokens, args.context = (
                 ["wanda"], ["2:4"], 4, 32, 256, 64)
-            args.steps = 1
+            args.steps, args.kinds = 1, ["none", "learned"]
         model, tokenizer, source = load_model(model_dir, "float32", args.device)
         run(args, run_meta, model, tokenizer, source if not args.tiny else "tiny random Llama", text)
 
