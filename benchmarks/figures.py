@@ -100,8 +100,14 @@ def meta_line(stem: str) -> str:
             f"(stored version committed {last['date'][:10]} in {last['commit'][:7]})")
 
 
+def command_block(stem: str) -> str:
+    """The command a clean run recorded, as a code block."""
+    return f"```bash\n{load(stem)['meta']['command']}\n```"
+
+
 for _path in sorted(RESULTS.glob("*.json")):
     FIGURES[f"meta/{_path.stem}"] = (lambda stem: lambda: meta_line(stem))(_path.stem)
+    FIGURES[f"cmd/{_path.stem}"] = (lambda stem: lambda: command_block(stem))(_path.stem)
 
 
 @figure("provenance")
@@ -372,6 +378,9 @@ def eval_kernels() -> str:
          f"{kern['tokens_per_second']:,.0f} (**{x(kern['tokens_per_second'] / dense['tokens_per_second'])}**)"]])
 
 
+FIGURES["evalk.shape"] = lambda: (lambda sh: f"hidden {sh['hidden']}, MLP {sh['intermediate']}, {sh['layers']} layers, "
+                                            f"{sh['heads']} heads / {sh['kv_heads']} KV heads")(load("eval-kernels-1b-h200")["meta"]["shape"])
+FIGURES["evalk.paths"] = lambda: ", ".join(f"{n} Linears on {p}" for p, n in _eval("kernels")["linears_per_path"].items())
 FIGURES["evalk.tokens"] = lambda: f"{_eval('dense')['tokens']:,}"
 FIGURES["evalk.context"] = lambda: str(_eval("dense")["context"])
 FIGURES["evalk.ppl_rel"] = lambda: f"{abs(_eval('kernels')['perplexity'] / _eval('dense')['perplexity'] - 1):.0e}"
