@@ -88,6 +88,11 @@ def perm_search_alone() -> str:
 FIGURES["perm.search_seed_spread"] = lambda: f2(abs(rows("permutations-learned")[0]["ppl"] - rows("permutations-learned")[1]["ppl"]))
 
 
+FIGURES["ft.summary"] = lambda: (lambda r: "{} of {} layers, up to {} (layer 15: {})".format(
+    sum(x["first_token_share"] > 0.5 for x in r), len(r), pct(max(x["first_token_share"] for x in r)),
+    pct(r[15]["first_token_share"])))(rows("first-token"))
+
+
 # ---------------------------------------------------------------- CPU: three calibration draws
 
 
