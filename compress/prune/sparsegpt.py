@@ -4,7 +4,13 @@ Columns are processed in blocks; within a block each pruned weight's error is sp
 columns through the inverse Hessian's Cholesky factor, and the block's accumulated error is pushed
 onto the remaining columns at once ("lazy batch" updates). For N:M the mask of each M-group is chosen
 when the sweep reaches the group, from the already-updated weights (as in the paper). Unstructured
-masks keep the same fraction of every output row within each block.
+masks are chosen at the start of each block by w²/d² (d: the factor's diagonal), by one of two rules
+(options["mask_rule"]): "row" removes the same fraction of every output row within the block; "block"
+removes that fraction of the whole block at one threshold, as the reference implementation does (but
+exactly round(sparsity · block size) weights, where the reference removes one more). "row" is the default:
+on SmolLM2-135M at 50% it measured perplexity 53.49 against 54.13 for "block" (one calibration draw, CPU).
+Ties: pattern.py.
+Float64 weights are pruned in float64 (used by the reference tests); anything else in float32.
 
 The in-block sweep is a few tiny kernels per column, so on a GPU it is captured once per block shape
 as a CUDA graph and replayed: launch overhead, not arithmetic, is what it costs otherwise.
@@ -13,8 +19,19 @@ from __future__ import annotations
 
 import torch
 
+from compress.errors import BadInput
 from compress.prune.method import Method
 from compress.pattern import Pattern, nm_mask, row_mask
+
+MASK_RULES = ("row", "block")
+DEFAULT_MASK_RULE = "row"
+
+
+def unstructured_mask(score: torch.Tensor, sparsity: float, rule: str) -> torch.Tensor:
+    """Keep-mask of one block: the lowest scores of each row ("row") or of the whole block ("block")."""
+    if rule == "row":
+        return row_mask(score, sparsity)
+    return row_mask(score.reshape(1, -1), sparsity).reshape(score.shape)  # ties: lower row-major index kept
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,11 +52,12 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Te
     return torch.linalg.cholesky(inverse, upper=True), dead
 
 
-def sweep_block(block: torch.Tensor, hinv_block: torch.Tensor, errors: torch.Tensor, pattern: Pattern) -> None:
+def sweep_block(block: torch.Tensor, hinv_block: torch.Tensor, errors: torch.Tensor, pattern: Pattern,
+                mask_rule: str = DEFAULT_MASK_RULE) -> None:
     """Prune one column block in place, writing each column's scaled error into `errors`."""
     d = torch.diag(hinv_block)
     if not pattern.is_nm:
-        keep = row_mask(block.pow(2) / d.pow(2), pattern.sparsity)
+        keep = unstructured_mask(block.pow(2) / d.pow(2), pattern.sparsity, mask_rule)
         drop_scale = (~keep) / d
     width = block.shape[1]
     for i in range(width):
@@ -59,7 +77,7 @@ def sweep_block(block: torch.Tensor, hinv_block: torch.Tensor, errors: torch.Ten
 class _GraphedSweep:
     """sweep_block captured as a CUDA graph for one (rows, width, pattern) shape."""
 
-    def __init__(self, rows: int, width: int, pattern: Pattern, device: torch.device):
+    def __init__(self, rows: int, width: int, pattern: Pattern, device: torch.device, mask_rule: str):
         self.block = torch.zeros(rows, width, device=device)
         self.hinv = torch.eye(width, device=device)
         self.errors = torch.zeros(rows, width, device=device)
@@ -67,11 +85,11 @@ class _GraphedSweep:
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
-            sweep_block(self.block, self.hinv, self.errors, pattern)  # warm-up outside the capture
+            sweep_block(self.block, self.hinv, self.errors, pattern, mask_rule)  # warm-up outside the capture
         torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            sweep_block(self.block, self.hinv, self.errors, pattern)
+            sweep_block(self.block, self.hinv, self.errors, pattern, mask_rule)
 
     def __call__(self, block: torch.Tensor, hinv_block: torch.Tensor, errors: torch.Tensor) -> None:
         self.block.copy_(block)
@@ -84,33 +102,38 @@ class _GraphedSweep:
 _graphs: dict[tuple, _GraphedSweep] = {}
 
 
-def _sweeper(rows: int, width: int, pattern: Pattern, device: torch.device, use_graphs: bool):
+def _sweeper(rows: int, width: int, pattern: Pattern, device: torch.device, use_graphs: bool, mask_rule: str):
     if device.type != "cuda" or not use_graphs:
-        return lambda block, hinv_block, errors: sweep_block(block, hinv_block, errors, pattern)
-    key = (rows, width, pattern, device)
+        return lambda block, hinv_block, errors: sweep_block(block, hinv_block, errors, pattern, mask_rule)
+    key = (rows, width, pattern, device, mask_rule)
     if key not in _graphs:
         if len(_graphs) > 16:
             _graphs.clear()
-        _graphs[key] = _GraphedSweep(rows, width, pattern, device)
+        _graphs[key] = _GraphedSweep(rows, width, pattern, device, mask_rule)
     return _graphs[key]
 
 
 def sparsegpt_prune(
     weight: torch.Tensor, hessian: torch.Tensor, pattern: Pattern, blocksize: int = 128, damp: float = 0.01,
-    use_graphs: bool = True,
+    use_graphs: bool = True, mask_rule: str = DEFAULT_MASK_RULE,
 ) -> torch.Tensor:
-    w = weight.float().clone()
-    hinv, dead = inverse_hessian_factor(hessian.float(), damp)
+    if mask_rule not in MASK_RULES:
+        raise BadInput(f"unknown SparseGPT mask rule {mask_rule!r}: choose one of {', '.join(MASK_RULES)}")
+    work = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    use_graphs = use_graphs and work == torch.float32  # the captured graphs hold float32 buffers
+    w = weight.to(work).clone()
+    hinv, dead = inverse_hessian_factor(hessian.to(work), damp)
     w[:, dead] = 0
     rows, cols = w.shape
     if pattern.is_nm:
         blocksize = max(pattern.m, blocksize // pattern.m * pattern.m)
-    errors = torch.empty(rows, blocksize, device=w.device)
+    errors = torch.empty(rows, blocksize, device=w.device, dtype=work)
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
         block = w[:, start:end].contiguous()
         block_errors = errors[:, : end - start]
-        _sweeper(rows, end - start, pattern, w.device, use_graphs)(block, hinv[start:end, start:end], block_errors)
+        sweep = _sweeper(rows, end - start, pattern, w.device, use_graphs, mask_rule)
+        sweep(block, hinv[start:end, start:end], block_errors)
         w[:, start:end] = block
         w[:, end:].addmm_(block_errors, hinv[start:end, end:], alpha=-1)
     return w.to(weight.dtype)
@@ -120,6 +143,7 @@ def prune(weight: torch.Tensor, stats, pattern: Pattern, options: dict) -> torch
     return sparsegpt_prune(
         weight, stats.matrix(), pattern,
         blocksize=int(options.get("blocksize", 128)), damp=float(options.get("damp", 0.01)),
+        mask_rule=str(options.get("mask_rule", DEFAULT_MASK_RULE)),
     )
 
 
