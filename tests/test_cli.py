@@ -15,9 +15,13 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def common(text_file):
-    return ["--text", text_file, "--eval-text", text_file, "--nsamples", 8, "--seqlen", 64,
-            "--eval-context", 128, "--device", "cpu"]
+def common(text_file, method="wanda"):
+    if method == "magnitude":
+        return ["--device", "cpu"]
+    return ["--text", text_file, "--nsamples", 8, "--seqlen", 64, "--device", "cpu"]
+
+
+EVAL = ["--eval-context", 128]
 
 
 def test_version_and_help():
@@ -31,7 +35,7 @@ def test_prune_eval_export_roundtrip(tiny_model_dir, text_file, tmp_path):
 
     out = tmp_path / "pruned"
     result = invoke("prune", tiny_model_dir, "--method", "sparsegpt", "--pattern", "4:8", "--eval", "--json",
-                    "--out", out, *common(text_file))
+                    "--out", out, *common(text_file), "--eval-text", text_file, *EVAL)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     prune, evaluation = report["stages"][0]["result"], report["stages"][1]["result"]
@@ -99,13 +103,13 @@ def test_force_replaces_only_an_earlier_output(tiny_model_dir, text_file, tmp_pa
     (out / "keep.txt").write_text("mine")
     (out / "sub").mkdir()
     for extra in ([], ["--force"]):  # a folder this tool did not write is never replaced
-        result = invoke("prune", tiny_model_dir, "--method", "magnitude", "--out", out, *extra, *common(text_file))
+        result = invoke("prune", tiny_model_dir, "--method", "magnitude", "--out", out, *extra, *common(text_file, "magnitude"))
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert (out / "keep.txt").read_text() == "mine" and (out / "sub").is_dir()
     fresh = tmp_path / "fresh"
-    assert invoke("prune", tiny_model_dir, "--method", "magnitude", "--out", fresh, *common(text_file)).exit_code == 0
+    assert invoke("prune", tiny_model_dir, "--method", "magnitude", "--out", fresh, *common(text_file, "magnitude")).exit_code == 0
     result = invoke("prune", tiny_model_dir, "--method", "magnitude", "--pattern", "4:8", "--out", fresh, "--force",
-                    *common(text_file))
+                    *common(text_file, "magnitude"))
     assert result.exit_code == 0, result.output
     manifest = json.loads((fresh / "compression.json").read_text())
     assert manifest["stages"][0]["result"]["pattern"]["m"] == 8
@@ -114,7 +118,7 @@ def test_force_replaces_only_an_earlier_output(tiny_model_dir, text_file, tmp_pa
 def test_out_dot_is_refused(tiny_model_dir, text_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.txt").write_text("mine")
-    result = invoke("prune", tiny_model_dir, "--method", "magnitude", "--out", ".", "--force", *common(text_file))
+    result = invoke("prune", tiny_model_dir, "--method", "magnitude", "--out", ".", "--force", *common(text_file, "magnitude"))
     assert result.exit_code == 2 and (tmp_path / "mine.txt").read_text() == "mine"
 
 
@@ -147,10 +151,16 @@ BAD_INPUTS = {
     "no decoder layers": (lambda d, t: ["prune", no_layers_model(t)], "no decoder layers"),
     "bad regex": (lambda d, t: ["prune", d, "--targets", "("], "bad regular expression"),
     "nothing targeted": (lambda d, t: ["prune", d, "--targets", "nomatch"], "no Linear layers matched"),
-    "missing text": (lambda d, t: ["prune", d, "--text", t / "none.txt", "--eval-text", t / "none.txt"], "no such text file"),
+    "missing text": (lambda d, t: ["prune", d, "--text", t / "none.txt"], "no such text file"),
     "offline hub id": (lambda d, t: ["prune", "someone/some-model"], "hub"),
     "unknown permutation": (lambda d, t: ["prune", d, "--permute", "random"], "--permute"),
     "learned without data": (lambda d, t: ["prune", d, "--method", "magnitude", "--permute", "learned"], "calibration data"),
+    "damp with wanda": (lambda d, t: ["prune", d, "--method", "wanda", "--damp", "0.1"], "--damp does not apply"),
+    "ria alpha with wanda": (lambda d, t: ["prune", d, "--ria-alpha", "0.3"], "--ria-alpha does not apply"),
+    "perm steps without permute": (lambda d, t: ["prune", d, "--perm-steps", "3"], "--perm-steps does not apply"),
+    "eval text without eval": (lambda d, t: ["prune", d, "--eval-text", t / "x.txt"], "--eval-text does not apply"),
+    "export without out": (lambda d, t: ["prune", d, "--export", "compressed", "--dry-run"], "--export does not apply"),
+    "nsamples with magnitude": (lambda d, t: ["prune", d, "--method", "magnitude", "--nsamples", "4"], "does not apply"),
     "eval missing model": (lambda d, t: ["eval", t / "nope"], "no such file"),
 }
 
@@ -160,7 +170,8 @@ def test_bad_input_exits_2_and_writes_nothing(case, tiny_model_dir, text_file, t
     build, message = BAD_INPUTS[case]
     args = build(tiny_model_dir, tmp_path)
     out = tmp_path / "out"
-    extra = ["--out", out, *common(text_file)] if args[0] == "prune" else []
+    method = args[args.index("--method") + 1] if "--method" in args else "wanda"
+    extra = ["--out", out, *common(text_file, method)] if args[0] == "prune" and "--dry-run" not in args else []
     if "--text" in args:
         extra = ["--out", out, "--nsamples", 8, "--seqlen", 64]
     before = sorted(p.name for p in tmp_path.iterdir())

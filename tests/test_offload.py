@@ -196,6 +196,7 @@ def test_multi_gpu_benchmark_runs_tiny_on_cpu(monkeypatch, capsys):
 
     script = Path(__file__).parents[1] / "benchmarks" / "prune_multi_gpu.py"
     monkeypatch.setattr("sys.argv", [str(script), "--tiny"])
+    monkeypatch.syspath_prepend(str(script.parent))  # as `python benchmarks/...` would: its helpers beside it
     runpy.run_path(str(script), run_name="__main__")
     report = json.loads(capsys.readouterr().out)
     assert report["modules_per_device"] == {"cpu": 5, "disk": 3} and report["sparsity"] == 0.5

@@ -28,6 +28,7 @@ Examples:
 
 
 def prune(
+    ctx: typer.Context,
     model: Optional[str] = typer.Argument(None, help="HF model directory, .gguf file or hub id; default SmolLM2-135M-Instruct (dequantized Q4_1 GGUF)."),
     method: str = typer.Option("wanda", help="magnitude | wanda | sparsegpt | ria"),
     pattern: Optional[str] = typer.Option(None, help="N:M keeps N of every M weights along the input dim (2:4, 4:8, 6:8)."),
@@ -74,6 +75,8 @@ def prune(
         from compress.cli.flags import label_for_cli
         from compress.pipeline.recipe import dump_recipe, validate_recipe
 
+        _refuse_what_does_not_apply(ctx, method, permute, eval, out_dir)
+
         stage = {"method": method, "targets": targets, "ignore": ignore, "blocksize": blocksize, "damp": damp,
                  "ria_alpha": ria_alpha, "calib_batch": calib_batch, "permute": permute, "perm_blocks": perm_blocks,
                  "perm_steps": perm_steps, "perm_block_size": perm_block_size}
@@ -99,6 +102,31 @@ def prune(
         from compress.cli.run import execute
 
         execute(recipe, force, as_json, quiet)
+
+
+def _given(ctx: typer.Context) -> set[str]:
+    return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+
+
+def _refuse_what_does_not_apply(ctx, method: str, permute: str, evaluate: bool, out_dir) -> None:
+    """An option given on the command line that the job would ignore is an error naming it."""
+    from compress.errors import BadInput
+
+    given = _given(ctx)
+    rules = [
+        (("blocksize", "damp"), method != "sparsegpt", f"--method {method} is not sparsegpt"),
+        (("ria_alpha",), method != "ria", f"--method {method} is not ria"),
+        (("text", "dataset", "nsamples", "seqlen", "seed", "calib_batch"),
+         method == "magnitude" and permute != "learned", "magnitude uses no calibration data"),
+        (("perm_blocks", "perm_steps", "perm_block_size"), permute == "none", "there is no --permute"),
+        (("perm_steps", "perm_block_size"), permute == "heuristic", "they tune --permute learned"),
+        (("eval_text", "eval_dataset", "eval_context", "eval_tokens"), not evaluate, "there is no --eval"),
+        (("export", "force"), out_dir is None, "there is no --out"),
+    ]
+    for names, ignored, why in rules:
+        for name in names:
+            if ignored and name in given:
+                raise BadInput(f"--{name.replace('_', '-')} does not apply: {why}")
 
 
 def _drop_none(data):
