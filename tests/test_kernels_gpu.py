@@ -8,6 +8,12 @@ from compress.pattern import nm_mask
 pytestmark = pytest.mark.gpu
 
 
+# Relative error of the sparse paths against dense, measured on one H200 over the 84 Llama shapes of
+# benchmarks/results/kernels-ours-h200.json: at most 1.1e-4 in float16 and 3.1e-4 in bfloat16 (the sum
+# order differs). The bounds below leave about 10x margin over those.
+TOLERANCE = {torch.float16: 1e-3, torch.bfloat16: 3e-3}
+
+
 def rel_err(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm())
 
@@ -30,7 +36,7 @@ def test_bitmask_kernel_matches_dense(dtype, n, m, tokens, permuted):
     x = torch.randn(tokens, 208, device="cuda", dtype=dtype)
     perm = torch.randperm(208, device="cuda") if permuted else None
     ref = (x if perm is None else x[:, perm]) @ w.t()
-    assert rel_err(nm_mm(x, values, mask, 208, n, m, perm), ref) < 1e-2
+    assert rel_err(nm_mm(x, values, mask, 208, n, m, perm), ref) < TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -45,8 +51,8 @@ def test_2_4_kernels_match_dense(dtype, tokens, permuted):
     x = torch.randn(2, tokens, 456, device="cuda", dtype=dtype)[1]  # a strided view
     perm = torch.randperm(456, device="cuda") if permuted else None
     ref = (x if perm is None else x[:, perm]) @ w.t()
-    assert rel_err(nm24_mm(x, values, nibbles, 456, perm), ref) < 1e-2
-    assert rel_err(nm24_gemv(x, values, nibbles, 456, perm), ref) < 1e-2
+    assert rel_err(nm24_mm(x, values, nibbles, 456, perm), ref) < TOLERANCE[dtype]
+    assert rel_err(nm24_gemv(x, values, nibbles, 456, perm), ref) < TOLERANCE[dtype]
 
 
 def test_transpose_copy_is_exact():
@@ -72,7 +78,7 @@ def test_sparse_linear_kernels_match_dense(tokens, permuted):
     assert use_kernels(holder) == 1
     out = sparse(x)
     assert out.shape == dense.shape and out.is_contiguous()
-    assert rel_err(out, dense) < 1e-2
+    assert rel_err(out, dense) < TOLERANCE[torch.float16]
 
 
 @pytest.mark.parametrize("permute", ["none", "heuristic"])
@@ -89,8 +95,9 @@ def test_compressed_model_on_kernels_gives_dense_logits(permute, tiny_model_dir,
         dense, dense_step = model(ids).logits, model(ids[:1, :1]).logits
         assert use_kernels(model) == 14
         sparse, step = model(ids).logits, model(ids[:1, :1]).logits
-    assert rel_err(sparse, dense) < 1e-2
-    assert rel_err(step, dense_step) < 1e-2
+    # whole-model logits after two decoder layers: not measured on their own; 5x the per-Linear bound
+    assert rel_err(sparse, dense) < 5 * TOLERANCE[torch.float16]
+    assert rel_err(step, dense_step) < 5 * TOLERANCE[torch.float16]
 
 
 def test_cli_prunes_on_the_gpu_and_evaluates_on_the_kernels(tiny_model_dir, text_file, tmp_path):
@@ -107,5 +114,5 @@ def test_cli_prunes_on_the_gpu_and_evaluates_on_the_kernels(tiny_model_dir, text
     assert result.exit_code == 0, result.output
     dense, kernels = json.loads(result.stdout)["results"]
     assert (dense["path"], kernels["path"]) == ("dense", "kernels")
-    assert abs(kernels["perplexity"] - dense["perplexity"]) < 1e-2 * dense["perplexity"]
+    assert abs(kernels["perplexity"] - dense["perplexity"]) < 1e-3 * dense["perplexity"]  # 1B model: 4e-6 measured
     assert kernels["tokens_per_second"] > 0
