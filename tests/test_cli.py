@@ -89,12 +89,17 @@ def test_permuted_export_stores_indices_that_make_weights_n_m(tiny_model_dir, te
         assert ((weight[:, perm] != 0).view(weight.shape[0], -1, 4).sum(-1) == 2).all()
 
 
-def test_eval_side_by_side(tiny_model_dir, text_file):
-    result = invoke("eval", tiny_model_dir, tiny_model_dir, "--text", text_file, "--context", 64, "--json",
-                    "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)["results"]
-    assert len(rows) == 2 and rows[0]["perplexity"] == rows[1]["perplexity"]
+def test_eval_side_by_side(tiny_model_dir, text_file, tmp_path):
+    from tests.conftest import save_tiny_model
+
+    other = save_tiny_model(tmp_path / "other", seed=7)
+    args = ["--text", text_file, "--context", 64, "--json", "--device", "cpu"]
+    both = invoke("eval", tiny_model_dir, other, *args)
+    assert both.exit_code == 0, both.output
+    rows = json.loads(both.stdout)["results"]
+    alone = [json.loads(invoke("eval", m, *args).stdout)["results"][0] for m in (tiny_model_dir, other)]
+    assert [r["perplexity"] for r in rows] == [r["perplexity"] for r in alone]  # each row is its own model's
+    assert rows[0]["perplexity"] != rows[1]["perplexity"]
 
 
 def test_force_replaces_only_an_earlier_output(tiny_model_dir, text_file, tmp_path):

@@ -6,23 +6,17 @@ from pydantic import Field, model_validator
 
 from compress.config import StrictConfig
 
-__all__ = ["CalibrateConfig"]
+__all__ = ["TextConfig", "CalibrateConfig"]
 
 
-class CalibrateConfig(StrictConfig):
+class TextConfig(StrictConfig):
+    """Where text comes from: a file, a dataset, or (neither) the default Austen text."""
+
     text: str | None = None
-    """A .txt/.md file, or .jsonl with `text_field`; default: five Austen novels (Persuasion is held out)."""
+    """A .txt/.md file, or .jsonl with `text_field`; default: Austen (five novels to calibrate, Persuasion held out)."""
     dataset: str | None = None
     """A Hugging Face dataset NAME[:CONFIG][:SPLIT] (needs compress[datasets])."""
     text_field: str = "text"
-    nsamples: int = Field(128, ge=1)
-    """Calibration windows."""
-    seqlen: int = Field(2048, ge=2)
-    """Tokens per window (capped at the model's maximum)."""
-    seed: int = Field(0, ge=0)
-    """Seed for drawing the windows."""
-    bos: bool = True
-    """Start each window with the tokenizer's BOS where it adds one: [BOS] + seqlen − 1 text tokens."""
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -34,3 +28,14 @@ class CalibrateConfig(StrictConfig):
         from compress.calibrate.data import TextSource
 
         return TextSource(path=self.text, dataset=self.dataset, text_field=self.text_field)
+
+
+class CalibrateConfig(TextConfig):
+    nsamples: int = Field(128, ge=1)
+    """Calibration windows."""
+    seqlen: int = Field(2048, ge=2)
+    """Tokens per window (capped at the model's maximum)."""
+    seed: int = Field(0, ge=0)
+    """Seed for drawing the windows."""
+    bos: bool = True
+    """Start each window with the tokenizer's BOS where it adds one: [BOS] + seqlen − 1 text tokens."""

@@ -44,6 +44,7 @@ def prune(
     blocksize: int = typer.Option(128, help="SparseGPT column block."),
     damp: float = typer.Option(0.01, help="SparseGPT Hessian damping, as a fraction of its mean diagonal."),
     ria_alpha: float = typer.Option(0.5, help="RIA activation exponent."),
+    mask_rule: str = typer.Option("row", help="SparseGPT unstructured: row (same fraction per row and block) | block (one threshold per block, as the reference code)."),
     calib_batch: int = typer.Option(0, help="Calibration sequences per forward (0: about 16k tokens)."),
     permute: str = typer.Option("none", help="Input-channel permutation before N:M masking: none | heuristic | learned."),
     perm_blocks: int = typer.Option(1, help="Split the Hungarian refinement into this many blocks (faster)."),
@@ -78,7 +79,7 @@ def prune(
         _refuse_what_does_not_apply(ctx, method, permute, eval, out_dir)
 
         stage = {"method": method, "targets": targets, "ignore": ignore, "blocksize": blocksize, "damp": damp,
-                 "ria_alpha": ria_alpha, "calib_batch": calib_batch, "permute": permute, "perm_blocks": perm_blocks,
+                 "ria_alpha": ria_alpha, "mask_rule": mask_rule, "calib_batch": calib_batch, "permute": permute, "perm_blocks": perm_blocks,
                  "perm_steps": perm_steps, "perm_block_size": perm_block_size}
         if pattern is not None or sparsity is None:
             stage["pattern"] = pattern if pattern is not None else "2:4"
@@ -114,7 +115,7 @@ def _refuse_what_does_not_apply(ctx, method: str, permute: str, evaluate: bool, 
 
     given = _given(ctx)
     rules = [
-        (("blocksize", "damp"), method != "sparsegpt", f"--method {method} is not sparsegpt"),
+        (("blocksize", "damp", "mask_rule"), method != "sparsegpt", f"--method {method} is not sparsegpt"),
         (("ria_alpha",), method != "ria", f"--method {method} is not ria"),
         (("text", "dataset", "nsamples", "seqlen", "seed", "calib_batch"),
          method == "magnitude" and permute != "learned", "magnitude uses no calibration data"),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from compress.errors import BadInput
+from compress.paths import user_path
 
 __all__ = ["check_output_dir", "atomic_directory", "MANIFEST"]
 
@@ -26,11 +27,11 @@ def _ours(path: Path) -> bool:
 def check_output_dir(out: str | Path, force: bool, inputs: tuple[str | Path | None, ...] = ()) -> Path:
     """Refuse an output that exists (unless `force` and it is an earlier output of ours) or that is one
     of the inputs; return it resolved."""
-    path = Path(out).expanduser().absolute()
+    path = user_path(out).absolute()
     resolved = path.resolve()
     for source in inputs:
-        if source is not None and Path(source).expanduser().exists():
-            src = Path(source).expanduser().resolve()
+        if source is not None and user_path(source).exists():
+            src = user_path(source).resolve()
             if resolved == src or src in resolved.parents or resolved in src.parents:
                 raise BadInput(f"{out} would overwrite the input model {source}", key="out")
     if resolved in Path.cwd().resolve().parents or resolved == Path.cwd().resolve():

@@ -2,11 +2,12 @@
 tokenizer; compressed exports optionally also on the sparse GPU kernels, with tokens/s."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
-from compress.config import StrictConfig
+from compress.calibrate.config import TextConfig
+from compress.model.config import LoadConfig
 from compress.errors import BadInput
 from compress.pipeline.report import ReportModel
 from compress.pipeline.session import Progress, versions
@@ -14,19 +15,10 @@ from compress.pipeline.session import Progress, versions
 __all__ = ["CompareConfig", "CompareReport", "KernelFallback", "compare_models"]
 
 
-class CompareConfig(StrictConfig):
+class CompareConfig(LoadConfig, TextConfig):
     models: list[str | None] = Field(default_factory=lambda: [None])
-    text: str | None = None
-    dataset: str | None = None
-    text_field: str = "text"
     context: int = Field(1024, ge=2)
     tokens: int | None = Field(None, ge=2)
-    dtype: Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"] = "auto"
-    device: str = "auto"
-    device_map: str | None = None
-    max_memory: str | None = None
-    offload_folder: str | None = None
-    trust_remote_code: bool = False
     kernels: bool = False
     """Compressed exports: also run on the sparse GPU kernels (each forward replayed as a CUDA graph)."""
     allow_fallback: bool = False
@@ -86,7 +78,7 @@ def _kernel_rows(model, ids, context: int, device: str, source: str, bos_id, all
 
 
 def compare_models(config: CompareConfig, progress: Progress | None = None) -> CompareReport:
-    from compress.calibrate.data import TextSource, evaluation_tokens, window_bos
+    from compress.calibrate.data import evaluation_tokens, window_bos
     from compress.defaults.assets import EVALUATION_NOVEL
     from compress.evaluate import perplexity
     from compress.model.loading import resolve_device
@@ -97,7 +89,7 @@ def compare_models(config: CompareConfig, progress: Progress | None = None) -> C
     device = resolve_device(config.device)
     placement = parse_device_map(config.device_map, config.max_memory, config.offload_folder)
     load_device = (placement.compute_device() or device) if placement is not None else device
-    source = TextSource(path=config.text, dataset=config.dataset, text_field=config.text_field)
+    source = config.source()
     results = []
     for name in config.models:
         progress.stage(f"evaluating {name or 'the default model'}")

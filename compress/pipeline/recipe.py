@@ -13,36 +13,26 @@ kind, when that kind occurs once) or by its index: `--set prune.pattern=6:8`, `-
 """
 from __future__ import annotations
 
-import re
-from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Union
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from compress.calibrate.config import CalibrateConfig
-from compress.config import StrictConfig
+from compress.model.config import LoadConfig
 from compress.errors import BadInput
+from compress.paths import user_path
 import compress.pipeline.stages  # noqa: F401  (registers the stage kinds)
 from compress.pipeline.registry import STAGES
 
 __all__ = ["Recipe", "dump_recipe", "validate_recipe", "validate_config", "stage_item"]
 
 _Stage = Annotated[Union[tuple(spec.config for spec in STAGES.values())], Field(discriminator="kind")]
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-class Recipe(StrictConfig):
+class Recipe(LoadConfig):
     model: str | None = None
     """A local HF directory, a .gguf file or a hub id; default SmolLM2-135M-Instruct."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"] = "auto"
-    device: str = "auto"
-    """auto | cpu | cuda | cuda:N. The model stays in CPU memory; one layer at a time moves to the GPU."""
-    device_map: str | None = None
-    """Spread the model with accelerate: auto | balanced | balanced_low_0 | sequential | a JSON file."""
-    max_memory: str | None = None
-    offload_folder: str | None = None
-    trust_remote_code: bool = False
     calibrate: CalibrateConfig | None = None
     stages: list[_Stage] = Field(min_length=1)
     out: str | None = None
@@ -57,8 +47,6 @@ class Recipe(StrictConfig):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if not _DEVICE.fullmatch(self.device):
-            raise BadInput(f"unknown device {self.device!r}: choose auto, cpu, cuda or cuda:N", key="device")
         if self.model is not None:
             _check_model_path(self.model)
         if (self.max_memory or self.offload_folder) and self.device_map is None:
@@ -116,7 +104,7 @@ def _flatten_item(item, index: int):
 def _check_model_path(model: str) -> None:
     from compress.model.loading import looks_like_hub_id
 
-    path = Path(model).expanduser()
+    path = user_path(model)
     if not path.exists() and not looks_like_hub_id(model):
         raise BadInput(f"{model}: no such file or directory", key="model")
 
@@ -137,31 +125,24 @@ def validate_recipe(data, locate=None, label=None) -> Recipe:
     """A Recipe from plain data; errors become one BadInput whose key is the dotted path of the culprit.
     `locate(path) -> str` turns a path into a prefix (the file and line) for the message; `label(path)`
     names the culprit (default: its dotted path; the CLI gives its flag)."""
-    locate, label = locate or (lambda path: ""), label or _dotted
+    locate = locate or (lambda path: "")
     if not isinstance(data, dict):
         raise BadInput(f"{locate(())}a recipe is a mapping of model, calibrate, stages, out")
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        path, message = _first_error(exc)
-    except BadInput as exc:
-        path, message = _split_key(exc.key), str(exc)
-    error = BadInput(f"{locate(path)}{label(path)}: {message}" if path else f"{locate(path)}{message}")
-    error.path = path  # already named in the message
-    raise error
+    return validate_config(Recipe, data, locate, label)
 
 
-def validate_config(model_class, data: dict, label=None):
-    """Any strict config from plain data, its first error as one BadInput naming the key (or its flag)."""
-    label = label or _dotted
+def validate_config(model_class, data: dict, locate=None, label=None):
+    """Any strict config from plain data, its first error as one BadInput naming the key (or its flag),
+    prefixed by `locate(path)` (e.g. the file and line)."""
+    locate, label = locate or (lambda path: ""), label or _dotted
     try:
         return model_class.model_validate(data)
     except ValidationError as exc:
         path, message = _first_error(exc)
     except BadInput as exc:
         path, message = _split_key(exc.key), str(exc)
-    error = BadInput(f"{label(path)}: {message}" if path else message)
-    error.path = path
+    error = BadInput(f"{locate(path)}{label(path)}: {message}" if path else f"{locate(path)}{message}")
+    error.path = path  # already named in the message
     raise error
 
 

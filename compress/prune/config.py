@@ -41,6 +41,9 @@ class PruneConfig(StrictConfig):
     """Search rounds per Linear for learned permutations."""
     perm_block_size: int = Field(64, ge=2)
     """Learned permutations score every channel swap inside windows of this many channels."""
+    mask_rule: Literal["row", "block"] = "row"
+    """SparseGPT unstructured masks: the same fraction of every row per column block (row), or one
+    threshold over the whole block as the reference code does (block)."""
     perm_deflate: int = Field(1, ge=0)
     """Learned permutations leave the top eigendirections of XᵀX out of their loss."""
     perm_seed: int = Field(0, ge=0)
@@ -79,6 +82,8 @@ class PruneConfig(StrictConfig):
         self._pattern = parse_pattern(spec, self.sparsity)
         if self.permute != "none" and not self._pattern.is_nm:
             raise BadInput(f"permute {self.permute} needs an N:M pattern, not unstructured sparsity", key="permute")
+        if self.mask_rule != "row" and (self.method != "sparsegpt" or self._pattern.is_nm):
+            raise BadInput("mask_rule applies to sparsegpt with unstructured sparsity", key="mask_rule")
         if self.permute == "learned" and self.method == "magnitude":
             raise BadInput("permute learned needs calibration data, which magnitude does not use", key="permute")
         return self
@@ -94,7 +99,7 @@ class PruneConfig(StrictConfig):
     @property
     def options(self) -> dict:
         """What the method functions read (compress/prune/<method>.py)."""
-        return {"blocksize": self.blocksize, "damp": self.damp, "ria_alpha": self.ria_alpha}
+        return {"blocksize": self.blocksize, "damp": self.damp, "ria_alpha": self.ria_alpha, "mask_rule": self.mask_rule}
 
     def permute_config(self):
         from compress.permute import PermuteConfig

@@ -3,23 +3,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from compress.config import StrictConfig
+from compress.calibrate.config import TextConfig
 from compress.pipeline.registry import StageSpec, register
 from compress.pipeline.report import StageResult
 
 __all__ = ["EvalStage", "EvalResult"]
 
 
-class EvalStage(StrictConfig):
+class EvalStage(TextConfig):
+    """Held-out text: a file or dataset (default split: test), or Austen's Persuasion, never used to calibrate."""
+
     kind: Literal["eval"] = "eval"
     name: str | None = None
-    text: str | None = None
-    """Held-out text file; default: Austen's Persuasion, never used for calibration."""
-    dataset: str | None = None
-    """Held-out dataset NAME[:CONFIG][:SPLIT]."""
-    text_field: str = "text"
     context: int = Field(1024, ge=2)
     """Tokens per perplexity window (capped at the model's maximum)."""
     tokens: int | None = Field(None, ge=2)
@@ -28,17 +25,6 @@ class EvalStage(StrictConfig):
     """Also measure the model as loaded, before any stage changed it."""
     bos: bool = True
     """Start each window with the tokenizer's BOS where it adds one ([BOS] + context text tokens, all scored)."""
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        if self.text and self.dataset:
-            raise ValueError("give a text file or a dataset, not both")
-        return self
-
-    def source(self):
-        from compress.calibrate.data import TextSource
-
-        return TextSource(path=self.text, dataset=self.dataset, text_field=self.text_field)
 
 
 class EvalResult(StageResult):

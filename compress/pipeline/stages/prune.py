@@ -93,7 +93,7 @@ SPEC = register(StageSpec(
     kind="prune", config=PruneStage, run=_run, check=_check, needs_calibration=_needs_calibration,
     summary="N:M or unstructured pruning, layer by layer (magnitude, wanda, sparsegpt, ria)",
     flags={"method": "--method", "pattern": "--pattern", "sparsity": "--sparsity", "targets": "--targets",
-           "ignore": "--ignore", "blocksize": "--blocksize", "damp": "--damp", "ria_alpha": "--ria-alpha",
+           "ignore": "--ignore", "blocksize": "--blocksize", "damp": "--damp", "ria_alpha": "--ria-alpha", "mask_rule": "--mask-rule",
            "calib_batch": "--calib-batch", "permute": "--permute", "perm_blocks": "--perm-blocks",
            "perm_steps": "--perm-steps", "perm_block_size": "--perm-block-size"},
 ))
