@@ -26,6 +26,7 @@ SCRIPTS = {
     "prune_7b.py": ("--json", ["prune7b-h200", "prune7b-h200-47263c1", "perm7b-4layers-h200", "perm7b-swap-h200"],
                     False),
     "ties.py": ("--out", ["ties"], False),
+    "tie_rules.py": ("--out", ["tie-rules"], False),
     "first_token.py": ("--out", ["first-token"], False),
     "e2e_7b.py": ("--json", ["e2e7b-h200", "e2e7b-compile-h200"], True),
     "kernels.py": ("--json", ["kernels-h200", "kernels-ours-h200"], True),
