@@ -60,11 +60,13 @@ def main() -> None:
             model, text = [path], ["--text", text_file]
             args.methods, args.patterns, args.nsamples, args.seqlen, args.eval_tokens = (
                 ["wanda"], ["2:4"], "4", "32", "256")
-        common = ["--nsamples", args.nsamples, "--seqlen", args.seqlen, "--device", args.device, "--json", "-q", *text]
+        calibration = ["--nsamples", args.nsamples, "--seqlen", args.seqlen, *text]
         for flag, value in (PATTERNS[p] for p in args.patterns):
             for method in args.methods:
                 out = os.path.join(tmp, f"{method}-{value.replace(':', 'of')}")
-                report, wall, rss = run(["prune", *model, "--method", method, flag, value, "--out", out, *common])
+                data = [] if method == "magnitude" else calibration  # prune refuses options a method ignores
+                report, wall, rss = run(["prune", *model, "--method", method, flag, value, "--out", out, *data,
+                                         "--device", args.device, "--json", "-q"])
                 pruned = prune_result(report)
                 rows.append({"method": method, "pattern": value, "prune_s": round(pruned["seconds"], 1),
                              "process_s": round(wall, 1), "peak_rss_gib": round(rss, 2),
