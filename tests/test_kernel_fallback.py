@@ -138,3 +138,26 @@ def test_real_kernels_record_their_paths_and_a_refusal(monkeypatch):
     assert torch.allclose(out, reference(module, x), atol=1e-2)
     assert kernel_usage(model) == {"dense": ["proj"]}
     assert "refused for the test" in kernel_fallbacks(model)["proj"]
+
+
+def test_eval_kernels_exits_1_naming_the_linears_that_fell_back(tiny_model_dir, text_file, monkeypatch):
+    """The CLI side: a fallback reported by the kernel rows is exit 1 with the names (CUDA itself is faked)."""
+    from typer.testing import CliRunner
+
+    from compress.cli import app
+    from compress.pipeline import compare
+
+    seen = {}
+
+    def rows(model, ids, context, device, source, bos_id, allow_fallback):
+        seen["allow"] = allow_fallback
+        if not allow_fallback:
+            raise compare.KernelFallback({"model.layers.0.mlp.down_proj": "cuSPARSELt refused the shape"})
+        return [{"model": source, "path": "kernels", "perplexity": 1.0, "tokens": 1, "context": context,
+                 "seconds": 1.0, "windows": 1, "nll": 0.0, "bos": False}]
+
+    monkeypatch.setattr(compare, "_kernel_rows", rows)
+    args = ["eval", str(tiny_model_dir), "--kernels", "--text", str(text_file), "--context", "32", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "model.layers.0.mlp.down_proj" in result.output and "--allow-fallback" in result.output
+    assert CliRunner().invoke(app, [*args, "--allow-fallback", "--json"]).exit_code == 0 and seen["allow"]
