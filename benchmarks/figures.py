@@ -198,6 +198,23 @@ FIGURES["ties.6:8"] = lambda: f"{100 * one('ties', pattern='6:8')['tied_fraction
 FIGURES["ties.4:8"] = lambda: f"{100 * one('ties', pattern='4:8')['tied_fraction']:.1f}%"
 
 
+@figure("tie-rules")
+def tie_rules() -> str:
+    dense = load("tie-rules")["dense_ppl"]
+    names = {"lower": "ties kept at the lower index (default)", "higher": "ties kept at the higher index",
+             "row": "row: same fraction per row and block (default)", "block": "block: one threshold per block"}
+    body = [[PATTERN_NAMES.get(r["pattern"], r["pattern"]), r["method"], names[r["rule"]], f2(r["perplexity"]),
+             x(r["perplexity"] / dense)] for r in rows("tie-rules")]
+    return table(["pattern", "method", "rule", "perplexity", "× dense"], body)
+
+
+FIGURES["tie-rules.dense"] = lambda: f2(load("tie-rules")["dense_ppl"])
+FIGURES["tie-rules.setup"] = lambda: (f"{load('tie-rules')['calibration']['nsamples']} × "
+                                      f"{load('tie-rules')['calibration']['seqlen']} calibration tokens, seed 0; "
+                                      f"{load('tie-rules')['eval']['tokens']:,} held-out tokens at context "
+                                      f"{load('tie-rules')['eval']['context']}")
+
+
 # ---------------------------------------------------------------- kernels: baseline table
 
 
