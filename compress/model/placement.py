@@ -190,7 +190,7 @@ class OffloadedLayer:
         from accelerate.utils import set_module_tensor_to_device
 
         inside = {id(m) for m in layer.modules()} if layer is not None else None
-        first_module, first_hook, first_names = self.parts[0]
+        _, first_hook, first_names = self.parts[0]
         in_memory = bool(first_names) and _in_memory(first_hook.weights_map, first_names[0])
         kept = []
         for module, hook, names in self.parts:

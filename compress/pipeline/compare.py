@@ -34,8 +34,7 @@ class KernelFallback(Exception):
         self.fallbacks = fallbacks
         named = "; ".join(f"{name}: {why}" for name, why in list(fallbacks.items())[:5])
         more = f" (+{len(fallbacks) - 5} more)" if len(fallbacks) > 5 else ""
-        super().__init__(f"{len(fallbacks)} Linears fell back from their sparse kernel: {named}{more} "
-                         "(--allow-fallback reports them instead)")
+        super().__init__(f"{len(fallbacks)} Linears fell back from their sparse kernel: {named}{more}")
 
 
 class CompareReport(ReportModel):
@@ -81,25 +80,21 @@ def compare_models(config: CompareConfig, progress: Progress | None = None) -> C
     from compress.calibrate.data import evaluation_tokens, window_bos
     from compress.defaults.assets import EVALUATION_NOVEL
     from compress.evaluate import perplexity
-    from compress.model.loading import resolve_device
-    from compress.model.placement import main_device, parse_device_map
-    from compress.pipeline.loading import load_any
+    from compress.pipeline.loading import load_placed
 
     progress = progress or Progress()
-    device = resolve_device(config.device)
-    placement = parse_device_map(config.device_map, config.max_memory, config.offload_folder)
-    load_device = (placement.compute_device() or device) if placement is not None else device
     source = config.source()
     results = []
     for name in config.models:
         progress.stage(f"evaluating {name or 'the default model'}")
-        model, tokenizer, resolved = load_any(name, config.dtype, load_device, config.trust_remote_code, placement)
-        ids = evaluation_tokens(tokenizer, source, config.tokens)
-        where = str(main_device(model, next(model.parameters()).device)) if placement is not None else device
-        bos_id = window_bos(tokenizer, config.bos)
+        loaded = load_placed(config, name)
+        ids = evaluation_tokens(loaded.tokenizer, source, config.tokens)
+        bos_id = window_bos(loaded.tokenizer, config.bos)
         if config.kernels:
-            results.extend(_kernel_rows(model, ids, config.context, where, resolved, bos_id, config.allow_fallback))
+            results.extend(_kernel_rows(loaded.model, ids, config.context, loaded.device, loaded.source, bos_id,
+                                        config.allow_fallback))
         else:
-            results.append({"model": resolved, **perplexity(model, ids, config.context, where, bos_id=bos_id).to_dict()})
-        del model
+            results.append({"model": loaded.source, **perplexity(loaded.model, ids, config.context, loaded.device,
+                                                                  bos_id=bos_id).to_dict()})
+        del loaded
     return CompareReport(source=source.describe("austen:" + EVALUATION_NOVEL), results=results, versions=versions())

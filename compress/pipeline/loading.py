@@ -2,11 +2,36 @@
 (compress.export), which the model room cannot load itself without importing upward."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from compress.errors import BadInput
 
-__all__ = ["load_any"]
+__all__ = ["load_any", "Loaded", "load_placed"]
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    source: str  # the resolved model source
+    device: str  # where inputs go
+    placement: object  # a compress.model.placement.DeviceMap, or None
+
+
+def load_placed(config, source: str | None) -> Loaded:
+    """Load `source` as a LoadConfig says, resolving devices in one place: `device`, or with a device map
+    the model's main device; a map that keeps everything on CPU/disk loads for the CPU (dtype auto: float32)."""
+    from compress.model.loading import resolve_device
+    from compress.model.placement import main_device, parse_device_map
+
+    device = resolve_device(config.device)
+    placement = parse_device_map(config.device_map, config.max_memory, config.offload_folder)
+    load_device = (placement.compute_device() or device) if placement is not None else device
+    model, tokenizer, resolved = load_any(source, config.dtype, load_device, config.trust_remote_code, placement)
+    if placement is not None:
+        device = str(main_device(model, next(model.parameters()).device))
+    return Loaded(model, tokenizer, resolved, device, placement)
 
 
 def load_any(source: str | None, dtype="auto", device: str = "cpu", trust_remote_code: bool = False,

