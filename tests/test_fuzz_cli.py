@@ -17,7 +17,8 @@ PRUNE_OPTIONS = ["--method", "--pattern", "--sparsity", "--targets", "--ignore",
                  "--eval-dataset", "--eval-context", "--eval-tokens"]
 SET_KEYS = ["model", "dtype", "device", "out", "calibrate.nsamples", "calibrate.seqlen", "calibrate.seed",
             "calibrate.text", "prune.method", "prune.pattern", "prune.sparsity", "prune.targets", "prune.damp",
-            "prune.permute", "prune.perm_blocks", "eval.context", "eval.tokens", "stages.0.ria_alpha", "nope.x"]
+            "prune.permute", "prune.perm_blocks", "eval.context", "eval.tokens", "stages.0.ria_alpha", "nope.x",
+            "prune.method.x", "calibrate.seed.x"]
 SPECIAL = ["nan", "-nan", "inf", "-inf", "1e309", "-1", "0", "0.0", "1", "2:4", "0:4", "4:2", "6:8", "3:7",
            "[/x]", "[bold]x[/bold]", "[red]", "'", '"', "\\", "(", "*", "", " ", "é[ü]", "💥", "-", "--", "="]
 text = st.text(alphabet=string.printable + "[]/'\"éü💥\u202e", max_size=24)

@@ -86,26 +86,23 @@ def apply_override(data: dict, lines: dict, assignment: str) -> None:
     else:
         index = None
     if index is None:
-        target, path = data, ()
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-            path += (part,)
-            if not isinstance(target, dict):
-                raise BadInput(f"--set {key}: {'.'.join(path)} is not a mapping")
-        target[parts[-1]] = value
-        lines[path + (parts[-1],)] = f"--set {assignment}"
-        return
-    if not rest:
-        raise BadInput(f"--set {key}: name a setting of the stage, e.g. {head}.pattern=6:8")
-    item = stages[index]
-    kind = next(iter(item)) if isinstance(item, dict) and len(item) == 1 else None
-    if kind is None:
-        raise BadInput(f"--set {key}: stage {index} is not a {{kind: settings}} mapping")
-    if item[kind] is None:
-        item[kind] = {}
-    target, path = item[kind], ("stages", index, kind)
-    for part in rest[:-1]:
-        target = target.setdefault(part, {})
+        target, path, keys = data, (), parts
+    else:
+        if not rest:
+            raise BadInput(f"--set {key}: name a setting of the stage, e.g. {head}.pattern=6:8")
+        item = stages[index]
+        kind = next(iter(item)) if isinstance(item, dict) and len(item) == 1 else None
+        if kind is None:
+            raise BadInput(f"--set {key}: stage {index} is not a {{kind: settings}} mapping")
+        if item[kind] is None:
+            item[kind] = {}
+        target, path, keys = item[kind], ("stages", index, kind), rest
+    for part in keys[:-1]:
+        target = target.setdefault(part, {}) if isinstance(target, dict) else None
         path += (part,)
-    target[rest[-1]] = value
-    lines[path + (rest[-1],)] = f"--set {assignment}"
+        if not isinstance(target, dict):
+            raise BadInput(f"--set {key}: {'.'.join(map(str, path))} is not a mapping")
+    if not isinstance(target, dict):
+        raise BadInput(f"--set {key}: {'.'.join(map(str, path))} is not a mapping")
+    target[keys[-1]] = value
+    lines[path + (keys[-1],)] = f"--set {assignment}"
