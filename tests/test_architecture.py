@@ -16,6 +16,7 @@ ROOMS = [
     ("prune",),  # pruning methods and the prune pass
     ("export",),  # writing (and reading back) checkpoints
     ("evaluate",),  # perplexity
+    ("factorize", "attention", "graph"),  # FFN -> MoE, Double Sparsity, graph transformers (siblings: no imports between them)
     ("pipeline",),  # stages, recipes, the session
     ("cli",),  # the command line
     ("<root>",),  # compress/__init__.py: the public top
@@ -65,6 +66,12 @@ def test_every_room_is_declared():
 def test_nothing_imports_upward():
     upward = [(a, b) for a, targets in GRAPH.items() for b in targets if RANK[room_of(b)] > RANK[room_of(a)]]
     assert not upward, upward
+
+
+def test_sibling_rooms_stay_apart():
+    sideways = [(a, b) for a, targets in GRAPH.items() for b in targets
+                if room_of(a) != room_of(b) and RANK[room_of(a)] == RANK[room_of(b)] and room_of(a) not in ROOMS[0]]
+    assert not sideways, sideways
 
 
 def test_no_import_circles():
