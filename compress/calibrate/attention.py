@@ -4,6 +4,8 @@
 module's query and key states (batch, heads, tokens, head_dim; after RoPE, before the KV repeat of GQA)
 to `on_qk(name, query, key)`, then runs the implementation the model was using. No model code is
 patched: the model's config names our function for the duration of the block.
+`override_attention(modules, wrap)` is the general form: `wrap` may also replace the attention itself
+(compress.attention runs Double Sparsity through it).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from torch import nn
 
 from compress.calibrate.collectors import ChannelMeanAbs
 
-__all__ = ["capture_attention", "collect_qk"]
+__all__ = ["override_attention", "capture_attention", "collect_qk"]
 
 NAME = "compress_capture"
 
@@ -30,35 +32,47 @@ def _inner(module: nn.Module, implementation: str) -> Callable:
 
 
 @contextmanager
-def capture_attention(modules: dict[str, nn.Module], on_qk: Callable[[str, torch.Tensor, torch.Tensor], None]):
-    """Within the block, every forward of a module in `modules` ({name: attention module}) reports its
-    post-RoPE query and key states to `on_qk`."""
+def override_attention(modules, wrap: Callable, name: str = NAME):
+    """Within the block, every attention forward of the models behind `modules` calls
+    `wrap(module, inner, query, key, value, attention_mask, **kwargs)`, `inner` being the implementation the
+    model was using; the model keeps building its masks as before."""
     from transformers import AttentionInterface
-
-    configs = {id(m.config): m.config for m in modules.values()}
-    previous = {key: config._attn_implementation for key, config in configs.items()}
-    watched = {id(m): name for name, m in modules.items()}
-
-    def attention(module, query, key, value, attention_mask, **kwargs):
-        name = watched.get(id(module))
-        if name is not None:
-            on_qk(name, query, key)
-        return _inner(module, previous[id(module.config)])(module, query, key, value, attention_mask, **kwargs)
-
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
+    configs = {id(m.config): m.config for m in modules}
+    previous = {key: config._attn_implementation for key, config in configs.items()}
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        inner = _inner(module, previous[id(module.config)])
+        return wrap(module, inner, query, key, value, attention_mask, **kwargs)
+
     for key, config in configs.items():
-        # one name per wrapped implementation, whose masks the model keeps building as before
-        name = f"{NAME}_{previous[key]}"
-        AttentionInterface.register(name, attention)
+        registered = f"{name}_{previous[key]}"  # one name per wrapped implementation
+        AttentionInterface.register(registered, attention)
         if previous[key] in ALL_MASK_ATTENTION_FUNCTIONS:
-            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[previous[key]])
-        config._attn_implementation = name
+            AttentionMaskInterface.register(registered, ALL_MASK_ATTENTION_FUNCTIONS[previous[key]])
+        config._attn_implementation = registered
     try:
         yield
     finally:
         for key, config in configs.items():
             config._attn_implementation = previous[key]
+
+
+@contextmanager
+def capture_attention(modules: dict[str, nn.Module], on_qk: Callable[[str, torch.Tensor, torch.Tensor], None]):
+    """Within the block, every forward of a module in `modules` ({name: attention module}) reports its
+    post-RoPE query and key states to `on_qk`."""
+    watched = {id(m): name for name, m in modules.items()}
+
+    def wrap(module, inner, query, key, value, attention_mask, **kwargs):
+        name = watched.get(id(module))
+        if name is not None:
+            on_qk(name, query, key)
+        return inner(module, query, key, value, attention_mask, **kwargs)
+
+    with override_attention(modules.values(), wrap):
+        yield
 
 
 @contextmanager

@@ -1,0 +1,168 @@
+"""The channel file: which channels of each head carry most of Q·K, by descending importance.
+
+The layout is the reference's (andy-yang-1/DoubleSparse) and SGLang's, so either can read it:
+
+    {"model.layers.{i}.self_attn.{mode}_proj": [[c0, c1, ..., c_{head_dim-1}], ...one row per head]}
+
+Each row is a full permutation of range(head_dim), most important channel first; rows are attention
+heads for modes `qk` and `q`, key/value heads for `k`. Channel c of head h is output dim h·head_dim + c
+of q_proj/k_proj as Hugging Face lays it out (rotate_half pairs c and c + head_dim/2). A reader keeps
+`row[:r]` for r heavy channels.
+
+Extra key (ignored by readers that look up layer keys only): "compress" holds
+  format      1
+  mode        qk | q | k
+  model       {model_type, num_layers, num_heads, num_kv_heads, head_dim}: files from another model are refused
+  kv_heads    {layer key: one permutation per key/value head}: the GQA-aware selection, ranked by the
+              statistic summed over the query heads that share that key/value head
+  windows, tokens  calibration windows and tokens the statistics were accumulated over
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from compress.errors import BadInput
+from compress.model.roles import HeadLayout
+from compress.paths import user_path
+
+__all__ = ["MODES", "EXTRA", "layer_key", "ranking", "ChannelFile", "write_channel_file", "read_channel_file"]
+
+MODES = ("qk", "q", "k")
+EXTRA = "compress"
+FORMAT = 1
+
+
+def layer_key(index: int, mode: str) -> str:
+    return f"model.layers.{index}.self_attn.{mode}_proj"
+
+
+def ranking(importance: torch.Tensor) -> torch.Tensor:
+    """Rows of channel indices by descending importance (ties: lower index first); (rows, head_dim)."""
+    return torch.sort(importance.double(), dim=-1, descending=True, stable=True).indices
+
+
+@dataclass
+class ChannelFile:
+    mode: str
+    layout: HeadLayout
+    model_type: str
+    rows: list[torch.Tensor]  # per layer: (heads or kv heads, head_dim) permutations
+    kv_rows: list[torch.Tensor]  # per layer: (kv heads, head_dim) permutations
+
+    def heavy(self, layer: int, channels: int, per_kv_head: bool) -> torch.Tensor:
+        """(heads, channels) heavy channel indices each query head reads its labels with: its own row
+        (modes qk/q), its key/value head's row (mode k, or `per_kv_head`)."""
+        layout = self.layout
+        if per_kv_head or self.mode == "k":
+            rows = self.kv_rows[layer]
+            return rows[layout.kv_of_head(), :channels]
+        return self.rows[layer][:, :channels]
+
+
+def _fingerprint(config, layers: int) -> dict:
+    layout = HeadLayout.of(config)
+    return {"model_type": getattr(config, "model_type", None), "num_layers": layers, "num_heads": layout.num_heads,
+            "num_kv_heads": layout.num_kv_heads, "head_dim": layout.head_dim}
+
+
+def write_channel_file(path: str | Path, mode: str, config, rows: list[torch.Tensor], kv_rows: list[torch.Tensor],
+                       windows: int, tokens: int) -> Path:
+    """Write the file atomically (a temporary file beside it, then renamed)."""
+    data: dict = {layer_key(i, mode): r.tolist() for i, r in enumerate(rows)}
+    data[EXTRA] = {"format": FORMAT, "mode": mode, "model": _fingerprint(config, len(rows)),
+                   "kv_heads": {layer_key(i, mode): r.tolist() for i, r in enumerate(kv_rows)},
+                   "windows": windows, "tokens": tokens}
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_output_file(out: str | Path, force: bool) -> Path:
+    """Refuse an output that exists unless `force` and it is a channel file this tool wrote."""
+    path = user_path(out).absolute()
+    if path.is_symlink() or path.is_dir():
+        raise BadInput(f"{out} is a directory or a symbolic link", key="out")
+    if not path.parent.is_dir():
+        raise BadInput(f"{out}: parent directory {path.parent} does not exist", key="out")
+    if path.exists():
+        if not force:
+            raise BadInput(f"{out} already exists (--force replaces a channel file compress wrote)", key="out")
+        try:
+            ours = EXTRA in json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            ours = False
+        if not ours:
+            raise BadInput(f"{out} is not a channel file compress wrote; not replacing it", key="out")
+    return path
+
+
+def _permutation_rows(value, key: str, rows: int, head_dim: int, source: str) -> torch.Tensor:
+    try:
+        tensor = torch.tensor(value, dtype=torch.long)
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"{source}: {key} is not a list of integer rows") from exc
+    if tensor.dim() != 2 or tensor.shape != (rows, head_dim):
+        raise BadInput(f"{source}: {key} has shape {tuple(tensor.shape)}, this model needs ({rows}, {head_dim}) "
+                       "(a channel file from another model?)")
+    if not torch.equal(tensor.sort(dim=-1).values, torch.arange(head_dim).expand(rows, head_dim)):
+        raise BadInput(f"{source}: {key} rows are not permutations of range({head_dim})")
+    return tensor
+
+
+def read_channel_file(path: str | Path, config, num_layers: int, mode: str | None = None) -> ChannelFile:
+    """Read and check a channel file against a model (its config and decoder layer count). A plain
+    reference/SGLang file (no extra key) is accepted when its shapes fit; having no statistics, its
+    per-KV-head selection is the row of the first query head of each group."""
+    source = str(path)
+    p = user_path(path)
+    if not p.is_file():
+        raise BadInput(f"{source}: no such channel file")
+    try:
+        data = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{source}: not a JSON channel file") from exc
+    if not isinstance(data, dict):
+        raise BadInput(f"{source}: not a JSON channel file")
+    extra = data.get(EXTRA) if isinstance(data.get(EXTRA), dict) else {}
+    found = sorted({k.rsplit(".", 1)[-1][: -len("_proj")] for k in data if k.startswith("model.layers.")})
+    mode = mode or extra.get("mode") or (found[0] if len(found) == 1 else None)
+    if mode not in MODES:
+        raise BadInput(f"{source}: cannot tell the channel mode (found {found or 'no layer keys'}; give qk, q or k)")
+    layout = HeadLayout.of(config)
+    expected = _fingerprint(config, num_layers)
+    recorded = extra.get("model")
+    if recorded:
+        differ = [k for k in expected if k != "model_type" and recorded.get(k) != expected[k]]
+        if differ:
+            raise BadInput(f"{source}: written for another model ({', '.join(f'{k} {recorded.get(k)} vs {expected[k]}' for k in differ)})")
+    heads = layout.num_kv_heads if mode == "k" else layout.num_heads
+    rows, kv_rows = [], []
+    kv_table = extra.get("kv_heads") or {}
+    for i in range(num_layers):
+        key = layer_key(i, mode)
+        if key not in data:
+            raise BadInput(f"{source}: no {key} (a channel file from another model, or another mode?)")
+        rows.append(_permutation_rows(data[key], key, heads, layout.head_dim, source))
+        if key in kv_table:
+            kv_rows.append(_permutation_rows(kv_table[key], f"{EXTRA}.kv_heads.{key}", layout.num_kv_heads,
+                                             layout.head_dim, source))
+        elif mode == "k":
+            kv_rows.append(rows[-1])
+        else:
+            kv_rows.append(rows[-1][:: layout.num_heads // layout.num_kv_heads])
+    if len([k for k in data if k.startswith("model.layers.") and k.endswith(f".{mode}_proj")]) != num_layers:
+        raise BadInput(f"{source}: holds a different number of layers than this model's {num_layers}")
+    return ChannelFile(mode, layout, str(expected["model_type"]), rows, kv_rows)
