@@ -7,7 +7,7 @@ PACKAGE = Path(__file__).parent.parent / "compress"
 
 # Lowest first. A room may import its own modules and any room listed before it.
 ROOMS = [
-    ("errors", "config", "pattern", "paths", "version"),  # leaves every room may use
+    ("errors", "config", "pattern", "paths", "provenance", "version"),  # leaves every room may use
     ("defaults",),  # the default model and text
     ("model",),  # loading, decoder layers, projection roles, placement
     ("calibrate",),  # token sources, collectors, the layer-sequential engine

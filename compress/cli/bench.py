@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from typing import List, Optional
 
 import typer
@@ -34,7 +36,8 @@ def bench_kernels_command(
         if bad:
             raise BadInput(f"unknown --dtype {bad[0]!r}: choose float16 or bfloat16")
         result = bench_kernels(shapes or list(SHAPES), tokens or [1, 16, 256, 2048, 8192, 16384],
-                               dtypes or ["float16", "bfloat16"], on_row=lambda row: out.print(_kernel_row(row)))
+                               dtypes or ["float16", "bfloat16"], on_row=lambda row: out.print(_kernel_row(row)),
+                               command=shlex.join(["compress", *sys.argv[1:]]))
         if json_out:
             with open(json_out, "w") as f:
                 json.dump(result, f, indent=2)

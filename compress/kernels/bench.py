@@ -15,11 +15,11 @@ inputs are random normal, never zeros. Relative error is against the dense produ
 from __future__ import annotations
 
 import json
-import platform
 
 import torch
 
 from compress.kernels.graphs import capture
+from compress.provenance import run_meta
 
 __all__ = ["SHAPES", "bench_kernels", "capture"]
 
@@ -130,11 +130,14 @@ def bench_one(name: str, shape: tuple[int, int], tokens: int, dtype) -> dict:
     return row
 
 
-def bench_kernels(shapes: list[str], tokens: list[int], dtypes: list[str], on_row=None) -> dict:
+def bench_kernels(shapes: list[str], tokens: list[int], dtypes: list[str], on_row=None,
+                  command: str = "compress bench kernels") -> dict:
+    """Every shape x token count x dtype; `command` is recorded in the result's meta."""
     if not torch.cuda.is_available():
         from compress.errors import BadInput
 
         raise BadInput("compress bench kernels needs a CUDA GPU")
+    meta = {**run_meta(command), "replays_per_graph": REPLAYS}
     rows = []
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
@@ -143,8 +146,6 @@ def bench_kernels(shapes: list[str], tokens: list[int], dtypes: list[str], on_ro
                 rows.append(bench_one(name, SHAPES[name], m, dtype))
                 if on_row:
                     on_row(rows[-1])
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version(), "replays_per_graph": REPLAYS}
     return {"meta": meta, "rows": rows}
 
 

@@ -2,7 +2,6 @@
 that model and builds one typed report."""
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -10,6 +9,7 @@ from typing import Callable
 from compress.pipeline.recipe import Recipe, dump_recipe
 from compress.pipeline.registry import STAGES
 from compress.pipeline.report import CalibrationReport, Report, StageReport
+from compress.provenance import versions
 
 __all__ = ["Progress", "Session", "run_recipe", "versions"]
 
@@ -20,16 +20,6 @@ class Progress:
 
     stage: Callable[[str], None] = lambda message: None
     layer: Callable[[object, int], None] | None = None
-
-
-def versions() -> dict:
-    import torch
-    import transformers
-
-    from compress.version import __version__
-
-    return {"compress": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
 
 
 class Session:
