@@ -137,3 +137,20 @@ def test_bad_inputs_exit_2(tiny_model_dir, text_file, tmp_path):
         assert len(result.output.strip().splitlines()) == 1
     assert foreign.read_text() == '{"mine": 1}'
     assert not (tmp_path / "a.json").exists()
+
+
+def test_attention_stage_in_a_recipe_writes_the_same_file(tiny_model_dir, text_file, tmp_path):
+    """A recipe's attention stage ranks on the recipe's calibration windows: the same file as the command."""
+    recipe = tmp_path / "r.yaml"
+    staged = tmp_path / "staged.json"
+    recipe.write_text(f"calibrate: {{nsamples: 2, seqlen: 32, text: {text_file}}}\n"
+                      f"stages:\n  - attention: {{channel_file: {staged}}}\n")
+    result = invoke("run", recipe, tiny_model_dir, "--json", "--quiet", "--set", "device=cpu")
+    assert result.exit_code == 0, result.output
+    direct = tmp_path / "direct.json"
+    assert invoke("attention", "calibrate", tiny_model_dir, "--out", direct, "--text", text_file, "--nsamples", 2,
+                  "--seqlen", 32, "--device", "cpu", "-q").exit_code == 0
+    a, b = json.loads(staged.read_text()), json.loads(direct.read_text())
+    assert {k: v for k, v in a.items() if k != "compress"} == {k: v for k, v in b.items() if k != "compress"}
+    again = invoke("run", recipe, tiny_model_dir, "--quiet", "--set", "device=cpu")
+    assert again.exit_code == 2 and "already exists" in again.output

@@ -16,10 +16,35 @@ Examples:
   compress eval                                   # default model on held-out Austen text
 
   compress eval ./dense ./pruned --json           # side by side
+
+  compress eval --double-sparsity channels.json --channels 1/16 --tokens 1/16 --context 4096
 """
 
 
+DS_FLAGS = {"channel_file": "--double-sparsity", "channels": "--channels", "tokens": "--tokens",
+            "dense_layers": "--dense-layers", "label_bits": "--label-bits", "sink": "--sink", "recent": "--recent"}
+
+
+def _double_sparsity(ctx, channel_file, channels, tokens, dense_layers, label_bits, sink, recent):
+    """The Double Sparsity settings, or None; its options without --double-sparsity are refused."""
+    from compress.errors import BadInput
+    from compress.pipeline.recipe import validate_config
+
+    given = [DS_FLAGS[key] for key in ("channels", "tokens", "dense_layers", "label_bits", "sink", "recent")
+             if ctx.get_parameter_source("ds_tokens" if key == "tokens" else key).name != "DEFAULT"]
+    if channel_file is None:
+        if given:
+            raise BadInput(f"{given[0]} goes with --double-sparsity")
+        return None
+    from compress.attention.config import DoubleSparsity
+
+    return validate_config(DoubleSparsity, {
+        "channel_file": channel_file, "channels": channels, "tokens": tokens, "dense_layers": dense_layers,
+        "label_bits": label_bits, "sink": sink, "recent": recent}, label=lambda path: DS_FLAGS.get(path[0], str(path[0])))
+
+
 def evaluate(
+    ctx: typer.Context,
     models: Optional[List[str]] = typer.Argument(None, help="Models to compare (default: the default model)."),
     text: Optional[str] = typer.Option(None, help="Held-out text file (default: Austen's Persuasion)."),
     dataset: Optional[str] = typer.Option(None, help="Held-out dataset NAME[:CONFIG][:SPLIT]."),
@@ -37,6 +62,15 @@ def evaluate(
                                  "the dense path and on the sparse kernels, each forward replayed as a CUDA graph."),
     allow_fallback: bool = typer.Option(False, "--allow-fallback", help="With --kernels: report Linears that fell "
                                         "back to the dense path instead of failing (exit 1) on them."),
+    double_sparsity: Optional[str] = typer.Option(None, "--double-sparsity", help="A channel file (compress attention "
+                                                  "calibrate): perplexity with dense and with Double Sparsity attention."),
+    channels: str = typer.Option("1/16", help="With --double-sparsity: heavy channels per head, a fraction of head_dim or a count."),
+    ds_tokens: str = typer.Option("1/16", "--tokens", help="With --double-sparsity: tokens kept per query, a fraction of "
+                                  "--context, a count, or top-p:P (the fewest whose approximate attention mass reaches P)."),
+    dense_layers: int = typer.Option(2, help="With --double-sparsity: the first layers keep dense attention."),
+    label_bits: int = typer.Option(4, help="With --double-sparsity: key label bits, 4 | 8 | 16."),
+    sink: int = typer.Option(0, help="With --double-sparsity: first tokens always kept (inside the budget)."),
+    recent: int = typer.Option(0, help="With --double-sparsity: most recent tokens always kept (inside the budget)."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -54,9 +88,15 @@ def evaluate(
             "context": context, "tokens": max_tokens, "dtype": dtype, "device": device, "device_map": device_map,
             "max_memory": max_memory, "offload_folder": offload_folder, "trust_remote_code": trust_remote_code,
             "kernels": kernels, "allow_fallback": allow_fallback, "bos": bos}, label=label_for_cli)
+        settings = _double_sparsity(ctx, double_sparsity, channels, ds_tokens, dense_layers, label_bits, sink, recent)
         with progress(quiet or as_json) as hooks:
             try:
-                report = compare_models(config, hooks)
+                if settings is not None:
+                    from compress.pipeline.double_sparsity import compare_double_sparsity
+
+                    report = compare_double_sparsity(config, settings, hooks)
+                else:
+                    report = compare_models(config, hooks)
             except KernelFallback as exc:
                 error_line("error:", f"{exc} (--allow-fallback reports them instead)")
                 raise typer.Exit(1)

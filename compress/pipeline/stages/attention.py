@@ -1,0 +1,59 @@
+"""The `attention` stage: a Double Sparsity channel file ranked on the session's calibration windows
+(compress eval --double-sparsity measures one: compress/pipeline/double_sparsity.py)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from compress.config import StrictConfig
+from compress.pipeline.registry import StageSpec, register
+from compress.pipeline.report import StageResult
+
+__all__ = ["AttentionStage", "AttentionResult"]
+
+
+class AttentionStage(StrictConfig):
+    """Write a Double Sparsity channel file ranked on the calibration windows; the model is unchanged."""
+
+    kind: Literal["attention"] = "attention"
+    name: str | None = None
+    channel_file: str
+    """The channel file (JSON) to write."""
+    mode: Literal["qk", "q", "k"] = "qk"
+    force: bool = False
+    """Replace channel_file if it is a channel file compress wrote."""
+
+
+class AttentionResult(StageResult):
+    channel_file: str
+    mode: str
+    layers: int
+    windows: int
+    tokens: int
+
+
+def _check(session, config: AttentionStage) -> None:
+    from compress.attention.calibrate import attention_parts
+    from compress.attention.channels import check_output_file
+
+    check_output_file(config.channel_file, config.force)
+    attention_parts(session.model)
+
+
+def _run(session, config: AttentionStage) -> AttentionResult:
+    from compress.attention.calibrate import channel_statistics, rank_channels
+    from compress.attention.channels import check_output_file, write_channel_file
+    from compress.model.roles import HeadLayout
+
+    out = check_output_file(config.channel_file, config.force)
+    statistics = channel_statistics(session.model, session.calibration(), config.mode, session.device)
+    rows, kv_rows = rank_channels(statistics, config.mode, HeadLayout.of(session.model.config))
+    write_channel_file(out, config.mode, session.model.config, rows, kv_rows, statistics.windows, statistics.tokens)
+    return AttentionResult(channel_file=str(out), mode=config.mode, layers=len(rows), windows=statistics.windows,
+                           tokens=statistics.tokens)
+
+
+SPEC = register(StageSpec(
+    kind="attention", config=AttentionStage, run=_run, check=_check, needs_calibration=lambda config: True,
+    summary="Double Sparsity channel file from the calibration windows (model unchanged)",
+    flags={"channel_file": "--out", "mode": "--mode", "force": "--force"},
+))
