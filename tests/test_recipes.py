@@ -38,11 +38,12 @@ def test_shipped_recipe_runs_on_a_tiny_model(recipe, tiny_model_dir, text_file, 
                     *small(recipe, text_file))
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    prune = next(s for s in report["stages"] if s["kind"] == "prune")["result"]
-    expected = prune["pattern"].get("zero_fraction", prune["pattern"].get("sparsity"))
-    assert prune["overall_sparsity"] == pytest.approx(expected, abs=0.01)
+    prune = next((s for s in report["stages"] if s["kind"] == "prune"), None)
+    if prune is not None:
+        expected = prune["result"]["pattern"].get("zero_fraction", prune["result"]["pattern"].get("sparsity"))
+        assert prune["result"]["overall_sparsity"] == pytest.approx(expected, abs=0.01)
     manifest = json.loads((out / "compression.json").read_text())
-    assert manifest["stages"][0]["kind"] == "prune"
+    assert manifest["stages"][0]["kind"] == report["stages"][0]["kind"] != "eval"
     saved = yaml.safe_load((out / "recipe.yaml").read_text())  # the recipe as run, overrides applied
     assert saved["calibrate"]["nsamples"] == 4 and saved["out"] == str(out)
 

@@ -8,6 +8,8 @@ from compress.cli.attention import attention_app
 from compress.cli.bench import bench_app
 from compress.cli.evaluate import EXAMPLES as EVAL_EXAMPLES
 from compress.cli.evaluate import evaluate
+from compress.cli.factorize import EXAMPLES as FACTORIZE_EXAMPLES
+from compress.cli.factorize import factorize
 from compress.cli.prune import EXAMPLES as PRUNE_EXAMPLES
 from compress.cli.prune import prune
 from compress.cli.run import run
@@ -41,6 +43,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 app.command(epilog=PRUNE_EXAMPLES)(prune)
 app.command("eval", epilog=EVAL_EXAMPLES)(evaluate)
+app.command(epilog=FACTORIZE_EXAMPLES)(factorize)
 app.command()(run)
 app.add_typer(bench_app, name="bench")
 app.add_typer(attention_app, name="attention")

@@ -41,7 +41,10 @@ def _run(session, config: ExportStage) -> ExportResult:
     session.progress.stage(f"writing {out}")
     files = {"recipe.yaml": session.recipe_yaml()}
     carried = dict(session.permutations)
-    if config.format == "compressed":
+    exporter = getattr(session, "exporter", None)  # set by a stage whose model needs its own writer (factorize)
+    if exporter is not None:
+        exporter(session, out, session.manifest(), files)
+    elif config.format == "compressed":
         from compress.model.roles import HeadLayout
         from compress.permute import fold_into_model
 

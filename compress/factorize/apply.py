@@ -1,0 +1,128 @@
+"""Factorize a model in place: every decoder layer's gated MLP becomes a FactorizedMLP, its router fitted
+on the layer-sequential engine (each layer sees the activations of the already factorized layers)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+from torch import nn
+
+from compress.calibrate.engine import LayerStep, capture_layer_inputs, walk_layers
+from compress.errors import BadInput
+from compress.factorize.config import FactorizeConfig
+from compress.factorize.mlp import GatedMLP, find_gated_mlp
+from compress.factorize.moe import FactorizedMLP
+from compress.factorize.router import RouterTraining, train_router
+from compress.factorize.split import activity_pattern, split_neurons
+from compress.model.layers import decoder_layers
+
+__all__ = ["FactorizeResult", "check_factorize", "factorize_model", "factorized_mlps"]
+
+ACTIVITY_TOKENS = 8192  # tokens sampled for the co-activation split
+
+
+@dataclass
+class FactorizeResult:
+    steps: list[LayerStep] = field(default_factory=list)
+    seconds: float = 0.0
+    capture_seconds: float = 0.0
+    tokens: int = 0  # calibration tokens each router saw (train + held out)
+
+    def to_dict(self) -> dict:
+        return {"seconds": round(self.seconds, 3), "capture_seconds": round(self.capture_seconds, 3),
+                "tokens": self.tokens,
+                "layers": [{"index": s.index, "name": s.name, "seconds": round(s.seconds, 3),
+                            "relative_error": s.relative_error, "token_error": s.token_error, "info": s.info}
+                           for s in self.steps]}
+
+
+def check_factorize(model: nn.Module, config: FactorizeConfig) -> list[tuple[str, GatedMLP]]:
+    """Every layer's gated MLP, or BadInput naming what cannot be split."""
+    found = []
+    for name, layer in decoder_layers(model):
+        mlp = find_gated_mlp(layer, name)
+        if mlp.intermediate % config.total_experts:
+            raise BadInput(f"experts × granularity = {config.total_experts} does not divide the intermediate size "
+                           f"{mlp.intermediate} of {mlp.name}", key="experts")
+        found.append((name, mlp))
+    return found
+
+
+def factorized_mlps(model: nn.Module) -> dict[str, FactorizedMLP]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, FactorizedMLP)}
+
+
+class _Capture:
+    """The MLP's inputs and dense outputs while the layer's data runs."""
+
+    def __init__(self, module: nn.Module):
+        self.inputs, self.outputs = [], []
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, _module, args, output):
+        x = args[0]
+        self.inputs.append(x.detach().reshape(-1, x.shape[-1]).float())
+        self.outputs.append(output.detach().reshape(-1, output.shape[-1]).float())
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.handle.remove()
+        return torch.cat(self.inputs), torch.cat(self.outputs)
+
+
+def _groups(config: FactorizeConfig, mlp: GatedMLP, inputs: torch.Tensor | None, layer_seed: int) -> torch.Tensor:
+    activity = None
+    if config.split == "coactivation":
+        pick = torch.randperm(inputs.shape[0], generator=torch.Generator().manual_seed(layer_seed))[:ACTIVITY_TOKENS]
+        activity = activity_pattern(inputs[pick.to(inputs.device)].to(mlp.gate.weight.dtype), mlp.gate, mlp.up,
+                                    mlp.act_fn)
+    return split_neurons(config.split, mlp.intermediate, config.total_experts, layer_seed, mlp.gate, mlp.up, activity)
+
+
+def factorize_model(model: nn.Module, config: FactorizeConfig, calibration: torch.Tensor | None = None,
+                    device: str | torch.device = "cpu",
+                    on_layer: Callable[[LayerStep, int], None] | None = None) -> FactorizeResult:
+    """Split every decoder layer's MLP into experts and fit the routers (stage A) in place."""
+    started = time.perf_counter()
+    device = torch.device(device)
+    check_factorize(model, config)
+    layers = decoder_layers(model)
+    result = FactorizeResult()
+    inputs = None
+    if config.needs_calibration():
+        if calibration is None:
+            raise BadInput("factorize with router steps or the coactivation split needs calibration data",
+                           key="calibrate")
+        per_batch = config.calib_batch or max(1, 16384 // calibration.shape[1])
+        inputs = capture_layer_inputs(model, [layer for _, layer in layers], list(calibration.split(per_batch, 0)),
+                                      device)
+        result.capture_seconds = time.perf_counter() - started
+        result.tokens = calibration.numel()
+    training = RouterTraining(steps=config.steps, lr=config.lr, batch_tokens=config.batch_tokens,
+                              par_weight=config.par_weight, balance_weight=config.balance_weight, seed=config.seed)
+
+    def change_layer(index, name, layer, data) -> dict:
+        mlp = find_gated_mlp(layer, name)
+        x = teacher = None
+        if inputs is not None:
+            capture = _Capture(mlp.module)
+            try:
+                data()
+            finally:
+                x, teacher = capture.tensors()
+        layer_seed = config.seed * 100003 + index
+        groups = _groups(config, mlp, x, layer_seed)
+        moe = FactorizedMLP.from_dense(mlp.gate, mlp.up, mlp.down, mlp.act_fn, groups.to(mlp.gate.weight.device),
+                                       config.total_top_k)
+        info = {"experts": config.total_experts, "top_k": config.total_top_k}
+        if x is not None and config.steps:
+            fit = train_router(moe, x.to(moe.gate_up.dtype), teacher, replace(training, seed=layer_seed))
+            info.update(fit.to_dict())
+        setattr(mlp.parent, mlp.attribute, moe)
+        return info
+
+    result.steps = walk_layers(layers, inputs, device, change_layer,
+                               on_done=(lambda step: on_layer(step, len(layers))) if on_layer else None)
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,63 @@
+"""The typed settings of one factorize pass."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from compress.config import StrictConfig
+
+__all__ = ["FactorizeConfig"]
+
+
+class FactorizeConfig(StrictConfig):
+    experts: int = Field(4, ge=1)
+    """E: experts per FFN (FactorLLM's 4 in 1R4E1K); a power of two keeps the folded ×E scale exact."""
+    top_k: int = Field(1, ge=1)
+    """k: experts each token runs (top-k of the router's softmax, renormalised)."""
+    granularity: int = Field(1, ge=1)
+    """G: fine-grained experts, each expert cut into G (G·E experts, top G·k)."""
+    split: Literal["contiguous", "random", "cluster", "coactivation"] = "contiguous"
+    """How neurons are grouped into experts (compress/factorize/split.py)."""
+    train: Literal["router", "router+experts"] = "router"
+    """router: stage A, each layer's router fitted to PAR pseudo-labels; router+experts: not built yet."""
+    steps: int = Field(200, ge=0)
+    """Adam steps per layer's router (0: split only, zero router)."""
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    """Router learning rate (cosine schedule)."""
+    batch_tokens: int = Field(1024, ge=1)
+    """Tokens per router step."""
+    par_weight: float = Field(0.05, ge=0.0)
+    """Weight of the PAR pseudo-label cross-entropy."""
+    balance_weight: float = Field(0.01, ge=0.0)
+    """Weight of the load-balance term."""
+    seed: int = Field(0, ge=0)
+    """Seed of random splits, k-means starts and router mini-batches."""
+    calib_batch: int = Field(0, ge=0)
+    """Calibration windows per forward (0: about 16k tokens)."""
+
+    @field_validator("top_k")
+    @classmethod
+    def _at_most_experts(cls, value: int, info: ValidationInfo) -> int:
+        experts = info.data.get("experts")
+        if experts is not None and value > experts:
+            raise ValueError(f"top_k {value} exceeds experts {experts}")
+        return value
+
+    @field_validator("train")
+    @classmethod
+    def _built(cls, value: str) -> str:
+        if value != "router":
+            raise ValueError("router+experts (stage B, end-to-end distillation) is not built yet: use router")
+        return value
+
+    @property
+    def total_experts(self) -> int:
+        return self.experts * self.granularity
+
+    @property
+    def total_top_k(self) -> int:
+        return self.top_k * self.granularity
+
+    def needs_calibration(self) -> bool:
+        return self.steps > 0 or self.split == "coactivation"

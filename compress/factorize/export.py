@@ -1,0 +1,110 @@
+"""Export a factorized model as a stock MoE checkpoint that `AutoModelForCausalLM.from_pretrained` loads
+with no custom code, where the math is exact:
+
+  llama, mistral  ->  mixtral   router = mlp.gate (E, hidden); experts.gate_up_proj (E, 2m, hidden) and
+                                experts.down_proj (E, hidden, m), the ×E scale already folded into down
+Mixtral routes exactly as FactorizedMLP does (softmax, top-k, renormalised), so the checkpoint computes the
+in-memory model's function. Other families (Qwen2/Qwen3 to their MoE, Gemma) are refused for now.
+The model is written by transformers' own save_pretrained (which picks the on-disk expert layout of the
+installed version) inside compress's atomic directory.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from compress.errors import BadInput
+from compress.export.atomic import MANIFEST, atomic_directory
+from compress.factorize.moe import FactorizedMLP
+
+__all__ = ["EXPORTS", "check_exportable", "moe_config", "save_moe"]
+
+EXPORTS = {"llama": "mixtral", "mistral": "mixtral"}
+_SHARED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+           "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps", "pad_token_id",
+           "bos_token_id", "eos_token_id", "tie_word_embeddings", "sliding_window", "attention_dropout",
+           "rope_parameters", "rope_theta", "rope_scaling")
+
+
+def check_exportable(config) -> str:
+    """The stock MoE model type the dense model's family exports to, or BadInput."""
+    family = getattr(config, "model_type", None)
+    if family not in EXPORTS:
+        raise BadInput(f"factorize exports only {', '.join(EXPORTS)} models to a stock MoE checkpoint (got "
+                       f"{family}); run without --out to evaluate in memory", key="out")
+    for flag in ("attention_bias", "mlp_bias"):
+        if getattr(config, flag, False):
+            raise BadInput(f"{family} with {flag}=true has no exact Mixtral equivalent", key="out")
+    if (getattr(config, "pretraining_tp", 1) or 1) != 1:
+        raise BadInput("pretraining_tp != 1 is not supported by the Mixtral export", key="out")
+    return EXPORTS[family]
+
+
+def moe_config(model):
+    """The MixtralConfig of a factorized Llama/Mistral model."""
+    from transformers import MixtralConfig
+
+    check_exportable(model.config)
+    moes = [m for m in model.modules() if isinstance(m, FactorizedMLP)]
+    if not moes:
+        raise BadInput("the model has no factorized MLPs to export as a mixture of experts")
+    first = moes[0]
+    dense = model.config.to_dict()
+    values = {key: dense[key] for key in _SHARED if key in dense and dense[key] is not None}
+    values.update(intermediate_size=first.down.shape[2], num_local_experts=first.num_experts,
+                  num_experts_per_tok=first.top_k, router_jitter_noise=0.0, output_router_logits=False)
+    config = MixtralConfig(**values)
+    return config
+
+
+def moe_state_dict(model) -> dict[str, torch.Tensor]:
+    """The dense model's tensors with each FactorizedMLP renamed to Mixtral's keys."""
+    renames = {"gate_up": "experts.gate_up_proj", "down": "experts.down_proj", "router.weight": "gate.weight"}
+    prefixes = [name for name, m in model.named_modules() if isinstance(m, FactorizedMLP)]
+    state = {}
+    for key, tensor in model.state_dict().items():
+        prefix = next((p for p in prefixes if key.startswith(p + ".")), None)
+        if prefix is not None:
+            key = f"{prefix}.{renames[key[len(prefix) + 1:]]}"
+        state[key] = tensor
+    return state
+
+
+def build_moe_model(model):
+    """A MixtralForCausalLM holding the factorized model's weights (the model itself is not changed)."""
+    from transformers import MixtralForCausalLM
+
+    config = moe_config(model)
+    with torch.device("meta"):
+        moe = MixtralForCausalLM(config)
+    state = moe_state_dict(model)
+    missing, unexpected = moe.load_state_dict(state, strict=False, assign=True)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise BadInput(f"the factorized model does not map onto Mixtral (missing {sorted(missing)[:3]}, "
+                       f"unexpected {sorted(unexpected)[:3]})")
+    if tied:
+        moe.tie_weights()
+    for name, buffer in list(moe.named_buffers()):
+        if buffer.is_meta:  # non-persistent buffers (rotary inv_freq) are rebuilt by a fresh module
+            parent, _, child = name.rpartition(".")
+            owner = moe.get_submodule(parent)
+            fresh = type(owner)(config=config)
+            owner.register_buffer(child, getattr(fresh, child).to(buffer.dtype), persistent=False)
+    return moe.eval()
+
+
+def save_moe(model, tokenizer, out: str | Path, manifest: dict, force: bool = False,
+             extra_files: dict[str, str] | None = None) -> Path:
+    """Write the factorized model as a stock MoE checkpoint with compression.json, atomically."""
+    moe = build_moe_model(model)
+    with atomic_directory(out, force) as tmp:
+        moe.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+    return Path(out)

@@ -1,0 +1,70 @@
+"""The in-memory mixture of experts that replaces a dense gated MLP.
+
+Expert e owns a set of intermediate neurons: its gate/up weights are those rows of the dense gate/up,
+its down weight those columns of the dense down, times `scale` (= the number of experts). Routing is
+Mixtral's: softmax over the router logits, top-k, renormalised over the k. With k = all experts and a
+zero router every weight is 1/n, so the output is Σ_e expert_e(x): the dense FFN (exactly so where n is
+a power of two: scaling by n and 1/n loses no bits). With k < n and equal weights it is (n/k)·Σ of the k
+chosen experts, FactorLLM's ×E/k.
+Weights are stored as Mixtral stores them: gate_up (n, 2·m, hidden) and down (n, hidden, m).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FactorizedMLP", "route"]
+
+
+def route(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights, indices), each (tokens, k): the top-k of the softmax, renormalised (as Mixtral)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    weights, indices = torch.topk(probs, top_k, dim=-1)
+    return weights / weights.sum(-1, keepdim=True), indices
+
+
+class FactorizedMLP(nn.Module):
+    def __init__(self, gate_up: torch.Tensor, down: torch.Tensor, act_fn: nn.Module, top_k: int,
+                 groups: torch.Tensor):
+        super().__init__()
+        experts, _, hidden = gate_up.shape
+        self.gate_up = nn.Parameter(gate_up, requires_grad=False)
+        self.down = nn.Parameter(down, requires_grad=False)
+        self.router = nn.Linear(hidden, experts, bias=False, dtype=gate_up.dtype, device=gate_up.device)
+        nn.init.zeros_(self.router.weight)
+        self.act_fn, self.top_k = act_fn, top_k
+        self.register_buffer("groups", groups, persistent=False)  # (experts, m): dense neuron ids per expert
+
+    @classmethod
+    def from_dense(cls, gate: nn.Linear, up: nn.Linear, down: nn.Linear, act_fn: nn.Module, groups: torch.Tensor,
+                   top_k: int) -> "FactorizedMLP":
+        """Slice a dense gated MLP; `groups` (experts, m) lists the intermediate neurons of each expert."""
+        experts = groups.shape[0]
+        with torch.no_grad():
+            gate_up = torch.cat([gate.weight[groups], up.weight[groups]], dim=1)  # (n, 2m, hidden)
+            down_w = down.weight[:, groups].permute(1, 0, 2) * experts  # (n, hidden, m)
+        return cls(gate_up.contiguous(), down_w.contiguous(), act_fn, top_k, groups.clone())
+
+    @property
+    def num_experts(self) -> int:
+        return self.gate_up.shape[0]
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, self.gate_up[e]).chunk(2, dim=-1)
+        return F.linear(self.act_fn(gate) * up, self.down[e])
+
+    def all_experts(self, x: torch.Tensor) -> torch.Tensor:
+        """(tokens, experts, hidden): every expert's scaled output, for pseudo-labels and losses."""
+        return torch.stack([self.expert(e, x) for e in range(self.num_experts)], dim=1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        shape = hidden_states.shape
+        x = hidden_states.reshape(-1, shape[-1])
+        weights, indices = route(self.router(x), self.top_k)
+        out = torch.zeros_like(x)
+        for e in indices.unique().tolist():
+            token, slot = torch.where(indices == e)
+            y = self.expert(e, x[token]) * weights[token, slot, None].to(x.dtype)
+            out.index_add_(0, token, y)
+        return out.reshape(shape)

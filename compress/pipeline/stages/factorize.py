@@ -1,0 +1,90 @@
+"""The factorize stage: FactorLLM over the session's model (compress/factorize/). Each dense gated FFN
+becomes E·G experts with a router fitted per layer; a later export writes a stock MoE checkpoint."""
+from __future__ import annotations
+
+from typing import Literal
+
+from compress.factorize.config import FactorizeConfig
+from compress.pipeline.registry import StageSpec, register
+from compress.pipeline.report import StageResult
+from compress.pipeline.stages.prune import LayerReport
+
+__all__ = ["FactorizeStage", "FactorizeResultReport"]
+
+
+class FactorizeStage(FactorizeConfig):
+    kind: Literal["factorize"] = "factorize"
+    name: str | None = None
+
+
+class FactorizeResultReport(StageResult):
+    split: str
+    experts: int
+    top_k: int
+    granularity: int
+    total_experts: int
+    total_top_k: int
+    train: str
+    steps: int
+    lr: float
+    par_weight: float
+    balance_weight: float
+    seed: int
+    training_tokens: int
+    ffn_flops_share: float  # FFN multiply-adds per token relative to dense: k / E (the router adds hidden·E·G)
+    exports_to: str | None
+    seconds: float
+    capture_seconds: float
+    layers: list[LayerReport]
+
+
+def _check(session, config: FactorizeStage) -> None:
+    from compress.errors import BadInput
+    from compress.factorize.apply import check_factorize
+
+    check_factorize(session.model, config)
+    kinds = [stage.kind for stage in session.recipe.stages]
+    if kinds.count("factorize") > 1:
+        raise BadInput("a recipe can factorize once", key="factorize")
+    if "prune" in kinds[kinds.index("factorize"):]:
+        raise BadInput("pruning after factorize is not built yet: prune before factorizing", key="factorize")
+    if session.recipe.out is not None:
+        from compress.factorize.export import check_exportable
+
+        export = session.recipe.stages[-1]
+        if export.format != "hf":
+            raise BadInput("a factorized model exports as a stock MoE checkpoint: use export format hf", key="export.format")
+        check_exportable(session.model.config)
+
+
+def _export(session, out, manifest: dict, extra_files: dict) -> None:
+    from compress.factorize.export import save_moe
+
+    save_moe(session.model, session.tokenizer, out, manifest, session.force, extra_files=extra_files)
+
+
+def _run(session, config: FactorizeStage) -> FactorizeResultReport:
+    from compress.factorize.apply import factorize_model
+    from compress.factorize.export import EXPORTS
+
+    calibration = session.calibration() if config.needs_calibration() else None
+    result = factorize_model(session.model, config, calibration, session.device, on_layer=session.progress.layer)
+    session.exporter = _export
+    summary = result.to_dict()
+    return FactorizeResultReport(
+        split=config.split, experts=config.experts, top_k=config.top_k, granularity=config.granularity,
+        total_experts=config.total_experts, total_top_k=config.total_top_k, train=config.train, steps=config.steps,
+        lr=config.lr, par_weight=config.par_weight, balance_weight=config.balance_weight, seed=config.seed,
+        training_tokens=summary.pop("tokens"), ffn_flops_share=config.top_k / config.experts,
+        exports_to=EXPORTS.get(getattr(session.model.config, "model_type", None)), **summary)
+
+
+SPEC = register(StageSpec(
+    kind="factorize", config=FactorizeStage, run=_run, check=_check,
+    needs_calibration=lambda config: config.needs_calibration(),
+    summary="FactorLLM: split each FFN into experts, fit a router per layer",
+    flags={"experts": "--experts", "top_k": "--top-k", "granularity": "--granularity", "split": "--split",
+           "train": "--train", "steps": "--steps", "lr": "--lr", "batch_tokens": "--batch-tokens",
+           "par_weight": "--par-weight", "balance_weight": "--balance-weight",
+           "calib_batch": "--calib-batch"},
+))

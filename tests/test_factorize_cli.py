@@ -1,0 +1,106 @@
+"""`compress factorize` end to end on a tiny random Llama, the recipe stage, and bad input: exit 2, one line,
+nothing written."""
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from compress.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_factorize_eval_export_reloads_as_mixtral(tiny_model_dir, text_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from compress.calibrate.data import TextSource, calibration_tokens
+    from compress.factorize import FactorizeConfig, factorize_model
+    from compress.model.loading import load_model
+
+    out = tmp_path / "moe"
+    result = invoke("factorize", tiny_model_dir, "--experts", 4, "--top-k", 2, "--split", "cluster", "--steps", 30,
+                    "--text", text_file, "--nsamples", 8, "--seqlen", 64, "--device", "cpu", "--eval",
+                    "--eval-text", text_file, "--eval-context", 64, "--eval-tokens", 512, "--json", "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    stage = report["stages"][0]["result"]
+    assert (stage["experts"], stage["top_k"], stage["split"], stage["exports_to"]) == (4, 2, "cluster", "mixtral")
+    assert stage["training_tokens"] == 8 * 64 and len(stage["layers"]) == 2
+    assert all(len(layer["info"]["load"]) == 4 for layer in stage["layers"])
+    manifest = json.loads((out / "compression.json").read_text())
+    assert manifest["stages"][0]["result"]["split"] == "cluster" and manifest["calibration"]["nsamples"] == 8
+
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(loaded).__name__ == "MixtralForCausalLM"
+    # the same job in memory computes what the checkpoint computes
+    model, tokenizer, _ = load_model(str(tiny_model_dir), "float32", "cpu")
+    calibration = calibration_tokens(tokenizer, TextSource(path=str(text_file)), 8, 64, 0)
+    factorize_model(model, FactorizeConfig(experts=4, top_k=2, split="cluster", steps=30), calibration)
+    ids = torch.randint(0, 320, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_steps_zero_needs_no_text_and_dry_run_prints_the_recipe(tiny_model_dir, tmp_path):
+    result = invoke("factorize", tiny_model_dir, "--experts", 2, "--top-k", 1, "--steps", 0, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "factorize:" in result.stdout and "experts: 2" in result.stdout
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(result.stdout)
+    ran = invoke("run", recipe, "--json", "--quiet")
+    assert ran.exit_code == 0, ran.output
+    assert json.loads(ran.stdout)["stages"][0]["result"]["training_tokens"] == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--experts", 3], "does not divide the intermediate size 128"),
+    (["--experts", 4, "--granularity", 64], "does not divide"),
+    (["--top-k", 5], "top_k 5 exceeds experts 4"),
+    (["--top-k", 0], "--top-k"),
+    (["--experts", 0], "--experts"),
+    (["--steps", -1], "--steps"),
+    (["--lr", 0], "--lr"),
+    (["--split", "kmeans"], "--split"),
+    (["--train", "router+experts"], "not built yet"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("factorize", tiny_model_dir, "--steps", 0, *args, "--out", out, "--quiet")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_families_without_a_stock_moe_are_refused_before_any_work(tmp_path):
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    from tests.conftest import make_tokenizer
+
+    torch.manual_seed(0)
+    gemma = GemmaForCausalLM(GemmaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=16))
+    gemma.save_pretrained(tmp_path / "gemma")
+    make_tokenizer().save_pretrained(tmp_path / "gemma")
+    result = invoke("factorize", tmp_path / "gemma", "--steps", 0, "--out", tmp_path / "out", "--quiet")
+    assert result.exit_code == 2 and "exports only llama, mistral" in result.output
+    assert not (tmp_path / "out").exists()
+    evaluated = invoke("factorize", tmp_path / "gemma", "--steps", 0, "--experts", 4, "--top-k", 4, "--json",
+                       "--quiet", "--eval", "--eval-text", tmp_path / "gemma" / "tokenizer.json",
+                       "--eval-context", 32, "--eval-tokens", 128)
+    assert evaluated.exit_code == 0, evaluated.output
+    after = json.loads(evaluated.stdout)["stages"][1]["result"]
+    assert after["after"]["perplexity"] == pytest.approx(after["before"]["perplexity"], rel=1e-4)
+
+
+def test_a_recipe_cannot_prune_after_factorize(tiny_model_dir, text_file, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("calibrate: {nsamples: 4, seqlen: 32}\nstages:\n  - factorize: {steps: 0}\n"
+                      "  - prune: {method: magnitude}\n")
+    result = invoke("run", recipe, tiny_model_dir, "--quiet")
+    assert result.exit_code == 2 and "prune before factorizing" in result.output
