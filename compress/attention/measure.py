@@ -12,7 +12,7 @@ import torch
 from compress.attention.config import DoubleSparsity
 from compress.attention.runtime import sparse_attention
 
-__all__ = ["sparse_perplexity", "greedy_agreement", "passkey_prompt", "passkey_accuracy"]
+__all__ = ["sparse_perplexity", "continuations", "greedy_agreement", "passkey_prompt", "passkey_accuracy"]
 
 
 def sparse_perplexity(model, ids: torch.Tensor, context: int, device="cpu", settings: DoubleSparsity | None = None,
@@ -28,37 +28,51 @@ def sparse_perplexity(model, ids: torch.Tensor, context: int, device="cpu", sett
     return {**result, **state.summary()}
 
 
-@torch.no_grad()
-def _greedy(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """Greedy continuation with the KV cache, one token a step (no sampling, no stop token)."""
+def _cache_argument(model) -> str:
     import inspect
+
+    # newer transformers name the cache argument `cache`, older ones `past_key_values`
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@torch.no_grad()
+def continuations(model, prompt: torch.Tensor, new_tokens: int, settings: DoubleSparsity | None,
+                  device="cpu") -> tuple[torch.Tensor, torch.Tensor | None, dict | None]:
+    """Greedy continuations of one dense prefill (as the reference and SGLang run Double Sparsity: the
+    prompt densely, each decode step sparsely): (dense tokens, sparse tokens or None, tokens kept).
+    T of a fractional --tokens is that fraction of prompt + new tokens."""
+    import copy
 
     from transformers import DynamicCache
 
-    # newer transformers name the cache argument `cache`, older ones `past_key_values`
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    name = _cache_argument(model)
     cache = DynamicCache()
-    out = model(input_ids=prompt[None], use_cache=True, **{name: cache})
-    tokens = []
-    for _ in range(new_tokens):
-        token = out.logits[0, -1].argmax()
-        tokens.append(token)
-        out = model(input_ids=token.view(1, 1), use_cache=True, **{name: cache})
-    return torch.stack(tokens)
+    first = model(input_ids=prompt.to(device)[None], use_cache=True, **{name: cache}).logits[0, -1].argmax()
+    sparse_cache = copy.deepcopy(cache) if settings is not None else None
+
+    def decode(cache) -> torch.Tensor:
+        tokens = [first]
+        for _ in range(new_tokens - 1):
+            logits = model(input_ids=tokens[-1].view(1, 1), use_cache=True, **{name: cache}).logits
+            tokens.append(logits[0, -1].argmax())
+        return torch.stack(tokens)
+
+    dense = decode(cache)
+    if settings is None:
+        return dense, None, None
+    with sparse_attention(model, settings, prompt.numel() + new_tokens) as state:
+        sparse = decode(sparse_cache)
+    return dense, sparse, state.summary()
 
 
-def greedy_agreement(model, prompt: torch.Tensor, new_tokens: int, settings: DoubleSparsity, device="cpu",
-                     oracle: bool = False) -> dict:
-    """Generate `new_tokens` greedily, dense and sparse, from the same prompt; the share of positions that
-    agree and the length of the common prefix."""
-    prompt = prompt.to(device)
-    dense = _greedy(model, prompt, new_tokens)
-    with sparse_attention(model, settings, prompt.numel() + new_tokens, oracle) as state:
-        sparse = _greedy(model, prompt, new_tokens)
+def greedy_agreement(model, prompt: torch.Tensor, new_tokens: int, settings: DoubleSparsity, device="cpu") -> dict:
+    """The share of `new_tokens` greedy tokens where sparse decoding agrees with dense, and the common
+    prefix (the first token comes from the shared dense prefill)."""
+    dense, sparse, kept = continuations(model, prompt, new_tokens, settings, device)
     same = (dense == sparse).tolist()
     prefix = same.index(False) if False in same else len(same)
     return {"agreement": sum(same) / len(same), "common_prefix": prefix, "new_tokens": new_tokens,
-            "kept_share": state.summary()["kept_share"]}
+            "kept_share": kept["kept_share"]}
 
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -77,19 +91,16 @@ def passkey_prompt(tokenizer, length: int, depth: float, key: int) -> tuple[torc
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"]), str(key)
 
 
-def passkey_accuracy(model, tokenizer, length: int, trials: int, settings: DoubleSparsity | None, device="cpu",
+def passkey_accuracy(model, tokenizer, length: int, trials: int, settings: DoubleSparsity, device="cpu",
                      seed: int = 0, new_tokens: int = 8) -> dict:
     """Share of `trials` prompts (needle depths spread evenly, keys drawn with `seed`) whose greedy
-    continuation holds the key; dense when settings is None."""
+    continuation holds the key, dense and sparse (decode steps sparse after a dense prefill)."""
     rng = random.Random(seed)
-    found = 0
+    found = {"dense": 0, "sparse": 0}
     for t in range(trials):
         ids, key = passkey_prompt(tokenizer, length, (t + 0.5) / trials, rng.randint(10000, 99999))
-        ids = ids.to(device)
-        if settings is None:
-            continuation = _greedy(model, ids, new_tokens)
-        else:
-            with sparse_attention(model, settings, ids.numel() + new_tokens):
-                continuation = _greedy(model, ids, new_tokens)
-        found += key in tokenizer.decode(continuation.tolist())
-    return {"accuracy": found / trials, "trials": trials, "length": length}
+        dense, sparse, _ = continuations(model, ids, new_tokens, settings, device)
+        found["dense"] += key in tokenizer.decode(dense.tolist())
+        found["sparse"] += key in tokenizer.decode(sparse.tolist())
+    return {"dense": found["dense"] / trials, "sparse": found["sparse"] / trials, "trials": trials,
+            "length": length}

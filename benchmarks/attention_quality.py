@@ -1,0 +1,135 @@
+"""Double Sparsity on the default model (CPU): perplexity dense vs sparse attention on long Austen windows,
+greedy agreement with dense over generated tokens, passkey retrieval.
+
+Channel files are calibrated first (modes qk, q, k) on the calibration novels; perplexity is on Persuasion
+(held out). Perplexity applies the sparse attention to every query (each position as a decode step would see
+it); generation prefills densely and decodes sparsely, as the reference and SGLang run it.
+Usage: python benchmarks/attention_quality.py --out benchmarks/results/attention-quality.json
+       python benchmarks/attention_quality.py --tiny --out /tmp/tiny.json   # tiny random model: a quick check
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from _meta import meta
+from _tiny import tiny_model
+
+
+def grid(fraction: str) -> list[dict]:
+    """The rows measured at one context: (channels, tokens) budgets, modes, label bits, oracle, sink+recent."""
+    rows = [dict(mode="qk", channels=f, tokens=f) for f in ("1/8", "1/16", "1/32")]
+    rows += [dict(mode="qk", channels=fraction, tokens="top-p:0.95"),
+             dict(mode="q", channels=fraction, tokens=fraction), dict(mode="k", channels=fraction, tokens=fraction),
+             dict(mode="qk", channels=fraction, tokens=fraction, label_bits=16),
+             dict(mode="qk", channels="1", tokens=fraction, selection="oracle"),
+             dict(mode="qk", channels="1", tokens=fraction, selection="sink+recent")]
+    return rows
+
+
+def settings_for(row: dict, files: dict, context: int, dense_layers: int = 2):
+    from fractions import Fraction
+
+    from compress.attention.config import DoubleSparsity
+
+    values = dict(channel_file=files[row["mode"]], channels=row["channels"], tokens=row["tokens"],
+                  label_bits=row.get("label_bits", 4), dense_layers=dense_layers)
+    if row.get("selection") == "sink+recent":  # the same T, all of it sink (4) and the most recent tokens
+        budget = max(1, round(Fraction(row["tokens"]) * context))
+        values.update(tokens=str(budget), sink=4, recent=budget - 4)
+    return DoubleSparsity(**values)
+
+
+@torch.no_grad()
+def main() -> None:
+    from compress.attention.config import ChannelCalibration
+    from compress.attention.jobs import calibrate_channel_file
+    from compress.attention.measure import greedy_agreement, passkey_accuracy, sparse_perplexity
+    from compress.calibrate.data import TextSource, evaluation_tokens, window_bos
+    from compress.model.loading import load_model
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--context", type=int, default=2048, help="context of the full grid")
+    parser.add_argument("--windows", type=int, default=2)
+    parser.add_argument("--long-context", type=int, default=4096, help="dense, qk 1/16 and oracle only")
+    parser.add_argument("--calib-nsamples", type=int, default=4)
+    parser.add_argument("--calib-seqlen", type=int, default=2048)
+    parser.add_argument("--prompts", type=int, default=2, help="greedy agreement prompts (of --context tokens)")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--passkey", type=int, nargs="*", default=[4096])
+    parser.add_argument("--passkey-trials", type=int, default=5)
+    parser.add_argument("--dense-layers", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args()
+    run_meta = meta()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir, text, source = None, None, TextSource()
+        if args.tiny:
+            model_dir, text = tiny_model(tmp)
+            source = TextSource(path=text)
+            args.context, args.windows, args.long_context, args.calib_nsamples, args.calib_seqlen = 64, 1, 128, 2, 64
+            args.prompts, args.new_tokens, args.passkey, args.passkey_trials = 1, 8, [96], 1
+            args.dense_layers = 1  # the tiny model has two layers
+        model, tokenizer, name = load_model(model_dir, "float32", "cpu")
+        files, calibration = {}, {}
+        for mode in ("qk", "q", "k"):
+            files[mode] = str(Path(tmp) / f"{mode}.json")
+            started = time.perf_counter()
+            calibration[mode] = calibrate_channel_file(ChannelCalibration(
+                model=model_dir, out=files[mode], mode=mode, text=text, nsamples=args.calib_nsamples,
+                seqlen=args.calib_seqlen, device="cpu"))
+            calibration[mode]["seconds"] = time.perf_counter() - started
+            print(calibration[mode], flush=True)
+        ids = evaluation_tokens(tokenizer, source)
+        bos_id = window_bos(tokenizer)
+        rows = []
+
+        def measure(context: int, windows: int, row: dict | None) -> None:
+            span = ids[: context * windows]
+            settings = None if row is None else settings_for(row, files, context + (bos_id is not None), args.dense_layers)
+            oracle = row is not None and row.get("selection") == "oracle"
+            result = sparse_perplexity(model, span, context, "cpu", settings, bos_id, oracle)
+            asked = {} if row is None else {"mode": row["mode"], "channels_asked": row["channels"],
+                                            "tokens_asked": row["tokens"], "label_bits": row.get("label_bits", 4)}
+            entry = {"context": context, "windows": windows, "selection": "dense" if row is None else
+                     row.get("selection", "labels"), **asked, **result}
+            rows.append(entry)
+            print(json.dumps(entry), flush=True)
+
+        measure(args.context, args.windows, None)
+        for row in grid("1/16"):
+            measure(args.context, args.windows, row)
+        measure(args.long_context, 1, None)
+        for row in (dict(mode="qk", channels="1/16", tokens="1/16"),
+                    dict(mode="qk", channels="1", tokens="1/16", selection="oracle")):
+            measure(args.long_context, 1, row)
+
+        qk = settings_for(dict(mode="qk", channels="1/16", tokens="1/16"), files, 0, args.dense_layers)
+        agreement = []
+        for p in range(args.prompts):
+            prompt = ids[p * args.context: (p + 1) * args.context]
+            agreement.append({"prompt_tokens": args.context, **greedy_agreement(model, prompt, args.new_tokens, qk)})
+            print(agreement[-1], flush=True)
+        passkey = []
+        for length in args.passkey:
+            passkey.append(passkey_accuracy(model, tokenizer, length, args.passkey_trials, qk))
+            print(passkey[-1], flush=True)
+    result = {"meta": run_meta, "model": "tiny random Llama" if args.tiny else name,
+              "text": "tests' text" if args.tiny else "Austen: calibration on five novels, evaluation on Persuasion",
+              "calibration": calibration, "perplexity": rows,
+              "dense_layers": args.dense_layers,
+              "greedy": {"settings": "qk, 1/16 channels, 1/16 tokens, 4-bit labels", "rows": agreement},
+              "passkey": {"settings": "qk, 1/16 channels, 1/16 tokens, 4-bit labels", "rows": passkey}}
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
