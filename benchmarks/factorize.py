@@ -1,0 +1,103 @@
+"""FactorLLM on the default model: held-out perplexity of the dense model and of each factorized variant.
+
+Each row splits every FFN into E·G experts (top G·k) with one split kind, fits the routers (stage A,
+`steps` Adam steps per layer) on Austen's calibration windows, and measures perplexity on the first
+`--eval-tokens` tokens of Persuasion (never used for calibration). A row is E:k:G:split:steps.
+The default model is SmolLM2-135M-Instruct dequantized from its Q4_1 GGUF.
+Usage: python benchmarks/factorize.py --out benchmarks/results/factorize.json
+       python benchmarks/factorize.py --tiny --out /tmp/tiny.json   # tiny random model: a quick check
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import tempfile
+import time
+
+import torch
+
+from _meta import meta
+from _tiny import tiny_model
+
+ROWS = ["4:1:1:contiguous:0", "4:1:1:contiguous:200", "4:2:1:contiguous:200", "4:1:1:cluster:200",
+        "4:2:1:cluster:200", "4:1:1:random:200", "4:1:1:coactivation:200", "4:2:1:coactivation:200",
+        "4:1:4:cluster:200", "4:2:1:contiguous:0", "4:1:1:cluster:0"]
+TINY_ROWS = ["4:1:1:contiguous:0", "4:2:1:cluster:20", "2:1:2:coactivation:20"]
+
+
+def ffn_share(experts: int, top_k: int, granularity: int, hidden: int, intermediate: int) -> float:
+    """FFN multiply-adds per token relative to the dense FFN, the router included."""
+    dense = 3 * hidden * intermediate
+    return (dense * top_k / experts + hidden * experts * granularity) / dense
+
+
+def main() -> None:
+    from compress.calibrate.data import TextSource, calibration_tokens, evaluation_tokens, window_bos
+    from compress.evaluate import perplexity
+    from compress.factorize import FactorizeConfig, factorize_model
+    from compress.model.loading import load_model
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--rows", nargs="+", default=None, help="E:k:G:split:steps")
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--eval-tokens", type=int, default=8192)
+    parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args()
+    run_meta = meta()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir, text = tiny_model(tmp) if args.tiny else (None, None)
+        model, tokenizer, source = load_model(model_dir, "float32", "cpu")
+        calib_source, eval_source = TextSource(path=text), TextSource(path=text)
+        nsamples, seqlen = (8, 64) if args.tiny else (args.nsamples, args.seqlen)
+        calibration = calibration_tokens(tokenizer, calib_source, nsamples, seqlen, 0)
+        eval_ids = evaluation_tokens(tokenizer, eval_source, args.eval_tokens)
+    rows = args.rows or (TINY_ROWS if args.tiny else ROWS)
+    context = min(args.context, eval_ids.numel() // 2) if args.tiny else args.context
+    bos = window_bos(tokenizer)
+    started = time.perf_counter()
+    dense = perplexity(model, eval_ids, context, bos_id=bos).to_dict()
+    result = {"meta": run_meta, "model": "tiny random Llama" if args.tiny else source,
+              "model_note": None if args.tiny else "SmolLM2-135M-Instruct dequantized from its Q4_1 GGUF",
+              "dtype": "float32", "threads": torch.get_num_threads(), "calibration_tokens": calibration.numel(),
+              "nsamples": nsamples, "seqlen": seqlen, "eval_tokens": dense["tokens"], "context": context,
+              "dense_ppl": dense["perplexity"], "dense_eval_seconds": round(time.perf_counter() - started, 1),
+              "rows": []}
+    print(json.dumps({"dense_ppl": dense["perplexity"]}), flush=True)
+    hidden, intermediate = model.config.hidden_size, model.config.intermediate_size
+    for spec in rows:
+        experts, top_k, granularity, split, steps = spec.split(":")
+        config = FactorizeConfig(experts=int(experts), top_k=int(top_k), granularity=int(granularity), split=split,
+                                 steps=int(steps))
+        work = copy.deepcopy(model)
+        load_before = os.getloadavg()[0]
+        clock = time.perf_counter()
+        done = factorize_model(work, config, calibration if config.needs_calibration() else None)
+        seconds = time.perf_counter() - clock
+        ppl = perplexity(work, eval_ids, context, bos_id=bos).to_dict()["perplexity"]
+        infos = [s.info for s in done.steps]
+        agreement = [i["held_out_agreement"] for i in infos if i.get("held_out_agreement") is not None]
+        loads = [max(i["load"]) for i in infos if i.get("load")]
+        row = {"row": spec, "experts": config.experts, "top_k": config.top_k, "granularity": config.granularity,
+               "split": split, "steps": config.steps, "ppl": ppl, "ppl_ratio": ppl / dense["perplexity"],
+               "ffn_flops_share": ffn_share(config.experts, config.top_k, config.granularity, hidden, intermediate),
+               "factorize_seconds": round(seconds, 1), "capture_seconds": round(done.capture_seconds, 1),
+               "training_tokens": done.tokens,
+               "held_out_agreement": sum(agreement) / len(agreement) if agreement else None,
+               "chance_agreement": config.top_k / config.experts,
+               "max_expert_load": max(loads) if loads else None,
+               "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
+        result["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        with open(args.out, "w") as f:  # after every row: a long run keeps what it measured
+            json.dump(result, f, indent=2)
+        del work
+
+
+if __name__ == "__main__":
+    main()
