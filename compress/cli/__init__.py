@@ -8,6 +8,7 @@ from compress.cli.attention import attention_app
 from compress.cli.bench import bench_app
 from compress.cli.evaluate import EXAMPLES as EVAL_EXAMPLES
 from compress.cli.evaluate import evaluate
+from compress.cli.graph import graph_app
 from compress.cli.factorize import EXAMPLES as FACTORIZE_EXAMPLES
 from compress.cli.factorize import factorize
 from compress.cli.prune import EXAMPLES as PRUNE_EXAMPLES
@@ -46,4 +47,5 @@ app.command("eval", epilog=EVAL_EXAMPLES)(evaluate)
 app.command(epilog=FACTORIZE_EXAMPLES)(factorize)
 app.command()(run)
 app.add_typer(bench_app, name="bench")
+app.add_typer(graph_app, name="graph")
 app.add_typer(attention_app, name="attention")

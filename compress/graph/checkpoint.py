@@ -31,7 +31,7 @@ def save_graph_model(model, out: str | Path, manifest: dict, force: bool = False
 def load_graph_model(checkpoint: str | Path):
     """The GraphGPS model saved at `checkpoint` (a directory), in eval mode on the CPU."""
     from pydantic import ValidationError
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from compress.graph.model import ARCHITECTURE, GraphGPS, GraphModelConfig
@@ -54,7 +54,7 @@ def load_graph_model(checkpoint: str | Path):
         config = GraphModelConfig.model_validate(raw)
         model = GraphGPS(config)
         model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
-    except (ValidationError, SafetensorsError, RuntimeError, FileNotFoundError, OSError) as exc:
+    except (ValidationError, SafetensorError, RuntimeError, FileNotFoundError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInput(f"{checkpoint}: does not load as {ARCHITECTURE} ({first})", key="checkpoint")
     return model.eval()

@@ -7,9 +7,11 @@ Splits: MUTAG and user TU data are split at random (80/10/10, seeded); molecules
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import importlib.util
+import io
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -129,7 +131,8 @@ def _tu_dataset(folder: Path, name: str, cache: Path):
         if not (raw / path.name).is_file():
             shutil.copyfile(path, raw / path.name)
     try:
-        return TUDataset(str(cache), name)
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):  # "Processing..."
+            return TUDataset(str(cache), name)
     except Exception as exc:  # a malformed user folder
         raise BadInput(f"{folder}: not a readable TU-format dataset ({type(exc).__name__}: {exc})", key="data")
 
@@ -177,6 +180,9 @@ def _molecules(rows: list[tuple[str, int]], cache_file: Path) -> tuple[list, lis
     if cache_file.is_file():
         stored = torch.load(cache_file, weights_only=True)
         return unpack(stored["graphs"]), [rows[i][0] for i in stored["rows"].tolist()]
+    from rdkit import RDLogger
+
+    RDLogger.DisableLog("rdApp.*")  # unparsable SMILES are dropped, not shouted about
     graphs, kept = [], []
     for i, (smiles, label) in enumerate(rows):
         g = _molecule(smiles, label)

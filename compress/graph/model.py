@@ -114,7 +114,7 @@ def keep_top_per_graph(scores: torch.Tensor, batch: torch.Tensor, fraction: floa
     from torch_geometric.utils import to_dense_batch
 
     dense, mask = to_dense_batch(scores, batch, fill_value=float("-inf"))
-    order = dense.argsort(-1, descending=True, stable=True)
+    order = dense.argsort(dim=-1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
     quota = torch.ceil(mask.sum(1) * fraction).clamp(min=1)
     kept = (rank < quota[:, None])[mask]
@@ -137,6 +137,7 @@ class GraphGPS(nn.Module):
         self.layers = nn.ModuleList(GPSLayer(c, h, config.head_dim, config.dropout) for h in config.heads)
         self.scorers = nn.ModuleList(nn.Linear(c, 1) for _ in config.heads) if config.token_keep < 1 else None
         self.head = nn.Sequential(nn.Linear(c, c // 2), nn.ReLU(), nn.Linear(c // 2, config.num_classes))
+        self.fitting_from: int | None = None  # while scorers are fitted: layers from here on take every node
 
     def forward(self, data) -> torch.Tensor:
         from torch_geometric.nn import global_mean_pool
@@ -145,7 +146,8 @@ class GraphGPS(nn.Module):
         edge_attr = self.edge_encoder(data.edge_attr)
         for i, layer in enumerate(self.layers):
             keep = None
-            if self.scorers is not None and layer.attn is not None:
+            fitting = self.fitting_from is not None and i >= self.fitting_from
+            if self.scorers is not None and layer.attn is not None and not fitting:
                 keep = keep_top_per_graph(self.scorers[i](x).view(-1), data.batch, self.config.token_keep)
             x = layer(x, data.edge_index, edge_attr, data.batch, keep)
         return self.head(global_mean_pool(x, data.batch))

@@ -1,0 +1,74 @@
+"""One pruning job on a saved checkpoint (`compress graph prune`): load, prune, optionally fine-tune,
+measure (test metrics, both FLOP counts, CPU wall time) and save."""
+from __future__ import annotations
+
+import math
+import time
+
+from compress.errors import BadInput
+
+__all__ = ["prune_checkpoint", "finetune_cap", "measure"]
+
+
+def finetune_cap(train_epochs: int) -> int:
+    """A recovery fine-tune may run at most 10% of the reference's training epochs (at least one)."""
+    return max(1, math.floor(0.1 * train_epochs))
+
+
+def measure(model, batch_list: list) -> dict:
+    from compress.graph.flops import count_flops
+    from compress.graph.train import evaluate
+
+    return {**evaluate(model, batch_list), **count_flops(model, batch_list)}
+
+
+def prune_checkpoint(checkpoint: str, spec, data: str | None = None, calibration_graphs: int = 256,
+                     finetune_epochs: int = 0, finetune_lr: float = 3e-4, out: str | None = None, force: bool = False,
+                     device: str = "auto", log=None, command: str = "") -> dict:
+    """Prune the model at `checkpoint` with `spec` (a GraphPruneSpec); calibration graphs are the first
+    `calibration_graphs` of the training split of `data` (default: the data the model was trained on)."""
+    from compress.graph.checkpoint import load_graph_model, save_graph_model
+    from compress.graph.data import load_graphs
+    from compress.graph.prune import prune_graph_model
+    from compress.graph.train import TrainConfig, batches, pick_device, train
+    from compress.version import __version__
+
+    log = log or (lambda message: None)
+    if calibration_graphs < 1:
+        raise BadInput(f"calibration graphs must be at least 1, got {calibration_graphs}", key="calibration_graphs")
+    if out is not None:
+        from compress.export.atomic import check_output_dir
+
+        check_output_dir(out, force, (checkpoint,))
+    reference = load_graph_model(checkpoint)
+    cap = finetune_cap(reference.config.train_epochs)
+    if not 0 <= finetune_epochs <= cap:
+        raise BadInput(f"finetune epochs must be in [0, {cap}] (10% of the reference's "
+                       f"{reference.config.train_epochs} training epochs)", key="finetune_epochs")
+    run_on = pick_device(device)
+    graphs = load_graphs(data or reference.config.data, reference.config.split_seed)
+    if graphs.encoder != reference.config.encoder or graphs.node_dims != reference.config.node_dims \
+            or graphs.edge_dims != reference.config.edge_dims:
+        raise BadInput(f"the data's features ({graphs.encoder}, {graphs.node_dims}) do not match the model's "
+                       f"({reference.config.encoder}, {reference.config.node_dims})", key="data")
+    reference.to(run_on)
+    calibration = batches(graphs.train[:calibration_graphs], 64, device=run_on)
+    test = batches(graphs.test, 256, device=run_on)
+    log("pruning")
+    started = time.perf_counter()
+    model, masks, report = prune_graph_model(reference, spec, calibration)
+    report["prune_seconds"] = round(time.perf_counter() - started, 2)
+    if finetune_epochs:
+        log(f"recovery fine-tune, {finetune_epochs} epoch(s)")
+        train(model, graphs.train, TrainConfig(epochs=finetune_epochs, lr=finetune_lr, seed=spec.seed), masks=masks,
+              device=run_on)
+    report.update(kind="graph-prune", compress=__version__, checkpoint=str(checkpoint), spec=dict(spec.__dict__),
+                  finetune_epochs=finetune_epochs, command=command,
+                  reference=measure(reference, test), pruned=measure(model, test))
+    if graphs.external:
+        report["external"] = {"reference": measure(reference, batches(graphs.external, 256, device=run_on)),
+                              "pruned": measure(model, batches(graphs.external, 256, device=run_on))}
+    model.cpu()
+    if out is not None:
+        report["out"] = str(save_graph_model(model, out, report, force, (checkpoint,)))
+    return report
