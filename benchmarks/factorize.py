@@ -21,9 +21,9 @@ import torch
 from _meta import meta
 from _tiny import tiny_model
 
-ROWS = ["4:1:1:contiguous:0", "4:1:1:contiguous:200", "4:2:1:contiguous:200", "4:1:1:cluster:200",
-        "4:2:1:cluster:200", "4:1:1:random:200", "4:1:1:coactivation:200", "4:2:1:coactivation:200",
-        "4:1:4:cluster:200", "4:2:1:contiguous:0", "4:1:1:cluster:0"]
+ROWS = ["4:1:1:contiguous:0", "4:1:1:contiguous:200", "4:2:1:cluster:200", "4:1:1:cluster:200",
+        "4:2:1:contiguous:200", "4:1:4:cluster:200", "4:1:1:coactivation:200", "4:1:1:random:200",
+        "4:2:1:cluster:0", "4:1:1:cluster:0"]
 TINY_ROWS = ["4:1:1:contiguous:0", "4:2:1:cluster:20", "2:1:2:coactivation:20"]
 
 
@@ -42,9 +42,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", nargs="+", default=None, help="E:k:G:split:steps")
-    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--nsamples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--eval-tokens", type=int, default=8192)
+    parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()

@@ -37,7 +37,7 @@ def factorize(
     text: Optional[str] = typer.Option(None, help="Calibration text: a .txt/.md file or .jsonl (see --text-field)."),
     dataset: Optional[str] = typer.Option(None, help="Calibration dataset NAME[:CONFIG][:SPLIT] (needs compress[datasets])."),
     text_field: str = typer.Option("text", help="Field holding the text in .jsonl records or dataset rows."),
-    nsamples: int = typer.Option(64, help="Calibration sequences."),
+    nsamples: int = typer.Option(16, help="Calibration sequences."),
     seqlen: int = typer.Option(512, help="Tokens per calibration sequence (capped at the model's maximum)."),
     seed: int = typer.Option(0, help="Seed for the calibration windows, random splits, k-means and router batches."),
     calib_batch: int = typer.Option(0, help="Calibration sequences per forward (0: about 16k tokens)."),
