@@ -7,7 +7,9 @@ import time
 
 from compress.errors import BadInput
 
-__all__ = ["prune_checkpoint", "finetune_cap", "measure"]
+__all__ = ["prune_checkpoint", "finetune_cap", "measure", "EVAL_BATCH"]
+
+EVAL_BATCH = 64  # graphs per batch when measuring (attention runs on padded dense batches: FLOPs depend on it)
 
 
 def finetune_cap(train_epochs: int) -> int:
@@ -53,7 +55,7 @@ def prune_checkpoint(checkpoint: str, spec, data: str | None = None, calibration
                        f"({reference.config.encoder}, {reference.config.node_dims})", key="data")
     reference.to(run_on)
     calibration = batches(graphs.train[:calibration_graphs], 64, device=run_on)
-    test = batches(graphs.test, 256, device=run_on)
+    test = batches(graphs.test, EVAL_BATCH, device=run_on)
     log("pruning")
     started = time.perf_counter()
     model, masks, report = prune_graph_model(reference, spec, calibration)
@@ -66,8 +68,8 @@ def prune_checkpoint(checkpoint: str, spec, data: str | None = None, calibration
                   finetune_epochs=finetune_epochs, command=command,
                   reference=measure(reference, test), pruned=measure(model, test))
     if graphs.external:
-        report["external"] = {"reference": measure(reference, batches(graphs.external, 256, device=run_on)),
-                              "pruned": measure(model, batches(graphs.external, 256, device=run_on))}
+        report["external"] = {"reference": measure(reference, batches(graphs.external, EVAL_BATCH, device=run_on)),
+                              "pruned": measure(model, batches(graphs.external, EVAL_BATCH, device=run_on))}
     model.cpu()
     if out is not None:
         report["out"] = str(save_graph_model(model, out, report, force, (checkpoint,)))
