@@ -1,4 +1,4 @@
-"""`compress bench kernels`: sparse GEMM paths against cuBLAS on a GPU."""
+"""`compress bench kernels` (sparse GEMM paths against cuBLAS) and `compress bench attention` (Double Sparsity decode against SDPA), on a GPU."""
 from __future__ import annotations
 
 import json
@@ -49,3 +49,43 @@ def _kernel_row(row: dict) -> str:
 
     return (f"{row['dtype']:>8} {row['shape']:<12} M={row['M']:<6} dense {row['dense_ms']:.4f} ms  "
             f"torch2:4 {speed('torch24_speedup')}  cslt2:4 {speed('cslt24_speedup')}  6:8 slide {speed('slide68_speedup')}")
+
+
+@bench_app.command("attention")
+def bench_attention_command(
+    contexts: Optional[List[int]] = typer.Option(None, "--context", help="Cached tokens (default 4096 16384 65536 131072)."),
+    batches: Optional[List[int]] = typer.Option(None, "--batch", help="Sequences decoded at once (default 1 16)."),
+    shapes: Optional[List[str]] = typer.Option(None, "--shape", help="mha-32x128 and/or gqa-32/8x128 (default both)."),
+    dtypes: Optional[List[str]] = typer.Option(None, "--dtype", help="float16 and/or bfloat16 (default float16)."),
+    fraction: int = typer.Option(16, help="Keep 1/FRACTION of the channels (labels) and of the context (tokens)."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Also write all rows to this JSON file."),
+) -> None:
+    """Double Sparsity decode (label scoring + top-T + sparse attention, one CUDA graph) vs dense SDPA (needs CUDA)."""
+    with exit_codes():
+        import torch
+
+        from compress.errors import BadInput
+
+        if not torch.cuda.is_available():
+            raise BadInput("compress bench attention needs a CUDA GPU")
+        from compress.attention.bench import SHAPES, bench_attention
+
+        unknown = [s for s in shapes or [] if s not in SHAPES]
+        if unknown:
+            raise BadInput(f"unknown shape {unknown[0]!r}: choose from {', '.join(SHAPES)}")
+        if any(c < fraction for c in contexts or []) or any(b < 1 for b in batches or []) or fraction < 1:
+            raise BadInput("--context must be at least --fraction, --batch and --fraction at least 1")
+        bad = [d for d in dtypes or [] if d not in ("float16", "bfloat16")]
+        if bad:
+            raise BadInput(f"unknown --dtype {bad[0]!r}: choose float16 or bfloat16")
+        rows = bench_attention(contexts or [4096, 16384, 65536, 131072], batches or [1, 16], shapes or list(SHAPES),
+                               dtypes or ["float16"], fraction, on_row=lambda row: out.print(_attention_row(row)))
+        if json_out:
+            with open(json_out, "w") as f:
+                json.dump(rows, f, indent=2)
+
+
+def _attention_row(row: dict) -> str:
+    return (f"{row['dtype']:>8} {row['shape']:<13} B={row['batch']:<3} context={row['context']:<7} "
+            f"dense {row['dense_ms']:.4f} ms  sparse {row['sparse_ms']:.4f} ms  {row['speedup']:.2f}x "
+            f"(bytes limit {row['bytes_limit_speedup']:.2f}x)")

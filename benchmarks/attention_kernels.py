@@ -1,0 +1,58 @@
+"""Double Sparsity decode kernels on a GPU: correctness against the PyTorch reference, then label scoring +
+top-T selection + sparse attention (one CUDA graph) against dense SDPA decode attention, 1/16 of the channels
+and of the context. Each check draws fresh random inputs; timing rows report the bytes-read limit.
+Usage: python benchmarks/attention_kernels.py --json benchmarks/results/attention-kernels-h200.json
+       python benchmarks/attention_kernels.py --tiny --json /tmp/tiny.json   # a quick check (GPU)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from _meta import meta
+
+
+def main() -> None:
+    from compress.attention.bench import SHAPES, bench_attention, check_decode
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", required=True)
+    parser.add_argument("--contexts", type=int, nargs="*", default=[4096, 16384, 65536, 131072])
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 16])
+    parser.add_argument("--dtypes", nargs="*", default=["float16", "bfloat16"])
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args()
+    if args.tiny:
+        args.contexts, args.batches, args.dtypes = [4096], [1], ["float16"]
+    run_meta = meta()
+    checks = []
+    seed = 0
+    for dtype in args.dtypes:
+        for name, (heads, kv_heads, head_dim) in SHAPES.items():
+            for batch in ([1] if args.tiny else [1, 4, 16]):
+                for context, budget in ((777, 48), (4129, 4129 // 16), (300, 512)):
+                    seed += 1
+                    row = {"shape": name, **check_decode(batch, heads, kv_heads, context, head_dim, head_dim // 16,
+                                                         budget, getattr(torch, dtype), seed)}
+                    checks.append(row)
+                    print(json.dumps(row), flush=True)
+    rows = bench_attention(args.contexts, args.batches, list(SHAPES), args.dtypes[:1] if args.tiny else args.dtypes,
+                           on_row=lambda row: print(json.dumps(row), flush=True))
+    result = {"meta": run_meta, "device": torch.cuda.get_device_name(), "checks": checks, "rows": rows}
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"{'shape':<13}{'dtype':<9}{'B':>3}{'context':>8}{'dense ms':>10}{'sparse ms':>10}{'score':>8}{'select':>8}"
+          f"{'attend':>8}{'speedup':>9}{'limit':>7}{'share':>7}")
+    for r in rows:
+        print(f"{r['shape']:<13}{r['dtype']:<9}{r['batch']:>3}{r['context']:>8}{r['dense_ms']:>10.4f}{r['sparse_ms']:>10.4f}"
+              f"{r['score_ms']:>8.4f}{r['select_ms']:>8.4f}{r['attend_ms']:>8.4f}{r['speedup']:>9.2f}"
+              f"{r['bytes_limit_speedup']:>7.2f}{r['share_of_limit']:>7.2f}")
+    bad = [c for c in checks if not (c["finite"] and c["selected_unique"] and c["selected_within_tolerance"]
+                                     and c["output_error"] < 2e-2 and c["score_error"] < 1e-3)]
+    print(f"checks: {len(checks) - len(bad)} of {len(checks)} passed")
+
+
+if __name__ == "__main__":
+    main()
