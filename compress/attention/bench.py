@@ -129,15 +129,21 @@ def time_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: i
     index = decode.select_top(scores, budget)
     dense_ms = _graph_time(lambda: dense_decode(query, key, value, scale))
     sparse_ms = _graph_time(lambda: decode.double_sparse_decode(query, key, value, labels, heavy, budget, scale))
+    half = scores.half()
     parts = {"score_ms": _graph_time(lambda: decode.score_labels(query, labels, heavy)),
              "select_ms": _graph_time(lambda: decode.select_top(scores, budget)),
-             "attend_ms": _graph_time(lambda: decode.sparse_decode(query, key, value, index, scale))}
+             "attend_ms": _graph_time(lambda: decode.sparse_decode(query, key, value, index, scale)),
+             # variants: a larger scoring block, float16 scores (half the selection's reads)
+             "score_block1024_ms": _graph_time(lambda: decode.score_labels(query, labels, heavy, 1024)),
+             "select_half_ms": _graph_time(lambda: decode.select_top(half, budget)),
+             "sparse_half_scores_ms": _graph_time(lambda: decode.double_sparse_decode(
+                 query, key, value, labels, heavy, budget, scale, torch.float16))}
     element = key.element_size()
     kv_bytes = 2 * batch * kv_heads * context * head_dim * element
     sparse_bytes = batch * kv_heads * (context * channels + 2 * min(budget, context) * head_dim) * element
     limit = kv_bytes / sparse_bytes
     speedup = dense_ms / sparse_ms
-    del query, key, value, labels, scores, index
+    del query, key, value, labels, scores, index, half
     torch.cuda.empty_cache()
     return {"batch": batch, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "context": context,
             "channels": channels, "budget": budget, "dtype": str(dtype).replace("torch.", ""),

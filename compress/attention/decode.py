@@ -45,11 +45,13 @@ def _score_kernel(Q, LAB, HEAVY, S, N, stride_qb, stride_qh, stride_lb, stride_l
     tl.store(S + b * stride_sb + kv * stride_sh + n, tl.sum(labels * q[None, :], axis=1), mask=n_ok)
 
 
-def score_labels(query: torch.Tensor, labels: torch.Tensor, heavy: torch.Tensor, block_n: int = 256) -> torch.Tensor:
-    """(b, kv_heads, n) float32 label scores, summed over the query heads of each KV head."""
+def score_labels(query: torch.Tensor, labels: torch.Tensor, heavy: torch.Tensor, block_n: int = 256,
+                 dtype=torch.float32) -> torch.Tensor:
+    """(b, kv_heads, n) label scores (accumulated in float32, stored as `dtype`), summed over the query heads
+    of each KV head."""
     b, h, _ = query.shape
     _, kvh, n, r = labels.shape
-    scores = torch.empty(b, kvh, n, device=query.device, dtype=torch.float32)
+    scores = torch.empty(b, kvh, n, device=query.device, dtype=dtype)
     heavy = heavy.to(query.device, torch.int32).contiguous()
     grid = (b * kvh, triton.cdiv(n, block_n))
     _score_kernel[grid](query, labels, heavy, scores, n, query.stride(0), query.stride(1), labels.stride(0),
@@ -131,6 +133,8 @@ def sparse_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, i
 
 
 def double_sparse_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, labels: torch.Tensor,
-                         heavy: torch.Tensor, budget: int, scale: float) -> torch.Tensor:
-    """Score with labels, keep the top `budget` tokens per KV head, attend exactly over them: (b, heads, d)."""
-    return sparse_decode(query, key, value, select_top(score_labels(query, labels, heavy), budget), scale)
+                         heavy: torch.Tensor, budget: int, scale: float, score_dtype=torch.float32) -> torch.Tensor:
+    """Score with labels, keep the top `budget` tokens per KV head, attend exactly over them: (b, heads, d).
+    float16 scores halve the bytes the selection reads (ranks then tie within float16 rounding)."""
+    scores = score_labels(query, labels, heavy, dtype=score_dtype)
+    return sparse_decode(query, key, value, select_top(scores, budget), scale)
