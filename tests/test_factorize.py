@@ -30,6 +30,8 @@ def _model(family: str):
         return tf.MistralForCausalLM(tf.MistralConfig(**SMALL, sliding_window=None)).eval()
     if family == "qwen2":
         return tf.Qwen2ForCausalLM(tf.Qwen2Config(**SMALL)).eval()
+    if family == "qwen3":
+        return tf.Qwen3ForCausalLM(tf.Qwen3Config(**SMALL, head_dim=16)).eval()
     if family == "gemma":
         return tf.GemmaForCausalLM(tf.GemmaConfig(**SMALL, head_dim=16)).eval()
     if family == "gemma3":
@@ -42,8 +44,12 @@ IDS = torch.randint(0, 320, (2, 24), generator=torch.Generator().manual_seed(1))
 CALIBRATION = torch.randint(0, 320, (4, 32), generator=torch.Generator().manual_seed(2))
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma", "gemma3"])
-@pytest.mark.parametrize("split", ["contiguous", "random", "cluster", "coactivation"])
+SPLITS = ["contiguous", "random", "cluster", "coactivation"]
+CASES = [("llama", s) for s in SPLITS] + [("gemma3", s) for s in SPLITS] + [
+    ("mistral", "cluster"), ("qwen2", "random"), ("qwen3", "coactivation"), ("gemma", "contiguous")]
+
+
+@pytest.mark.parametrize("family, split", CASES)
 def test_every_expert_with_a_zero_router_is_the_dense_model(family, split):
     model = _model(family)
     with torch.no_grad():
@@ -178,17 +184,18 @@ def test_coactivation_marks_the_top_q_neurons_of_every_token():
     assert torch.equal(groups.flatten().sort().values, torch.arange(40))
 
 
-def test_mixtral_export_reloads_with_stock_transformers_and_matches(tmp_path):
+@pytest.mark.parametrize("family, target", [("llama", "MixtralForCausalLM"), ("qwen2", "Qwen2MoeForCausalLM"),
+                                            ("qwen3", "Qwen3MoeForCausalLM")])
+def test_stock_moe_export_reloads_with_stock_transformers_and_matches(family, target, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from compress.factorize.export import save_moe
 
-    model = _model("llama")
+    model = _model(family)
     factorize_model(model, FactorizeConfig(experts=4, top_k=2, split="cluster", steps=20), CALIBRATION)
     save_moe(model, None, tmp_path / "moe", {"note": "test"})
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "moe", dtype=torch.float32)
-    assert type(loaded).__name__ == "MixtralForCausalLM"
-    assert loaded.config.num_local_experts == 4 and loaded.config.num_experts_per_tok == 2
+    assert type(loaded).__name__ == target and loaded.config.num_experts_per_tok == 2
     assert any(m.router.weight.abs().sum() > 0 for m in factorized_mlps(model).values())
     with torch.no_grad():
         torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits, atol=1e-5, rtol=0)
