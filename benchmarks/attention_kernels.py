@@ -34,11 +34,13 @@ def main() -> None:
         for name, (heads, kv_heads, head_dim) in SHAPES.items():
             for batch in ([1] if args.tiny else [1, 16]):
                 for context, budget in ((777, 48), (4129, 4129 // 16), (300, 512)):
-                    seed += 1
-                    row = {"shape": name, **check_decode(batch, heads, kv_heads, context, head_dim, head_dim // 16,
-                                                         budget, getattr(torch, dtype), seed)}
-                    checks.append(row)
-                    print(json.dumps(row), flush=True)
+                    for selection in ("radix", "topk"):
+                        seed += 1
+                        row = {"shape": name, **check_decode(batch, heads, kv_heads, context, head_dim,
+                                                             head_dim // 16, budget, getattr(torch, dtype), seed,
+                                                             selection=selection)}
+                        checks.append(row)
+                        print(json.dumps(row), flush=True)
     show = lambda row: print(json.dumps(row), flush=True)  # noqa: E731
     rows = bench_attention(args.contexts, args.batches, list(SHAPES), args.dtypes[:1], on_row=show)
     if not args.tiny:
@@ -46,12 +48,12 @@ def main() -> None:
     result = {"meta": run_meta, "device": torch.cuda.get_device_name(), "checks": checks, "rows": rows}
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
-    print(f"{'shape':<13}{'dtype':<9}{'B':>3}{'context':>8}{'dense ms':>10}{'sparse ms':>10}{'score':>8}{'select':>8}"
-          f"{'attend':>8}{'speedup':>9}{'limit':>7}{'share':>7}")
+    print(f"{'shape':<13}{'dtype':<9}{'B':>3}{'context':>8}{'dense':>9}{'sparse':>9}{'score':>8}{'select':>8}"
+          f"{'attend':>8}{'topk':>8}{'topk16':>8}{'speedup':>8}{'limit':>7}{'share':>6}")
     for r in rows:
-        print(f"{r['shape']:<13}{r['dtype']:<9}{r['batch']:>3}{r['context']:>8}{r['dense_ms']:>10.4f}{r['sparse_ms']:>10.4f}"
-              f"{r['score_ms']:>8.4f}{r['select_ms']:>8.4f}{r['attend_ms']:>8.4f}{r['speedup']:>9.2f}"
-              f"{r['bytes_limit_speedup']:>7.2f}{r['share_of_limit']:>7.2f}")
+        print(f"{r['shape']:<13}{r['dtype']:<9}{r['batch']:>3}{r['context']:>8}{r['dense_ms']:>9.4f}{r['sparse_ms']:>9.4f}"
+              f"{r['score_ms']:>8.4f}{r['select_ms']:>8.4f}{r['attend_ms']:>8.4f}{r['sparse_topk_ms']:>8.4f}"
+              f"{r['sparse_topk_half_ms']:>8.4f}{r['speedup']:>8.2f}{r['bytes_limit_speedup']:>7.2f}{r['share_of_limit']:>6.2f}")
     bad = [c for c in checks if not (c["finite"] and c["selected_unique"] and c["selected_within_tolerance"]
                                      and c["output_error"] < 2e-2 and c["score_error"] < 1e-3)]
     print(f"checks: {len(checks) - len(bad)} of {len(checks)} passed")

@@ -54,8 +54,20 @@ def _reference(query, key, value, heavy, budget: int, scale: float):
     return scores, attend
 
 
+def _select(query, labels, heavy, budget: int, selection: str):
+    from compress.attention import decode, select
+
+    b, kvh, n = labels.shape[:3]
+    if selection == "radix" and n > budget:
+        histogram = torch.zeros(b * kvh, select.BINS, device=query.device, dtype=torch.int32)
+        scores = decode.score_labels(query, labels, heavy, 1024, torch.float16, histogram)
+        return scores, select.radix_top(scores, histogram, budget)
+    scores = decode.score_labels(query, labels, heavy, dtype=torch.float32 if selection == "topk" else torch.float16)
+    return scores, decode.select_top(scores, budget)
+
+
 def check_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: int, channels: int, budget: int,
-                 dtype, seed: int = 0, device: str = "cuda") -> dict:
+                 dtype, seed: int = 0, device: str = "cuda", selection: str = "radix") -> dict:
     """Kernels vs reference: label scores, the selected set (equal to the reference's top-T up to near-ties at
     the boundary), the output vs attention over that set, and vs over the reference's own set."""
     from compress.attention import decode
@@ -64,8 +76,7 @@ def check_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: 
                                                     device, seed)
     scale = head_dim ** -0.5
     labels = decode.label_cache(key, heavy)
-    scores = decode.score_labels(query, labels, heavy)
-    index = decode.select_top(scores, budget)
+    scores, index = _select(query, labels, heavy, budget, selection)
     out = decode.sparse_decode(query, key, value, index, scale)
     ref_scores, attend = _reference(query, key, value, heavy, budget, scale)
     kept = min(budget, context)
@@ -82,8 +93,8 @@ def check_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: 
         return float((a.float() - b).norm() / b.norm())
 
     return {"batch": batch, "heads": heads, "kv_heads": kv_heads, "context": context, "budget": budget,
-            "dtype": str(dtype).replace("torch.", ""),
-            "score_error": float((scores - ref_scores).abs().max() / ref_scores.abs().max()),
+            "dtype": str(dtype).replace("torch.", ""), "selection": selection,
+            "score_error": float((scores.float() - ref_scores).abs().max() / ref_scores.abs().max()),
             "selected_unique": bool((index.sort(-1).values.diff(dim=-1) > 0).all()) if kept > 1 else True,
             "selected_within_tolerance": bool((picked >= threshold - tolerance).all()),
             "rows_with_set_equal_reference": float(same_set.all(-1).float().mean()),
@@ -124,26 +135,34 @@ def time_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: i
 
     query, key, value, heavy = random_decode_inputs(batch, heads, kv_heads, context, head_dim, channels, dtype)
     scale = head_dim ** -0.5
+    from compress.attention import select
+
     labels = decode.label_cache(key, heavy)
-    scores = decode.score_labels(query, labels, heavy)
-    index = decode.select_top(scores, budget)
+    scores, index = _select(query, labels, heavy, budget, "radix")
+    scores32 = scores.float()
+    rows = batch * kv_heads
+    histogram = torch.zeros(rows, select.BINS, device=key.device, dtype=torch.int32)
+    decode.score_labels(query, labels, heavy, 1024, torch.float16, histogram)
+
+    def sparse(selection):
+        return lambda: decode.double_sparse_decode(query, key, value, labels, heavy, budget, scale, selection)
+
     dense_ms = _graph_time(lambda: dense_decode(query, key, value, scale))
-    sparse_ms = _graph_time(lambda: decode.double_sparse_decode(query, key, value, labels, heavy, budget, scale))
-    half = scores.half()
-    parts = {"score_ms": _graph_time(lambda: decode.score_labels(query, labels, heavy)),
-             "select_ms": _graph_time(lambda: decode.select_top(scores, budget)),
+    sparse_ms = _graph_time(sparse("radix"))
+    parts = {"score_ms": _graph_time(lambda: decode.score_labels(
+                 query, labels, heavy, 1024, torch.float16, torch.zeros_like(histogram))),
+             "select_ms": _graph_time(lambda: select.radix_top(scores, histogram, budget)),
              "attend_ms": _graph_time(lambda: decode.sparse_decode(query, key, value, index, scale)),
-             # variants: a larger scoring block, float16 scores (half the selection's reads)
-             "score_block1024_ms": _graph_time(lambda: decode.score_labels(query, labels, heavy, 1024)),
-             "select_half_ms": _graph_time(lambda: decode.select_top(half, budget)),
-             "sparse_half_scores_ms": _graph_time(lambda: decode.double_sparse_decode(
-                 query, key, value, labels, heavy, budget, scale, torch.float16))}
+             # the first version: float32 scores and torch.topk (and the same over float16 scores)
+             "sparse_topk_ms": _graph_time(sparse("topk")),
+             "sparse_topk_half_ms": _graph_time(sparse("topk-half")),
+             "select_topk_ms": _graph_time(lambda: decode.select_top(scores32, budget))}
     element = key.element_size()
     kv_bytes = 2 * batch * kv_heads * context * head_dim * element
     sparse_bytes = batch * kv_heads * (context * channels + 2 * min(budget, context) * head_dim) * element
     limit = kv_bytes / sparse_bytes
     speedup = dense_ms / sparse_ms
-    del query, key, value, labels, scores, index, half
+    del query, key, value, labels, scores, scores32, index
     torch.cuda.empty_cache()
     return {"batch": batch, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "context": context,
             "channels": channels, "budget": budget, "dtype": str(dtype).replace("torch.", ""),

@@ -4,7 +4,8 @@
                  in the cache's dtype (16-bit labels); built as keys are appended, not timed here
   score_labels   approximate logits of every cached token: the query heads of a KV head share its channel
                  set, so their label scores sum to one dot product with the summed query labels
-  select_top     the T best tokens per (sequence, KV head): torch.topk (a token count ≤ T keeps them all)
+  select_top     the T best tokens per (sequence, KV head): torch.topk (a token count ≤ T keeps them all),
+                 or radix_top (compress.attention.select) fed by a histogram the scoring kernel counts
   sparse_decode  exact softmax attention over the selected tokens, split over chunks of the selection
                  (every query head of a KV head in one program, so each K/V row is read once), then merged
 `double_sparse_decode` runs all three. Shapes: query (b, heads, d); key/value (b, kv_heads, n, d).
@@ -14,6 +15,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from compress.attention.select import BINS, order_key, radix_top
 
 __all__ = ["label_cache", "score_labels", "select_top", "sparse_decode", "double_sparse_decode"]
 
@@ -26,9 +29,9 @@ def label_cache(key: torch.Tensor, heavy: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _score_kernel(Q, LAB, HEAVY, S, N, stride_qb, stride_qh, stride_lb, stride_lh, stride_ln, stride_sb, stride_sh,
-                  KVH: tl.constexpr, GROUP: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr,
-                  BLOCK_N: tl.constexpr):
+def _score_kernel(Q, LAB, HEAVY, S, HIST, N, stride_qb, stride_qh, stride_lb, stride_lh, stride_ln, stride_sb,
+                  stride_sh, KVH: tl.constexpr, GROUP: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr,
+                  BLOCK_N: tl.constexpr, COUNT_HIGH: tl.constexpr, BINS: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // KVH
     kv = pid % KVH
@@ -42,21 +45,28 @@ def _score_kernel(Q, LAB, HEAVY, S, N, stride_qb, stride_qh, stride_lb, stride_l
     n_ok = n < N
     labels = tl.load(LAB + b * stride_lb + kv * stride_lh + n[:, None] * stride_ln + r[None, :],
                      mask=n_ok[:, None] & r_ok[None, :], other=0.0).to(tl.float32)
-    tl.store(S + b * stride_sb + kv * stride_sh + n, tl.sum(labels * q[None, :], axis=1), mask=n_ok)
+    score = tl.sum(labels * q[None, :], axis=1)
+    tl.store(S + b * stride_sb + kv * stride_sh + n, score, mask=n_ok)
+    if COUNT_HIGH:  # the radix select's first digit, counted while the scores are in registers
+        digit = tl.where(n_ok, order_key(score) >> 8, BINS - 1)
+        tl.atomic_add(HIST + pid * BINS + tl.arange(0, BINS), tl.histogram(digit, BINS))
 
 
 def score_labels(query: torch.Tensor, labels: torch.Tensor, heavy: torch.Tensor, block_n: int = 256,
-                 dtype=torch.float32) -> torch.Tensor:
+                 dtype=torch.float32, histogram: torch.Tensor | None = None) -> torch.Tensor:
     """(b, kv_heads, n) label scores (accumulated in float32, stored as `dtype`), summed over the query heads
-    of each KV head."""
+    of each KV head. `histogram` (rows × BINS int32, zeroed): also count the high bytes of the scores'
+    float16 keys for compress.attention.select.radix_top."""
     b, h, _ = query.shape
     _, kvh, n, r = labels.shape
     scores = torch.empty(b, kvh, n, device=query.device, dtype=dtype)
     heavy = heavy.to(query.device, torch.int32).contiguous()
     grid = (b * kvh, triton.cdiv(n, block_n))
-    _score_kernel[grid](query, labels, heavy, scores, n, query.stride(0), query.stride(1), labels.stride(0),
-                        labels.stride(1), labels.stride(2), scores.stride(0), scores.stride(1),
-                        KVH=kvh, GROUP=h // kvh, R=r, R_PAD=max(triton.next_power_of_2(r), 2), BLOCK_N=block_n)
+    _score_kernel[grid](query, labels, heavy, scores, scores if histogram is None else histogram, n,
+                        query.stride(0), query.stride(1), labels.stride(0), labels.stride(1), labels.stride(2),
+                        scores.stride(0), scores.stride(1), KVH=kvh, GROUP=h // kvh, R=r,
+                        R_PAD=max(triton.next_power_of_2(r), 2), BLOCK_N=block_n, COUNT_HIGH=histogram is not None,
+                        BINS=BINS)
     return scores
 
 
@@ -133,8 +143,16 @@ def sparse_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, i
 
 
 def double_sparse_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, labels: torch.Tensor,
-                         heavy: torch.Tensor, budget: int, scale: float, score_dtype=torch.float32) -> torch.Tensor:
+                         heavy: torch.Tensor, budget: int, scale: float, selection: str = "radix") -> torch.Tensor:
     """Score with labels, keep the top `budget` tokens per KV head, attend exactly over them: (b, heads, d).
-    float16 scores halve the bytes the selection reads (ranks then tie within float16 rounding)."""
-    scores = score_labels(query, labels, heavy, dtype=score_dtype)
-    return sparse_decode(query, key, value, select_top(scores, budget), scale)
+    selection: radix (float16 scores, compress.attention.select) | topk (float32 scores, torch.topk) |
+    topk-half (float16 scores, torch.topk). Float16 scores may tie where float32 ones would not."""
+    b, kvh, n = key.shape[0], key.shape[1], key.shape[2]
+    if selection == "radix" and n > budget:
+        histogram = torch.zeros(b * kvh, BINS, device=query.device, dtype=torch.int32)
+        scores = score_labels(query, labels, heavy, 1024, torch.float16, histogram)
+        index = radix_top(scores, histogram, budget)
+    else:
+        scores = score_labels(query, labels, heavy, dtype=torch.float32 if selection == "topk" else torch.float16)
+        index = select_top(scores, budget)
+    return sparse_decode(query, key, value, index, scale)
