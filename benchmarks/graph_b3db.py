@@ -33,6 +33,8 @@ def reference_model(args, seed: int, log) -> Path:
 
     Path(args.refs).mkdir(parents=True, exist_ok=True)
     path = Path(args.refs) / f"seed{seed}"
+    while args.wait and not (path / CONFIG_FILE).is_file():  # another process (--phase train) is training it
+        time.sleep(20)
     if not (path / CONFIG_FILE).is_file():
         log(f"training reference seed {seed}")
         shape = ModelShape(channels=args.channels, layers=args.layers, heads=args.heads, pe_dim=args.channels // 4)
@@ -182,6 +184,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (the machine is shared)")
     parser.add_argument("--calibration-graphs", type=int, default=256)
     parser.add_argument("--draws", type=int, default=1000, help="bootstrap draws")
+    parser.add_argument("--wait", action="store_true", help="wait for references that a --phase train run writes")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
