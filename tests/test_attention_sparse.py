@@ -209,3 +209,23 @@ def test_label_quantisation_levels_and_error(bits):
     assert ((q - labels).abs() <= step / 2 + 1e-6).all()
     assert all(len(set(row.tolist())) <= 2 ** bits for row in ((q - low) / step).round())
     torch.testing.assert_close(q.min(-1).values, labels.min(-1).values)
+
+
+def test_eval_double_sparsity_reports_dense_and_sparse(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "m")
+    text = tmp_path / "t.txt"
+    text.write_text("It is a truth universally acknowledged, that a single man in possession. " * 120)
+    channels = tmp_path / "ch.json"
+    assert invoke("attention", "calibrate", model_dir, "--out", channels, "--text", text, "--nsamples", 2,
+                  "--seqlen", 32, "--device", "cpu", "-q").exit_code == 0
+    base = ["eval", model_dir, "--text", text, "--context", 64, "--max-tokens", 256, "--device", "cpu", "--json"]
+    plain = json.loads(invoke(*base).stdout)["results"][0]
+    result = invoke(*base, "--double-sparsity", channels, "--channels", "1/4", "--tokens", "1/8", "--dense-layers", 1)
+    assert result.exit_code == 0, result.output
+    dense, sparse = json.loads(result.stdout)["results"]
+    assert dense["perplexity"] == pytest.approx(plain["perplexity"], rel=1e-6)
+    assert sparse["budget"] == 8 and sparse["channels"] == 4  # 1/8 of the 64-token window; 1/4 of head_dim 16
+    assert 0 < sparse["kept_share"] < 1 and sparse["perplexity"] != dense["perplexity"]
+    adaptive = json.loads(invoke(*base, "--double-sparsity", channels, "--tokens", "top-p:0.5",
+                               "--dense-layers", 1).stdout)["results"][1]
+    assert adaptive["top_p"] == 0.5 and 0 < adaptive["kept_share"] < 1

@@ -41,8 +41,9 @@ class SparseAttention:
 
     def summary(self) -> dict:
         return {"budget": self.budget, "top_p": self.top_p, "channels": None if self.heavy[-1] is None
-                else int(self.heavy[-1].shape[-1]), "kept_per_query": self.kept / max(self.rows, 1),
-                "kept_share": self.kept / max(self.allowed, 1.0)}
+                else int(self.heavy[-1].shape[-1]),  # None below: no sparse layer ran
+                "kept_per_query": self.kept / self.rows if self.rows else None,
+                "kept_share": self.kept / self.allowed if self.rows else None}
 
     def attend(self, module, query, key, value, mask, scaling: float, softcap=None) -> torch.Tensor:
         """(batch, queries, heads, head_dim): sparse attention of one layer, in chunks of queries."""

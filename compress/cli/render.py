@@ -56,10 +56,14 @@ def print_run_report(report) -> None:
 def print_compare_report(report) -> None:
     table = Table(title=Text(f"perplexity on {report.source}"))
     speed = any("tokens_per_second" in row for row in report.results)
-    for column in ("model", "perplexity", "tokens", "context", "seconds") + (("tokens/s",) if speed else ()):
+    kept = any("kept_share" in row for row in report.results)  # Double Sparsity: past tokens read
+    for column in ("model", "perplexity", "tokens", "context", "seconds") + (("tokens/s",) if speed else ()) \
+            + (("past tokens read",) if kept else ()):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in report.results:
         cells = [Text(row["model"]), f"{row['perplexity']:.3f}", str(row["tokens"]), str(row["context"]),
                  f"{row['seconds']:.1f}"]
-        table.add_row(*cells, *([f"{row.get('tokens_per_second', 0):,.0f}"] if speed else []))
+        read = (f"{100 * row['kept_share']:.1f}% ({row['kept_per_query']:.0f} a query)"
+                if row.get("kept_share") is not None else "all")
+        table.add_row(*cells, *([f"{row.get('tokens_per_second', 0):,.0f}"] if speed else []), *([read] if kept else []))
     out.print(table)
