@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="b3db")
     parser.add_argument("--phase", choices=["train", "all"], default="all")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (the machine is shared)")
-    parser.add_argument("--calibration-graphs", type=int, default=256)
+    parser.add_argument("--calibration-graphs", type=int, default=1024)
     parser.add_argument("--draws", type=int, default=1000, help="bootstrap draws")
     parser.add_argument("--wait", action="store_true", help="wait for references that a --phase train run writes")
     parser.add_argument("--tiny", action="store_true")

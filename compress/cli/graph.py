@@ -93,7 +93,7 @@ def prune(
     random: bool = typer.Option(False, "--random", help="Choose at random (the baseline) instead of by importance."),
     seed: int = typer.Option(0, help="Seed of the random choices and the fine-tune."),
     data: Optional[str] = typer.Option(None, help=DATA_HELP + " Default: the data the model was trained on."),
-    calibration_graphs: int = typer.Option(256, help="Training graphs used to score importance."),
+    calibration_graphs: int = typer.Option(1024, help="Training graphs used to score importance and re-estimate the norms."),
     finetune_epochs: int = typer.Option(0, help="Recovery fine-tune epochs (at most 10% of the reference's)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     out_dir: Optional[str] = typer.Option(None, "--out", help="Write the pruned checkpoint here."),

@@ -24,7 +24,7 @@ def measure(model, batch_list: list) -> dict:
     return {**evaluate(model, batch_list), **count_flops(model, batch_list)}
 
 
-def prune_checkpoint(checkpoint: str, spec, data: str | None = None, calibration_graphs: int = 256,
+def prune_checkpoint(checkpoint: str, spec, data: str | None = None, calibration_graphs: int = 1024,
                      finetune_epochs: int = 0, finetune_lr: float = 3e-4, out: str | None = None, force: bool = False,
                      device: str = "auto", log=None, command: str = "") -> dict:
     """Prune the model at `checkpoint` with `spec` (a GraphPruneSpec); calibration graphs are the first
