@@ -44,6 +44,10 @@ def print_run_report(report) -> None:
     for stage in report.stages:
         if stage.kind == "prune":
             _prune_table(report.model, stage)
+        elif stage.kind == "factorize":
+            from compress.cli.factorize import print_factorize_table
+
+            print_factorize_table(report.model, stage)
         elif stage.kind == "eval":
             out.print(_eval_line(stage))
         elif stage.kind == "export":
