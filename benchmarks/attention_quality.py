@@ -22,11 +22,14 @@ from _tiny import tiny_model
 
 
 def grid(fraction: str) -> list[dict]:
-    """The rows measured at one context: (channels, tokens) budgets, modes, label bits, oracle, sink+recent."""
+    """The rows measured at one context: (channels, tokens) budgets, modes, label bits, per-head channel sets,
+    a recent window inside T, the oracle and sink+recent at the same T."""
     rows = [dict(mode="qk", channels=f, tokens=f) for f in ("1/8", "1/16", "1/32")]
     rows += [dict(mode="qk", channels=fraction, tokens="top-p:0.95"),
              dict(mode="q", channels=fraction, tokens=fraction), dict(mode="k", channels=fraction, tokens=fraction),
              dict(mode="qk", channels=fraction, tokens=fraction, label_bits=16),
+             dict(mode="qk", channels=fraction, tokens=fraction, per_kv_head=False),
+             dict(mode="qk", channels=fraction, tokens=fraction, sink=4, recent=16),
              dict(mode="qk", channels="1", tokens=fraction, selection="oracle"),
              dict(mode="qk", channels="1", tokens=fraction, selection="sink+recent")]
     return rows
@@ -38,7 +41,8 @@ def settings_for(row: dict, files: dict, context: int, dense_layers: int = 2):
     from compress.attention.config import DoubleSparsity
 
     values = dict(channel_file=files[row["mode"]], channels=row["channels"], tokens=row["tokens"],
-                  label_bits=row.get("label_bits", 4), dense_layers=dense_layers)
+                  label_bits=row.get("label_bits", 4), dense_layers=dense_layers, sink=row.get("sink", 0),
+                  recent=row.get("recent", 0), per_kv_head=row.get("per_kv_head", True))
     if row.get("selection") == "sink+recent":  # the same T, all of it sink (4) and the most recent tokens
         budget = max(1, round(Fraction(row["tokens"]) * context))
         values.update(tokens=str(budget), sink=4, recent=budget - 4)
@@ -56,14 +60,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--context", type=int, default=2048, help="context of the full grid")
-    parser.add_argument("--windows", type=int, default=2)
-    parser.add_argument("--long-context", type=int, default=4096, help="dense, qk 1/16 and oracle only")
+    parser.add_argument("--windows", type=int, default=1)
+    parser.add_argument("--long-context", type=int, default=4096, help="dense and qk 1/16 (plain, and with a recent window)")
     parser.add_argument("--calib-nsamples", type=int, default=4)
     parser.add_argument("--calib-seqlen", type=int, default=2048)
     parser.add_argument("--prompts", type=int, default=2, help="greedy agreement prompts (of --context tokens)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--passkey", type=int, nargs="*", default=[4096])
-    parser.add_argument("--passkey-trials", type=int, default=5)
+    parser.add_argument("--passkey-trials", type=int, default=4)
     parser.add_argument("--dense-layers", type=int, default=2)
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
@@ -97,7 +101,9 @@ def main() -> None:
             oracle = row is not None and row.get("selection") == "oracle"
             result = sparse_perplexity(model, span, context, "cpu", settings, bos_id, oracle)
             asked = {} if row is None else {"mode": row["mode"], "channels_asked": row["channels"],
-                                            "tokens_asked": row["tokens"], "label_bits": row.get("label_bits", 4)}
+                                            "tokens_asked": row["tokens"], "label_bits": row.get("label_bits", 4),
+                                            "sink": settings.sink, "recent": settings.recent,
+                                            "per_kv_head": settings.per_kv_head}
             entry = {"context": context, "windows": windows, "selection": "dense" if row is None else
                      row.get("selection", "labels"), **asked, **result}
             rows.append(entry)
@@ -108,15 +114,18 @@ def main() -> None:
             measure(args.context, args.windows, row)
         measure(args.long_context, 1, None)
         for row in (dict(mode="qk", channels="1/16", tokens="1/16"),
-                    dict(mode="qk", channels="1", tokens="1/16", selection="oracle")):
+                    dict(mode="qk", channels="1/16", tokens="1/16", sink=4, recent=16)):
             measure(args.long_context, 1, row)
 
         qk = settings_for(dict(mode="qk", channels="1/16", tokens="1/16"), files, 0, args.dense_layers)
+        recent = qk.model_copy(update={"sink": 4, "recent": 16})
         agreement = []
         for p in range(args.prompts):
             prompt = ids[p * args.context: (p + 1) * args.context]
-            agreement.append({"prompt_tokens": args.context, **greedy_agreement(model, prompt, args.new_tokens, qk)})
-            print(agreement[-1], flush=True)
+            for settings in (qk, recent):
+                agreement.append({"prompt_tokens": args.context, "sink": settings.sink, "recent": settings.recent,
+                                  **greedy_agreement(model, prompt, args.new_tokens, settings)})
+                print(agreement[-1], flush=True)
         passkey = []
         for length in args.passkey:
             passkey.append(passkey_accuracy(model, tokenizer, length, args.passkey_trials, qk))
