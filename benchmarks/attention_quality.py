@@ -21,7 +21,7 @@ from _meta import meta
 from _tiny import tiny_model
 
 
-def grid(fraction: str) -> list[dict]:
+def grid(fraction: str, sink: int = 4, recent: int = 16) -> list[dict]:
     """The rows measured at one context: (channels, tokens) budgets, modes, label bits, per-head channel sets,
     a recent window inside T, the oracle and sink+recent at the same T."""
     rows = [dict(mode="qk", channels=f, tokens=f) for f in ("1/8", "1/16", "1/32")]
@@ -29,7 +29,7 @@ def grid(fraction: str) -> list[dict]:
              dict(mode="q", channels=fraction, tokens=fraction), dict(mode="k", channels=fraction, tokens=fraction),
              dict(mode="qk", channels=fraction, tokens=fraction, label_bits=16),
              dict(mode="qk", channels=fraction, tokens=fraction, per_kv_head=False),
-             dict(mode="qk", channels=fraction, tokens=fraction, sink=4, recent=16),
+             dict(mode="qk", channels=fraction, tokens=fraction, sink=sink, recent=recent),
              dict(mode="qk", channels="1", tokens=fraction, selection="oracle"),
              dict(mode="qk", channels="1", tokens=fraction, selection="sink+recent")]
     return rows
@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--passkey", type=int, nargs="*", default=[4096])
     parser.add_argument("--passkey-trials", type=int, default=4)
     parser.add_argument("--dense-layers", type=int, default=2)
+    parser.add_argument("--sink", type=int, default=4, help="for the rows with a sink/recent window inside T")
+    parser.add_argument("--recent", type=int, default=16)
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
     run_meta = meta()
@@ -80,7 +82,7 @@ def main() -> None:
             source = TextSource(path=text)
             args.context, args.windows, args.long_context, args.calib_nsamples, args.calib_seqlen = 64, 1, 128, 2, 64
             args.prompts, args.new_tokens, args.passkey, args.passkey_trials = 1, 8, [96], 1
-            args.dense_layers = 1  # the tiny model has two layers
+            args.dense_layers, args.sink, args.recent = 1, 1, 2  # the tiny model has two layers; T is 4
         model, tokenizer, name = load_model(model_dir, "float32", "cpu")
         files, calibration = {}, {}
         for mode in ("qk", "q", "k"):
@@ -110,15 +112,15 @@ def main() -> None:
             print(json.dumps(entry), flush=True)
 
         measure(args.context, args.windows, None)
-        for row in grid("1/16"):
+        for row in grid("1/16", args.sink, args.recent):
             measure(args.context, args.windows, row)
         measure(args.long_context, 1, None)
         for row in (dict(mode="qk", channels="1/16", tokens="1/16"),
-                    dict(mode="qk", channels="1/16", tokens="1/16", sink=4, recent=16)):
+                    dict(mode="qk", channels="1/16", tokens="1/16", sink=args.sink, recent=args.recent)):
             measure(args.long_context, 1, row)
 
         qk = settings_for(dict(mode="qk", channels="1/16", tokens="1/16"), files, 0, args.dense_layers)
-        recent = qk.model_copy(update={"sink": 4, "recent": 16})
+        recent = qk.model_copy(update={"sink": args.sink, "recent": args.recent})
         agreement = []
         for p in range(args.prompts):
             prompt = ids[p * args.context: (p + 1) * args.context]
