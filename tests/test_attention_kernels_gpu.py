@@ -1,4 +1,6 @@
 """Double Sparsity decode kernels on a GPU against the PyTorch reference (fresh random inputs per case)."""
+import zlib
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ TOLERANCE = {torch.float16: 3e-3, torch.bfloat16: 2e-2}
 def test_kernels_match_reference(selection, dtype, heads, kv_heads, batch, context, budget):
     from compress.attention.bench import check_decode
 
-    seed = hash((heads, kv_heads, batch, context, str(dtype), selection)) % 10_000
+    seed = zlib.crc32(repr((heads, kv_heads, batch, context, str(dtype), selection)).encode()) % 10_000
     row = check_decode(batch, heads, kv_heads, context, 128, 8, budget, dtype, seed, selection=selection)
     assert row["finite"] and row["selected_unique"]
     # radix selects on float16 scores: their rounding (≤ 1e-3 of the largest) may reorder near-ties
