@@ -153,6 +153,7 @@ def time_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: i
                  query, labels, heavy, 1024, torch.float16, torch.zeros_like(histogram))),
              "select_ms": _graph_time(lambda: select.radix_top(scores, histogram, budget)),
              "attend_ms": _graph_time(lambda: decode.sparse_decode(query, key, value, index, scale)),
+             "attend_block64_ms": _graph_time(lambda: decode.sparse_decode(query, key, value, index, scale, 64)),
              # the first version: float32 scores and torch.topk (and the same over float16 scores)
              "sparse_topk_ms": _graph_time(sparse("topk")),
              "sparse_topk_half_ms": _graph_time(sparse("topk-half")),
