@@ -102,7 +102,7 @@ def check_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: 
             "finite": bool(torch.isfinite(out).all())}
 
 
-def _graph_time(fn: Callable[[], object], replays: int = 20, repeats: int = 7) -> float:
+def _graph_time(fn: Callable[[], object], replays: int = 20, repeats: int = 5) -> float:
     """Median milliseconds of one call, `fn` captured in a CUDA graph and replayed."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -135,35 +135,26 @@ def time_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: i
 
     query, key, value, heavy = random_decode_inputs(batch, heads, kv_heads, context, head_dim, channels, dtype)
     scale = head_dim ** -0.5
-    from compress.attention import select
-
     labels = decode.label_cache(key, heavy)
-    scores, index = _select(query, labels, heavy, budget, "radix")
-    scores32 = scores.float()
-    rows = batch * kv_heads
-    histogram = torch.zeros(rows, select.BINS, device=key.device, dtype=torch.int32)
-    decode.score_labels(query, labels, heavy, 1024, torch.float16, histogram)
+    scores, index = _select(query, labels, heavy, budget, "topk-half")
 
     def sparse(selection):
         return lambda: decode.double_sparse_decode(query, key, value, labels, heavy, budget, scale, selection)
 
     dense_ms = _graph_time(lambda: dense_decode(query, key, value, scale))
-    sparse_ms = _graph_time(sparse("radix"))
-    parts = {"score_ms": _graph_time(lambda: decode.score_labels(
-                 query, labels, heavy, 1024, torch.float16, torch.zeros_like(histogram))),
-             "select_ms": _graph_time(lambda: select.radix_top(scores, histogram, budget)),
+    sparse_ms = _graph_time(sparse("topk-half"))
+    parts = {"score_ms": _graph_time(lambda: decode.score_labels(query, labels, heavy, dtype=torch.float16)),
+             "select_ms": _graph_time(lambda: decode.select_top(scores, budget)),
              "attend_ms": _graph_time(lambda: decode.sparse_decode(query, key, value, index, scale)),
-             "attend_block64_ms": _graph_time(lambda: decode.sparse_decode(query, key, value, index, scale, 64)),
-             # the first version: float32 scores and torch.topk (and the same over float16 scores)
+             # the other selections: float32 scores and torch.topk; the radix select over float16 scores
              "sparse_topk_ms": _graph_time(sparse("topk")),
-             "sparse_topk_half_ms": _graph_time(sparse("topk-half")),
-             "select_topk_ms": _graph_time(lambda: decode.select_top(scores32, budget))}
+             "sparse_radix_ms": _graph_time(sparse("radix"))}
     element = key.element_size()
     kv_bytes = 2 * batch * kv_heads * context * head_dim * element
     sparse_bytes = batch * kv_heads * (context * channels + 2 * min(budget, context) * head_dim) * element
     limit = kv_bytes / sparse_bytes
     speedup = dense_ms / sparse_ms
-    del query, key, value, labels, scores, scores32, index
+    del query, key, value, labels, scores, index
     torch.cuda.empty_cache()
     return {"batch": batch, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "context": context,
             "channels": channels, "budget": budget, "dtype": str(dtype).replace("torch.", ""),
