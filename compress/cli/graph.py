@@ -92,6 +92,8 @@ def prune(
     weight_method: str = typer.Option("magnitude", help="magnitude | wanda | ria | sparsegpt."),
     random: bool = typer.Option(False, "--random", help="Choose at random (the baseline) instead of by importance."),
     seed: int = typer.Option(0, help="Seed of the random choices and the fine-tune."),
+    recalibrate: bool = typer.Option(True, "--recalibrate/--no-recalibrate",
+                                     help="Re-estimate the BatchNorm statistics on the calibration graphs after pruning."),
     data: Optional[str] = typer.Option(None, help=DATA_HELP + " Default: the data the model was trained on."),
     calibration_graphs: int = typer.Option(1024, help="Training graphs used to score importance and re-estimate the norms."),
     finetune_epochs: int = typer.Option(0, help="Recovery fine-tune epochs (at most 10% of the reference's)."),
@@ -108,7 +110,8 @@ def prune(
         from compress.graph.prune import GraphPruneSpec
 
         spec = GraphPruneSpec(tokens=tokens, heads=heads, layers=layers, weights=weights, weight_method=weight_method,
-                              weight_pattern=weight_pattern, random=random, seed=seed)
+                              weight_pattern=weight_pattern, random=random, seed=seed,
+                              recalibrate=recalibrate)
         spec.pattern  # a bad N:M pattern fails here, before anything is loaded
         report = prune_checkpoint(checkpoint, spec, data, calibration_graphs, finetune_epochs, out=out_dir,
                                   force=force, device=device, log=None if quiet else err.print, command=_command())

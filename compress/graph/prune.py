@@ -42,6 +42,7 @@ class GraphPruneSpec:
     weight_pattern: str | None = None  # N:M instead of the unstructured `weights` fraction
     random: bool = False
     seed: int = 0
+    recalibrate: bool = True  # re-estimate the BatchNorm statistics after pruning
 
     def __post_init__(self):
         for name in ("tokens", "heads", "layers", "weights"):
@@ -299,7 +300,7 @@ def prune_graph_model(model, spec: GraphPruneSpec, calibration: list):
     if spec.tokens:
         _prune_tokens(model, spec.tokens, calibration, spec.random, generator)
     masks = _prune_weights(model, spec, calibration, generator) if spec.pattern is not None else {}
-    if spec.tokens or spec.heads or spec.layers or spec.pattern is not None:
+    if spec.recalibrate and (spec.tokens or spec.heads or spec.layers or spec.pattern is not None):
         recalibrate_norms(model, calibration)
     report.update(heads=list(model.config.heads), token_keep=model.config.token_keep,
                   weight_pattern=str(spec.pattern) if spec.pattern else None,
