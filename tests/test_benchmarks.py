@@ -28,6 +28,8 @@ SCRIPTS = {
     "ties.py": ("--out", ["ties"], False),
     "tie_rules.py": ("--out", ["tie-rules"], False),
     "first_token.py": ("--out", ["first-token"], False),
+    "graph_b3db.py": ("--out", ["graph-b3db"], False),
+    "graph_gpu_time.py": ("--json", ["graph-gpu-h200"], True),
     "e2e_7b.py": ("--json", ["e2e7b-h200", "e2e7b-compile-h200"], True),
     "kernels.py": ("--json", ["kernels-h200", "kernels-ours-h200"], True),
     "cslt_transposed.py": ("--json", ["cslt-transposed-h200"], True),
