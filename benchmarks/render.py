@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import figures_factorize  # noqa: E402,F401  (registers the FactorLLM figures)
 import figures_graph  # noqa: E402,F401  (registers the graph-transformer figures)
 import figures_attention  # noqa: E402,F401  (registers the Double Sparsity figures)
 import figures_perm  # noqa: E402,F401  (registers the permutation figures)

@@ -30,6 +30,8 @@ SCRIPTS = {
     "first_token.py": ("--out", ["first-token"], False),
     "graph_b3db.py": ("--out", ["graph-b3db"], False),
     "graph_gpu_time.py": ("--json", ["graph-gpu-h200"], True),
+    "factorize.py": ("--out", ["factorize"], False),
+    "factorize_oracle.py": ("--out", ["factorize-oracle"], False),
     "e2e_7b.py": ("--json", ["e2e7b-h200", "e2e7b-compile-h200"], True),
     "kernels.py": ("--json", ["kernels-h200", "kernels-ours-h200"], True),
     "cslt_transposed.py": ("--json", ["cslt-transposed-h200"], True),
