@@ -90,3 +90,9 @@ def oracle_table() -> str:
 @figure("factorize-oracle.dense")
 def oracle_dense() -> str:
     return f2(load("factorize-oracle")["dense_ppl"])
+
+
+@figure("factorize-oracle.k3")
+def oracle_k3() -> str:
+    found = [r for r in load("factorize-oracle")["rows"] if (r["experts"], r["top_k"], r["granularity"]) == (4, 3, 1)]
+    return f"{ratio(found[0]['ppl_ratio'])} dense ({found[0]['split']} split)" if found else "not measured"
