@@ -45,7 +45,7 @@ def print_run_report(report) -> None:
         if stage.kind == "prune":
             _prune_table(report.model, stage)
         elif stage.kind == "factorize":
-            from compress.cli.factorize import print_factorize_table
+            from compress.cli.factorize_table import print_factorize_table
 
             print_factorize_table(report.model, stage)
         elif stage.kind == "eval":
