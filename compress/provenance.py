@@ -57,7 +57,15 @@ def now() -> str:
 
 
 def run_meta(command: str, dirty_paths: tuple[str, ...] = ("compress",)) -> dict:
-    """The meta block of a result file. `dirty`: the paths had uncommitted changes (None: not a checkout)."""
-    status = git("status", "--porcelain", "--", *dirty_paths)
-    return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status),
-            "command": command, "versions": versions(), "machine": machine(), "date": now()}
+    """The meta block of a result file. `dirty`: the paths had uncommitted changes (None: not a checkout).
+
+    COMPRESS_COMMIT (and COMPRESS_DIRTY=0|1) name the code where the checkout's own history is not the code
+    that runs, e.g. a copy of a working tree whose .git is older than its files."""
+    commit = os.environ.get("COMPRESS_COMMIT")
+    if commit:
+        dirty = {"0": False, "1": True}.get(os.environ.get("COMPRESS_DIRTY", ""))
+    else:
+        status = git("status", "--porcelain", "--", *dirty_paths)
+        commit, dirty = git("rev-parse", "HEAD"), None if status is None else bool(status)
+    return {"commit": commit, "dirty": dirty, "command": command, "versions": versions(), "machine": machine(),
+            "date": now()}
