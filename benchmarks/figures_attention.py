@@ -3,7 +3,63 @@ from __future__ import annotations
 
 from figures import FIGURES, figure, load, pct, table, verdict
 
+QUALITY = "attention-quality"
 KERNELS = "attention-kernels-h200"
+
+
+def _dense(context: int) -> float:
+    return next(r["perplexity"] for r in load(QUALITY)["perplexity"] if r["selection"] == "dense" and r["context"] == context)
+
+
+def _label(r: dict) -> str:
+    if r["selection"] == "oracle":
+        return "oracle: exact top-T by the true logits"
+    if r["selection"] == "sink+recent":
+        return "4 sink + most recent tokens"
+    extra = "" if r.get("per_kv_head", True) else ", a channel set per query head"
+    if r.get("sink") or r.get("recent"):
+        extra += f", {r['sink']} sink + {r['recent']} recent inside T"
+    return f"labels ({r['mode']}{extra})"
+
+
+@figure("attention-quality")
+def attention_quality() -> str:
+    body = []
+    for r in load(QUALITY)["perplexity"]:
+        dense = _dense(r["context"])
+        if r["selection"] == "dense":
+            body.append([r["context"], r["windows"], "dense", "all", "all", "—", f"{r['perplexity']:.2f}", "—", "100%"])
+            continue
+        channels = "all" if r["selection"] != "labels" else f"{r['channels_asked']} ({r['channels']})"
+        bits = "—" if r["selection"] != "labels" else r["label_bits"]
+        tokens = r["tokens_asked"] if r["selection"] != "sink+recent" else f"1/16 ({r['budget']})"
+        tokens = f"{tokens} ({r['budget']})" if r["selection"] != "sink+recent" and r["budget"] else tokens
+        body.append([r["context"], r["windows"], _label(r), channels, tokens, bits, f"{r['perplexity']:.2f}",
+                     f"{100 * (r['perplexity'] / dense - 1):+.1f}%", pct(r["kept_share"])])
+    return table(["context", "windows", "selection", "channels (count)", "tokens (T)", "label bits", "perplexity",
+                  "vs dense", "past tokens read"], body)
+
+
+def _main(context: int) -> dict:
+    return next(r for r in load(QUALITY)["perplexity"] if r["context"] == context and r["selection"] == "labels"
+                and r["mode"] == "qk" and r["channels_asked"] == "1/16" and r["tokens_asked"] == "1/16"
+                and r["label_bits"] == 4 and not r["sink"] and not r["recent"] and r["per_kv_head"])
+
+
+def _increase(context: int) -> float:
+    return _main(context)["perplexity"] / _dense(context) - 1
+
+
+FIGURES["attention.increase-1-16"] = lambda: f"{100 * _increase(load(QUALITY)['perplexity'][0]['context']):+.1f}%"
+FIGURES["attention.increase-1-16-long"] = lambda: f"{100 * _increase(max(r['context'] for r in load(QUALITY)['perplexity'])):+.1f}%"
+FIGURES["attention.target-1-16"] = lambda: ("met" if max(_increase(r["context"]) for r in load(QUALITY)["perplexity"]
+                                                          if r["selection"] == "dense") <= 0.05 else "**missed**")
+FIGURES["attention.greedy"] = lambda: "; ".join(
+    f"{'with' if r['recent'] else 'without'} the window: {pct(r['agreement'])} (common prefix {r['common_prefix']} "
+    f"of {r['new_tokens']})" for r in load(QUALITY)["greedy"]["rows"])
+FIGURES["attention.passkey"] = lambda: "; ".join(
+    f"{r['length']} tokens, {r['trials']} trials: dense {pct(r['dense'])}, sparse {pct(r['sparse'])}"
+    for r in load(QUALITY)["passkey"]["rows"])
 
 
 @figure("attention-kernels")
