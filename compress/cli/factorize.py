@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from compress.cli.common import exit_codes, out
+from compress.cli.common import exit_codes
 
 __all__ = ["factorize", "EXAMPLES"]
 
@@ -59,10 +59,6 @@ def factorize(
     from compress.cli.flags import flag_of
 
     with exit_codes(flag_of):
-        from compress.cli.flags import label_for_cli
-        from compress.cli.prune import _drop_none
-        from compress.pipeline.recipe import dump_recipe, validate_recipe
-
         stage = {"experts": experts, "top_k": top_k, "granularity": granularity, "split": split, "train": train,
                  "steps": steps, "lr": lr, "batch_tokens": batch_tokens, "par_weight": par_weight,
                  "balance_weight": balance_weight, "seed": seed, "calib_batch": calib_batch}
@@ -74,11 +70,7 @@ def factorize(
                 "calibrate": {"text": text, "dataset": dataset, "text_field": text_field, "nsamples": nsamples,
                               "seqlen": seqlen, "seed": seed, "bos": bos},
                 "stages": stages, "out": out_dir}
-        recipe = validate_recipe(_drop_none(data), label=label_for_cli)
-        if dry_run:
-            out.print(dump_recipe(recipe), end="", soft_wrap=True)
-            return
-        from compress.cli.run import execute
+        from compress.cli.run import execute_flags
 
-        execute(recipe, force, as_json, quiet)
+        execute_flags(data, dry_run, force, as_json, quiet)
 

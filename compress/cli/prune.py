@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from compress.cli.common import exit_codes, out
+from compress.cli.common import exit_codes
 
 __all__ = ["prune"]
 
@@ -73,9 +73,6 @@ def prune(
     from compress.cli.flags import flag_of
 
     with exit_codes(flag_of):
-        from compress.cli.flags import label_for_cli
-        from compress.pipeline.recipe import dump_recipe, validate_recipe
-
         _refuse_what_does_not_apply(ctx, method, permute, eval, out_dir)
 
         stage = {"method": method, "targets": targets, "ignore": ignore, "blocksize": blocksize, "damp": damp,
@@ -96,13 +93,9 @@ def prune(
                 "calibrate": {"text": text, "dataset": dataset, "text_field": text_field, "nsamples": nsamples,
                               "seqlen": seqlen, "seed": seed, "bos": bos},
                 "stages": stages, "out": out_dir}
-        recipe = validate_recipe(_drop_none(data), label=label_for_cli)
-        if dry_run:
-            out.print(dump_recipe(recipe), end="", soft_wrap=True)
-            return
-        from compress.cli.run import execute
+        from compress.cli.run import execute_flags
 
-        execute(recipe, force, as_json, quiet)
+        execute_flags(data, dry_run, force, as_json, quiet)
 
 
 def _given(ctx: typer.Context) -> set[str]:
@@ -128,11 +121,3 @@ def _refuse_what_does_not_apply(ctx, method: str, permute: str, evaluate: bool, 
         for name in names:
             if ignored and name in given:
                 raise BadInput(f"--{name.replace('_', '-')} does not apply: {why}")
-
-
-def _drop_none(data):
-    if isinstance(data, dict):
-        return {k: _drop_none(v) for k, v in data.items() if v is not None}
-    if isinstance(data, list):
-        return [_drop_none(v) for v in data]
-    return data

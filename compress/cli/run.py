@@ -38,17 +38,38 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     with exit_codes():
-        from compress.pipeline.recipe import dump_recipe
         from compress.pipeline.recipe_file import read_recipe
 
         resolved = read_recipe(recipe, list(sets or []), model, out_dir)
-        if dry_run:
-            out.print(dump_recipe(resolved), end="", soft_wrap=True)
-            return
-        execute(resolved, force, as_json, quiet)
+        show_or_execute(resolved, dry_run, force, as_json, quiet)
 
 
 run.__doc__ = HELP
+
+
+def execute_flags(data: dict, dry_run: bool, force: bool, as_json: bool, quiet: bool) -> None:
+    """A command's flags as recipe data (None = not given): validate, then print it or run it."""
+    from compress.cli.flags import label_for_cli
+    from compress.pipeline.recipe import validate_recipe
+
+    show_or_execute(validate_recipe(_drop_none(data), label=label_for_cli), dry_run, force, as_json, quiet)
+
+
+def show_or_execute(recipe, dry_run: bool, force: bool, as_json: bool, quiet: bool) -> None:
+    if dry_run:
+        from compress.pipeline.recipe import dump_recipe
+
+        out.print(dump_recipe(recipe), end="", soft_wrap=True)
+        return
+    execute(recipe, force, as_json, quiet)
+
+
+def _drop_none(data):
+    if isinstance(data, dict):
+        return {k: _drop_none(v) for k, v in data.items() if v is not None}
+    if isinstance(data, list):
+        return [_drop_none(v) for v in data]
+    return data
 
 
 def execute(recipe, force: bool, as_json: bool, quiet: bool) -> None:
