@@ -77,24 +77,32 @@ def _kernel_rows(model, ids, context: int, device: str, source: str, bos_id, all
 
 
 def compare_models(config: CompareConfig, progress: Progress | None = None) -> CompareReport:
+    from compress.evaluate import perplexity
+
+    def measure(loaded, ids, bos_id) -> list[dict]:
+        if config.kernels:
+            return _kernel_rows(loaded.model, ids, config.context, loaded.device, loaded.source, bos_id,
+                                config.allow_fallback)
+        return [{"model": loaded.source, **perplexity(loaded.model, ids, config.context, loaded.device,
+                                                      bos_id=bos_id).to_dict()}]
+
+    return measure_each_model(config, measure, progress)
+
+
+def measure_each_model(config, measure, progress: Progress | None = None, what: str = "") -> CompareReport:
+    """Load each of config.models in turn (one in memory at a time), and report measure(loaded, ids, bos_id)'s
+    rows over the same held-out tokens."""
     from compress.calibrate.data import evaluation_tokens, window_bos
     from compress.defaults.assets import EVALUATION_NOVEL
-    from compress.evaluate import perplexity
     from compress.pipeline.loading import load_placed
 
     progress = progress or Progress()
     source = config.source()
     results = []
     for name in config.models:
-        progress.stage(f"evaluating {name or 'the default model'}")
+        progress.stage(f"evaluating {name or 'the default model'}{what}")
         loaded = load_placed(config, name)
-        ids = evaluation_tokens(loaded.tokenizer, source, config.tokens)
-        bos_id = window_bos(loaded.tokenizer, config.bos)
-        if config.kernels:
-            results.extend(_kernel_rows(loaded.model, ids, config.context, loaded.device, loaded.source, bos_id,
-                                        config.allow_fallback))
-        else:
-            results.append({"model": loaded.source, **perplexity(loaded.model, ids, config.context, loaded.device,
-                                                                  bos_id=bos_id).to_dict()})
+        results += measure(loaded, evaluation_tokens(loaded.tokenizer, source, config.tokens),
+                           window_bos(loaded.tokenizer, config.bos))
         del loaded
     return CompareReport(source=source.describe("austen:" + EVALUATION_NOVEL), results=results, versions=versions())

@@ -9,28 +9,18 @@ __all__ = ["compare_double_sparsity"]
 def compare_double_sparsity(config, settings: DoubleSparsity, progress=None):
     """Perplexity of each model with dense attention and with Double Sparsity (a CompareReport)."""
     from compress.attention.measure import sparse_perplexity
-    from compress.calibrate.data import evaluation_tokens, window_bos
-    from compress.defaults.assets import EVALUATION_NOVEL
     from compress.errors import BadInput
-    from compress.pipeline.compare import CompareReport
-    from compress.pipeline.loading import load_placed
-    from compress.pipeline.session import Progress, versions
+    from compress.pipeline.compare import measure_each_model
 
     if config.kernels:
         raise BadInput("--double-sparsity evaluates attention in PyTorch; it does not combine with --kernels",
                        key="kernels")
-    progress = progress or Progress()
-    source = config.source()
-    results = []
-    for name in config.models:
-        progress.stage(f"evaluating {name or 'the default model'}: dense, then Double Sparsity")
-        loaded = load_placed(config, name)
-        ids = evaluation_tokens(loaded.tokenizer, source, config.tokens)
-        bos_id = window_bos(loaded.tokenizer, config.bos)
+
+    def measure(loaded, ids, bos_id) -> list[dict]:
         sparse = sparse_perplexity(loaded.model, ids, config.context, loaded.device, settings, bos_id)  # checks first
         dense = sparse_perplexity(loaded.model, ids, config.context, loaded.device, None, bos_id)
         label = (f"{loaded.source} (double sparsity: {settings.channels} channels, {settings.tokens} tokens, "
                  f"{settings.label_bits}-bit labels)")
-        results += [{"model": f"{loaded.source} (dense)", **dense}, {"model": label, **sparse}]
-        del loaded
-    return CompareReport(source=source.describe("austen:" + EVALUATION_NOVEL), results=results, versions=versions())
+        return [{"model": f"{loaded.source} (dense)", **dense}, {"model": label, **sparse}]
+
+    return measure_each_model(config, measure, progress, what=": dense, then Double Sparsity")
