@@ -2,7 +2,8 @@
 
 Each row splits every FFN into E·G experts (top G·k) with one split kind, fits the routers (stage A,
 `steps` Adam steps per layer) on Austen's calibration windows, and measures perplexity on the first
-`--eval-tokens` tokens of Persuasion (never used for calibration). A row is E:k:G:split:steps.
+`--eval-tokens` tokens of Persuasion (never used for calibration). A row is E:k:G:split:steps[:scale]
+(scale top-k, the default, or experts: FactorLLM's ×E/k; compress/factorize/moe.py).
 The default model is SmolLM2-135M-Instruct dequantized from its Q4_1 GGUF.
 Usage: python benchmarks/factorize.py --out benchmarks/results/factorize.json
        python benchmarks/factorize.py --tiny --out /tmp/tiny.json   # tiny random model: a quick check
@@ -21,9 +22,10 @@ import torch
 from _meta import meta
 from _tiny import tiny_model
 
-ROWS = ["4:1:1:contiguous:0", "4:1:1:contiguous:200", "4:2:1:cluster:200", "4:1:1:cluster:200",
-        "4:2:1:contiguous:200", "4:1:4:cluster:200", "4:1:1:coactivation:200", "4:1:1:random:200",
-        "4:2:1:cluster:0", "4:1:1:cluster:0"]
+ROWS = ["4:1:1:contiguous:0", "4:1:1:contiguous:200", "4:2:1:contiguous:200", "4:1:1:random:200",
+        "4:1:1:cluster:200", "4:2:1:cluster:200", "4:1:1:coactivation:200", "4:2:1:coactivation:200",
+        "4:1:4:cluster:200", "4:2:4:cluster:200", "4:2:1:cluster:0", "4:1:1:cluster:200:experts",
+        "4:2:1:cluster:200:experts"]
 TINY_ROWS = ["4:1:1:contiguous:0", "4:2:1:cluster:20", "2:1:2:coactivation:20"]
 
 
@@ -41,7 +43,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--rows", nargs="+", default=None, help="E:k:G:split:steps")
+    parser.add_argument("--rows", nargs="+", default=None, help="E:k:G:split:steps[:scale]")
     parser.add_argument("--nsamples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-tokens", type=int, default=4096)
@@ -71,9 +73,9 @@ def main() -> None:
     print(json.dumps({"dense_ppl": dense["perplexity"]}), flush=True)
     hidden, intermediate = model.config.hidden_size, model.config.intermediate_size
     for spec in rows:
-        experts, top_k, granularity, split, steps = spec.split(":")
+        experts, top_k, granularity, split, steps, *scale = spec.split(":")
         config = FactorizeConfig(experts=int(experts), top_k=int(top_k), granularity=int(granularity), split=split,
-                                 steps=int(steps))
+                                 steps=int(steps), scale=scale[0] if scale else "top-k")
         work = copy.deepcopy(model)
         load_before = os.getloadavg()[0]
         clock = time.perf_counter()
@@ -84,7 +86,7 @@ def main() -> None:
         agreement = [i["held_out_agreement"] for i in infos if i.get("held_out_agreement") is not None]
         loads = [max(i["load"]) for i in infos if i.get("load")]
         row = {"row": spec, "experts": config.experts, "top_k": config.top_k, "granularity": config.granularity,
-               "split": split, "steps": config.steps, "ppl": ppl, "ppl_ratio": ppl / dense["perplexity"],
+               "split": split, "steps": config.steps, "scale": config.scale, "ppl": ppl, "ppl_ratio": ppl / dense["perplexity"],
                "ffn_flops_share": ffn_share(config.experts, config.top_k, config.granularity, hidden, intermediate),
                "factorize_seconds": round(seconds, 1), "capture_seconds": round(done.capture_seconds, 1),
                "training_tokens": done.tokens,

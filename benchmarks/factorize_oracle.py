@@ -1,11 +1,11 @@
 """How good can routing be? FactorLLM's split with an oracle in place of the router, on the default model.
 
-For every token the oracle runs all experts, takes the dense FFN output (their mean: the ×E scale is folded
-into each expert) and keeps the k experts whose mean output is closest to it: the PAR pseudo-label itself,
+For every token the oracle runs all experts, takes the dense FFN output (their sum, the fold undone) and
+keeps the k experts whose mean output (×fold) is closest to it: the PAR pseudo-label itself,
 which the trained routers of benchmarks/factorize.py learn to predict. Its perplexity is what a router that
 matched the label on every token would reach with these experts (expert weights bit-equal to slices of the
-dense ones, ×E folded in): it separates what routing loses from what the split itself loses.
-A row is E:k:G:split. Perplexity on the first `--eval-tokens` tokens of Persuasion (never used to calibrate).
+dense ones, the fold put in their down projections): it separates what routing loses from what the split itself loses.
+A row is E:k:G:split[:scale] (scale top-k, the default, or experts: FactorLLM's ×E/k). Perplexity on the first `--eval-tokens` tokens of Persuasion (never used to calibrate).
 Usage: python benchmarks/factorize_oracle.py --out benchmarks/results/factorize-oracle.json
        python benchmarks/factorize_oracle.py --tiny --out /tmp/tiny.json   # tiny random model: a quick check
 """
@@ -33,8 +33,8 @@ def oracle_forward(moe):
 
     def forward(hidden_states: torch.Tensor) -> torch.Tensor:
         x = hidden_states.reshape(-1, hidden_states.shape[-1])
-        outs = moe.all_experts(x)  # (tokens, experts, hidden), each scaled by the expert count
-        labels = par_labels(moe, x, outs.mean(1))  # the mean of all is the dense FFN
+        outs = moe.all_experts(x)  # (tokens, experts, hidden), each ×fold
+        labels = par_labels(moe, x, outs.sum(1) / moe.fold)  # the dense FFN
         chosen = outs.gather(1, labels[..., None].expand(-1, -1, outs.shape[-1])).mean(1)
         return chosen.reshape(hidden_states.shape)
 
@@ -49,7 +49,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--rows", nargs="+", default=None, help="E:k:G:split")
+    parser.add_argument("--rows", nargs="+", default=None, help="E:k:G:split[:scale]")
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--tiny", action="store_true")
@@ -67,9 +67,9 @@ def main() -> None:
               "dtype": "float32", "eval_tokens": dense["tokens"], "context": context, "dense_ppl": dense["perplexity"],
               "rows": []}
     for spec in args.rows or (TINY_ROWS if args.tiny else ROWS):
-        experts, top_k, granularity, split = spec.split(":")
+        experts, top_k, granularity, split, *scale = spec.split(":")
         config = FactorizeConfig(experts=int(experts), top_k=int(top_k), granularity=int(granularity), split=split,
-                                 steps=0)
+                                 steps=0, scale=scale[0] if scale else "top-k")
         work = copy.deepcopy(model)
         factorize_model(work, config)
         for moe in factorized_mlps(work).values():
@@ -77,7 +77,7 @@ def main() -> None:
         clock, load_before = time.perf_counter(), os.getloadavg()[0]
         ppl = perplexity(work, eval_ids, context, bos_id=bos).to_dict()["perplexity"]
         row = {"row": spec, "experts": config.experts, "top_k": config.top_k, "granularity": config.granularity,
-               "split": split, "routing": "oracle (PAR label)", "ppl": ppl, "ppl_ratio": ppl / dense["perplexity"],
+               "split": split, "scale": config.scale, "routing": "oracle (PAR label)", "ppl": ppl, "ppl_ratio": ppl / dense["perplexity"],
                "seconds": round(time.perf_counter() - clock, 1),
                "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
         result["rows"].append(row)

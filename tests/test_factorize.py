@@ -75,15 +75,40 @@ def test_fine_grained_experts_keep_the_dense_function_and_split_neurons_once():
         torch.testing.assert_close(model(IDS).logits, dense, atol=1e-5, rtol=0)
 
 
-def test_expert_weights_are_slices_of_the_dense_weights():
+@pytest.mark.parametrize("top_k,scale,fold", [(1, "top-k", 1), (2, "top-k", 2), (1, "experts", 4)])
+def test_expert_weights_are_slices_of_the_dense_weights(top_k, scale, fold):
     model = _model("llama")
     mlp = copy.deepcopy(model.model.layers[0].mlp)
-    factorize_model(model, FactorizeConfig(experts=4, top_k=1, split="random", steps=0))
+    factorize_model(model, FactorizeConfig(experts=4, top_k=top_k, split="random", steps=0, scale=scale))
     moe = model.model.layers[0].mlp
     for e, neurons in enumerate(moe.groups):
         assert torch.equal(moe.gate_up[e, :32], mlp.gate_proj.weight[neurons])
         assert torch.equal(moe.gate_up[e, 32:], mlp.up_proj.weight[neurons])
-        assert torch.equal(moe.down[e], mlp.down_proj.weight[:, neurons] * 4)
+        assert torch.equal(moe.down[e], mlp.down_proj.weight[:, neurons] * fold)
+
+
+@pytest.mark.parametrize("scale", ["top-k", "experts"])
+def test_routed_output_is_the_weighted_sum_of_the_chosen_neuron_groups(scale):
+    """Against the dense weights directly: token t gets Σ_e w_te · (fold) · down[:, g_e] (act(gate[g_e] x) · up[g_e] x)."""
+    torch.manual_seed(3)
+    hidden, experts, m, top_k = 16, 4, 8, 2
+    gate, up, down = (torch.nn.Linear(hidden, experts * m, bias=False), torch.nn.Linear(hidden, experts * m, bias=False),
+                      torch.nn.Linear(experts * m, hidden, bias=False))
+    groups = torch.randperm(experts * m).reshape(experts, m).sort(1).values
+    fold = top_k if scale == "top-k" else experts
+    moe = FactorizedMLP.from_dense(gate, up, down, torch.nn.SiLU(), groups, top_k, fold)
+    torch.nn.init.normal_(moe.router.weight)
+    x = torch.randn(50, hidden)
+    with torch.no_grad():
+        probs = torch.softmax(x @ moe.router.weight.T, -1)
+        expected = torch.zeros(50, hidden)
+        for t in range(50):
+            chosen = probs[t].topk(top_k).indices
+            for e in chosen.tolist():
+                g = groups[e]
+                neurons = F.silu(gate.weight[g] @ x[t]) * (up.weight[g] @ x[t])
+                expected[t] += probs[t, e] / probs[t, chosen].sum() * fold * (down.weight[:, g] @ neurons)
+        torch.testing.assert_close(moe(x), expected, atol=1e-5, rtol=1e-5)
 
 
 def _moe_and_data(experts=4, top_k=2, hidden=16, m=8, tokens=600, seed=0):

@@ -24,10 +24,11 @@ Examples:
 
 def factorize(
     model: Optional[str] = typer.Argument(None, help="HF model directory, .gguf file or hub id; default SmolLM2-135M-Instruct (dequantized Q4_1 GGUF)."),
-    experts: int = typer.Option(4, help="E: experts per FFN (a power of two keeps the folded ×E scale exact)."),
+    experts: int = typer.Option(4, help="E: experts per FFN (a power of two keeps the k = E case exact)."),
     top_k: int = typer.Option(1, help="k: experts each token runs (top-k of the router's softmax, renormalised)."),
     granularity: int = typer.Option(1, help="G: cut each expert into G (G·E experts, top G·k)."),
     split: str = typer.Option("contiguous", help="contiguous | random | cluster (k-means on gate/up rows) | coactivation."),
+    scale: str = typer.Option("top-k", help="Factor folded into each expert's down projection: top-k (k: the chosen experts' neurons add up as in the dense FFN) | experts (E: FactorLLM's ×E/k)."),
     train: str = typer.Option("router", help="router: fit each layer's router to PAR pseudo-labels (router+experts: not built yet)."),
     steps: int = typer.Option(200, help="Router Adam steps per layer (0: split only, zero router)."),
     lr: float = typer.Option(1e-3, help="Router learning rate (cosine schedule)."),
@@ -59,7 +60,7 @@ def factorize(
     from compress.cli.flags import flag_of
 
     with exit_codes(flag_of):
-        stage = {"experts": experts, "top_k": top_k, "granularity": granularity, "split": split, "train": train,
+        stage = {"experts": experts, "top_k": top_k, "granularity": granularity, "split": split, "scale": scale, "train": train,
                  "steps": steps, "lr": lr, "batch_tokens": batch_tokens, "par_weight": par_weight,
                  "balance_weight": balance_weight, "seed": seed, "calib_batch": calib_batch}
         stages = [{"factorize": stage}]

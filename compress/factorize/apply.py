@@ -114,8 +114,8 @@ def factorize_model(model: nn.Module, config: FactorizeConfig, calibration: torc
         layer_seed = config.seed * 100003 + index
         groups = _groups(config, mlp, x, layer_seed)
         moe = FactorizedMLP.from_dense(mlp.gate, mlp.up, mlp.down, mlp.act_fn, groups.to(mlp.gate.weight.device),
-                                       config.total_top_k)
-        info = {"experts": config.total_experts, "top_k": config.total_top_k}
+                                       config.total_top_k, config.fold)
+        info = {"experts": config.total_experts, "top_k": config.total_top_k, "fold": config.fold}
         if x is not None and config.steps:
             fit = train_router(moe, x.to(moe.gate_up.dtype), teacher, replace(training, seed=layer_seed))
             info.update(fit.to_dict())

@@ -12,13 +12,16 @@ __all__ = ["FactorizeConfig"]
 
 class FactorizeConfig(StrictConfig):
     experts: int = Field(4, ge=1)
-    """E: experts per FFN (FactorLLM's 4 in 1R4E1K); a power of two keeps the folded ×E scale exact."""
+    """E: experts per FFN (FactorLLM's 4 in 1R4E1K); a power of two keeps the k = E case exact."""
     top_k: int = Field(1, ge=1)
     """k: experts each token runs (top-k of the router's softmax, renormalised)."""
     granularity: int = Field(1, ge=1)
     """G: fine-grained experts, each expert cut into G (G·E experts, top G·k)."""
     split: Literal["contiguous", "random", "cluster", "coactivation"] = "contiguous"
     """How neurons are grouped into experts (compress/factorize/split.py)."""
+    scale: Literal["top-k", "experts"] = "top-k"
+    """Factor folded into each expert's down projection: top-k (k, so k equally weighted experts add up
+    their neurons as the dense FFN does) or experts (E, FactorLLM's ×E/k). Both reproduce the dense FFN at k = E."""
     train: Literal["router", "router+experts"] = "router"
     """router: stage A, each layer's router fitted to PAR pseudo-labels; router+experts: not built yet."""
     steps: int = Field(200, ge=0)
@@ -54,6 +57,10 @@ class FactorizeConfig(StrictConfig):
     @property
     def total_experts(self) -> int:
         return self.experts * self.granularity
+
+    @property
+    def fold(self) -> int:
+        return self.total_top_k if self.scale == "top-k" else self.total_experts
 
     @property
     def total_top_k(self) -> int:

@@ -5,7 +5,7 @@ with no custom code, where the math is exact:
   qwen2           ->  qwen2_moe  (norm_topk_prob on; a shared expert of one neuron with zero weights and gate)
   qwen3           ->  qwen3_moe  (norm_topk_prob on)
 Each MoE block keeps the router as mlp.gate (E, hidden) and the experts as experts.gate_up_proj
-(E, 2m, hidden) and experts.down_proj (E, hidden, m), the ×E scale already folded into down. These
+(E, 2m, hidden) and experts.down_proj (E, hidden, m), the fold (k or E) already in down. These
 models route as FactorizedMLP does (softmax, top-k, renormalised), so the checkpoint computes the
 in-memory model's function. Gemma/Gemma3 have no stock MoE counterpart and are refused for now.
 The model is written by transformers' own save_pretrained (which picks the on-disk expert layout of the

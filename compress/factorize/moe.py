@@ -1,11 +1,12 @@
 """The in-memory mixture of experts that replaces a dense gated MLP.
 
 Expert e owns a set of intermediate neurons: its gate/up weights are those rows of the dense gate/up,
-its down weight those columns of the dense down, times `scale` (= the number of experts). Routing is
-Mixtral's: softmax over the router logits, top-k, renormalised over the k. With k = all experts and a
-zero router every weight is 1/n, so the output is Σ_e expert_e(x): the dense FFN (exactly so where n is
-a power of two: scaling by n and 1/n loses no bits). With k < n and equal weights it is (n/k)·Σ of the k
-chosen experts, FactorLLM's ×E/k.
+its down weight those columns of the dense down, times `fold`. Routing is Mixtral's: softmax over the
+router logits, top-k, renormalised over the k, so with equal weights a token gets (fold/k)·Σ of its k
+experts. fold = k (the default, `scale: top-k`) makes that the plain sum of the chosen experts' neurons;
+fold = n (`scale: experts`) is FactorLLM's ×E/k. Either way, with k = n and a zero router every weight is
+1/n and fold = n, so the output is the dense FFN (exactly so where n is a power of two: scaling by n and
+1/n loses no bits).
 Weights are stored as Mixtral stores them: gate_up (n, 2·m, hidden) and down (n, hidden, m).
 """
 from __future__ import annotations
@@ -26,25 +27,26 @@ def route(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]
 
 class FactorizedMLP(nn.Module):
     def __init__(self, gate_up: torch.Tensor, down: torch.Tensor, act_fn: nn.Module, top_k: int,
-                 groups: torch.Tensor):
+                 groups: torch.Tensor, fold: float):
         super().__init__()
         experts, _, hidden = gate_up.shape
         self.gate_up = nn.Parameter(gate_up, requires_grad=False)
         self.down = nn.Parameter(down, requires_grad=False)
         self.router = nn.Linear(hidden, experts, bias=False, dtype=gate_up.dtype, device=gate_up.device)
         nn.init.zeros_(self.router.weight)
-        self.act_fn, self.top_k = act_fn, top_k
+        self.act_fn, self.top_k, self.fold = act_fn, top_k, fold
         self.register_buffer("groups", groups, persistent=False)  # (experts, m): dense neuron ids per expert
 
     @classmethod
     def from_dense(cls, gate: nn.Linear, up: nn.Linear, down: nn.Linear, act_fn: nn.Module, groups: torch.Tensor,
-                   top_k: int) -> "FactorizedMLP":
-        """Slice a dense gated MLP; `groups` (experts, m) lists the intermediate neurons of each expert."""
-        experts = groups.shape[0]
+                   top_k: int, fold: float | None = None) -> "FactorizedMLP":
+        """Slice a dense gated MLP; `groups` (experts, m) lists the intermediate neurons of each expert;
+        `fold` (default k) multiplies each expert's down projection."""
+        fold = float(top_k if fold is None else fold)
         with torch.no_grad():
             gate_up = torch.cat([gate.weight[groups], up.weight[groups]], dim=1)  # (n, 2m, hidden)
-            down_w = down.weight[:, groups].permute(1, 0, 2) * experts  # (n, hidden, m)
-        return cls(gate_up.contiguous(), down_w.contiguous(), act_fn, top_k, groups.clone())
+            down_w = down.weight[:, groups].permute(1, 0, 2) * fold  # (n, hidden, m)
+        return cls(gate_up.contiguous(), down_w.contiguous(), act_fn, top_k, groups.clone(), fold)
 
     @property
     def num_experts(self) -> int:
@@ -55,8 +57,12 @@ class FactorizedMLP(nn.Module):
         return F.linear(self.act_fn(gate) * up, self.down[e])
 
     def all_experts(self, x: torch.Tensor) -> torch.Tensor:
-        """(tokens, experts, hidden): every expert's scaled output, for pseudo-labels and losses."""
+        """(tokens, experts, hidden): every expert's output (×fold), for pseudo-labels and losses."""
         return torch.stack([self.expert(e, x) for e in range(self.num_experts)], dim=1)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense FFN the experts were cut from: Σ of every expert, the fold undone."""
+        return self.all_experts(x).sum(1) / self.fold
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape

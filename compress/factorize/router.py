@@ -1,7 +1,7 @@
 """Stage A of router training: fit one layer's router to Prior-Approximate Router (PAR) pseudo-labels.
 
 Teacher: the layer's dense FFN output on its calibration activations. Label of a token: the k experts
-whose routed output (the mean of their scaled outputs, i.e. (E/k)·Σ of the unscaled ones) is closest to
+whose routed output (the mean of their outputs ×fold, i.e. (fold/k)·Σ of the unscaled ones) is closest to
 the teacher in squared error; exact over all k-subsets where there are few, greedy (add the expert that
 lowers the error most, k times) otherwise. Loss per batch:
   par_weight · CE(uniform over the label's k experts, softmax(router))
