@@ -23,7 +23,8 @@ import torch
 from _meta import meta
 from _tiny import tiny_model
 
-ROWS = ["4:1:1:contiguous", "4:2:1:contiguous", "4:1:1:cluster", "4:2:1:cluster", "4:1:4:cluster", "4:3:1:cluster"]
+ROWS = ["4:1:1:contiguous", "4:2:1:contiguous", "4:1:1:cluster", "4:2:1:cluster", "4:1:4:cluster", "4:2:4:cluster",
+        "4:2:8:cluster", "4:3:1:cluster", "4:1:1:cluster:experts", "4:2:1:cluster:experts"]
 TINY_ROWS = ["4:1:1:contiguous", "2:1:2:cluster"]
 
 
