@@ -1,19 +1,22 @@
-"""The Triton decode kernels in Triton's CPU interpreter (where Triton is installed) against the reference."""
+"""The Triton decode kernels in Triton's CPU interpreter (where Triton is installed) against the reference,
+and the 4-bit label cache's packing against the evaluation path's quantization."""
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 pytest.importorskip("triton")
 
 SCRIPT = """
 import json, torch
 from compress.attention.bench import check_decode
-rows = [check_decode(*case, torch.float16, seed=i, device="cpu", selection=selection)
-        for selection in ("topk", "radix")
-        for i, case in enumerate([(2, 8, 2, 3000, 32, 4, 200), (1, 4, 4, 100, 64, 8, 120), (3, 8, 8, 1257, 32, 4, 64)])]
+rows = [check_decode(*case, torch.float16, seed=i, device="cpu", selection=selection, label_bits=bits)
+        for bits, selection in ((16, "topk"), (16, "radix"), (4, "radix"))
+        for i, case in enumerate([(2, 8, 2, 3000, 32, 4, 200), (1, 4, 4, 100, 64, 8, 120), (3, 8, 8, 1257, 32, 4, 64),
+                                  (1, 4, 2, 700, 64, 12, 50)])]
 print(json.dumps(rows))
 """
 
@@ -21,7 +24,7 @@ print(json.dumps(rows))
 def test_interpreted_kernels_match_reference():
     # the interpreter is chosen when the kernels are defined: a fresh process with TRITON_INTERPRET=1
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     for row in json.loads(done.stdout.strip().splitlines()[-1]):
         assert row["finite"] and row["selected_unique"] and row["selected_within_tolerance"]
@@ -30,3 +33,23 @@ def test_interpreted_kernels_match_reference():
             assert row["rows_with_set_equal_reference"] == 1.0 and row["score_error"] < 1e-5
         else:  # float16 scores: rounding may reorder near-ties at the boundary (within tolerance, checked above)
             assert row["rows_with_set_equal_reference"] > 0.5 and row["score_error"] < 1e-3
+        # 4 bits: the same codes as the evaluation path, only the per-key min and step rounded to float16
+        assert row["score_error_vs_evaluation"] < (1e-3 if row["label_bits"] == 16 else 5e-3)
+
+
+@pytest.mark.parametrize("channels", [3, 8, 12, 16])
+def test_packed_labels_hold_the_evaluation_codes(channels):
+    from compress.attention import labels, sparse
+
+    generator = torch.Generator().manual_seed(channels)
+    key = (torch.randn(2, 3, 50, 64, generator=generator) * 3).to(torch.float16)
+    heavy = torch.stack([torch.randperm(64, generator=generator)[:channels] for _ in range(3)])
+    packed = labels.label_cache(key, heavy, 4)
+    assert packed.dtype == torch.int32 and packed.shape == (2, 3, (channels + 7) // 8 + 1, 50)
+    gathered = torch.gather(key.float(), -1, heavy[None, :, None, :].expand(2, 3, 50, channels))
+    codes, low, step = sparse.label_codes(gathered, 4)
+    # rebuilt from the codes with min and step rounded to float16, as the cache stores them
+    assert torch.equal(labels.dequantize_labels(packed, channels), codes * step.half().float() + low.half().float())
+    error = (labels.dequantize_labels(packed, channels) - sparse.quantize_labels(gathered, 4)).abs().max()
+    assert error <= 2e-3 * gathered.abs().max()
+    assert labels.label_bytes(channels, 4) == 4 * packed.shape[2]

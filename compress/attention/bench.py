@@ -2,16 +2,17 @@
 
 `check_decode` compares the kernels with the PyTorch reference on fresh random inputs; `time_decode` times
 label scoring + top-T selection + sparse attention as one CUDA graph, against SDPA over the whole cache,
-and reports the bytes-read limit of the speedup: (K + V bytes) / (16-bit label bytes + selected K + V bytes).
+and reports the bytes-read limit of the speedup: (K + V bytes) / (label bytes + selected K + V bytes).
 """
 from __future__ import annotations
 
+import itertools
 import statistics
 from typing import Callable
 
 import torch
 
-__all__ = ["SHAPES", "random_decode_inputs", "check_decode", "time_decode", "bench_attention"]
+__all__ = ["SHAPES", "PATHS", "random_decode_inputs", "check_decode", "time_decode", "tune_decode", "bench_attention"]
 
 SHAPES = {"mha-32x128": (32, 32, 128), "gqa-32/8x128": (32, 8, 128)}  # heads, kv heads, head_dim
 
@@ -37,37 +38,32 @@ def dense_decode(query, key, value, scale: float) -> torch.Tensor:
     return out[:, :, 0]
 
 
-def _reference(query, key, value, heavy, budget: int, scale: float):
-    """float32 PyTorch: the label scores (16-bit labels) and the output over a given token set."""
-    from compress.attention import sparse
+def _reference(query, key, value, heavy, labels, label_bits: int, scale: float):
+    """float32 PyTorch: the label scores of the cache's own format, the evaluation path's label scores
+    (compress.attention.sparse, same bits) and attention over a given token set."""
+    from compress.attention import labels as label_format, sparse
 
-    heads, kv_heads = query.shape[1], key.shape[1]
-    kv_of_head = torch.arange(heads, device=query.device) // (heads // kv_heads)
-    scores = sparse.label_scores(query.float()[:, :, None], key.float(), heavy[kv_of_head], 16, kv_of_head)
-    scores = scores.view(query.shape[0], kv_heads, heads // kv_heads, -1).sum(2)
+    (b, heads, _), kv_heads = query.shape, key.shape[1]
+    group = heads // kv_heads
+    kv_of_head = torch.arange(heads, device=query.device) // group
+    evaluation = sparse.label_scores(query.float()[:, :, None], key.float(), heavy[kv_of_head], label_bits, kv_of_head)
+    evaluation = evaluation.view(b, kv_heads, group, -1).sum(2)
+    scores = evaluation
+    if label_bits != 16:  # the packed cache decoded in PyTorch: its min and step are float16
+        index = heavy[kv_of_head].to(query.device)[None].expand(b, heads, -1)
+        q = torch.gather(query.float(), -1, index).view(b, kv_heads, group, -1).sum(2)
+        scores = torch.einsum("bkr,bknr->bkn", q, label_format.dequantize_labels(labels, heavy.shape[-1]))
 
     def attend(index):
         keep = torch.zeros(scores.shape, dtype=torch.bool, device=query.device).scatter_(-1, index.long(), True)
         return sparse.masked_attention(query.float()[:, :, None], key.float(), value.float(), keep[:, :, None],
                                        scale, kv_of_head)[:, :, 0]
 
-    return scores, attend
-
-
-def _select(query, labels, heavy, budget: int, selection: str):
-    from compress.attention import decode, select
-
-    b, kvh, n = labels.shape[:3]
-    if selection == "radix" and n > budget:
-        histogram = torch.zeros(b * kvh, select.BINS, device=query.device, dtype=torch.int32)
-        scores = decode.score_labels(query, labels, heavy, 1024, torch.float16, histogram)
-        return scores, select.radix_top(scores, histogram, budget)
-    scores = decode.score_labels(query, labels, heavy, dtype=torch.float32 if selection == "topk" else torch.float16)
-    return scores, decode.select_top(scores, budget)
+    return scores, evaluation, attend
 
 
 def check_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: int, channels: int, budget: int,
-                 dtype, seed: int = 0, device: str = "cuda", selection: str = "radix") -> dict:
+                 dtype, seed: int = 0, device: str = "cuda", selection: str = "radix", label_bits: int = 16) -> dict:
     """Kernels vs reference: label scores, the selected set (equal to the reference's top-T up to near-ties at
     the boundary), the output vs attention over that set, and vs over the reference's own set."""
     from compress.attention import decode
@@ -75,10 +71,10 @@ def check_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: 
     query, key, value, heavy = random_decode_inputs(batch, heads, kv_heads, context, head_dim, channels, dtype,
                                                     device, seed)
     scale = head_dim ** -0.5
-    labels = decode.label_cache(key, heavy)
-    scores, index = _select(query, labels, heavy, budget, selection)
+    labels = decode.label_cache(key, heavy, label_bits)
+    scores, index = decode.select_tokens(query, labels, heavy, budget, selection)
     out = decode.sparse_decode(query, key, value, index, scale)
-    ref_scores, attend = _reference(query, key, value, heavy, budget, scale)
+    ref_scores, evaluation, attend = _reference(query, key, value, heavy, labels, label_bits, scale)
     kept = min(budget, context)
     ref_index = ref_scores.topk(kept, dim=-1).indices
     threshold = ref_scores.gather(-1, ref_index).amin(-1, keepdim=True)
@@ -86,17 +82,24 @@ def check_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: 
     tolerance = 1e-3 * ref_scores.abs().amax(-1, keepdim=True)
     same_set = torch.zeros_like(ref_scores, dtype=torch.bool).scatter_(-1, index.long(), True) == \
         torch.zeros_like(ref_scores, dtype=torch.bool).scatter_(-1, ref_index, True)
+    chosen = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, index.long(), True)
+    own = scores.float()  # the kernel's scores: its set must be their top-T (ties in any order)
+    exact = own.masked_fill(~chosen, float("inf")).amin(-1) >= own.masked_fill(chosen, float("-inf")).amax(-1)
     over_kernel_set = attend(index)
     over_reference_set = attend(ref_index)
 
     def rel(a, b):
         return float((a.float() - b).norm() / b.norm())
 
+    def max_error(a, b):
+        return float((a.float() - b).abs().max() / b.abs().max())
+
     return {"batch": batch, "heads": heads, "kv_heads": kv_heads, "context": context, "budget": budget,
-            "dtype": str(dtype).replace("torch.", ""), "selection": selection,
-            "score_error": float((scores.float() - ref_scores).abs().max() / ref_scores.abs().max()),
+            "dtype": str(dtype).replace("torch.", ""), "selection": selection, "label_bits": label_bits,
+            "score_error": max_error(scores, ref_scores), "score_error_vs_evaluation": max_error(scores, evaluation),
             "selected_unique": bool((index.sort(-1).values.diff(dim=-1) > 0).all()) if kept > 1 else True,
             "selected_within_tolerance": bool((picked >= threshold - tolerance).all()),
+            "selected_top_of_own_scores": bool(exact.all()),
             "rows_with_set_equal_reference": float(same_set.all(-1).float().mean()),
             "output_error": rel(out, over_kernel_set), "output_error_vs_reference_set": rel(out, over_reference_set),
             "finite": bool(torch.isfinite(out).all())}
@@ -128,39 +131,80 @@ def _graph_time(fn: Callable[[], object], replays: int = 20, repeats: int = 5) -
     return statistics.median(times)
 
 
+# json key -> (label bits, selection) of each full path timed; sparse_ms is double_sparse_decode's default
+PATHS = {"sparse_ms": (4, "radix"), "sparse_radix_16bit_ms": (16, "radix"), "sparse_topk_half_4bit_ms": (4, "topk-half"),
+         "sparse_topk_half_ms": (16, "topk-half"), "sparse_topk_ms": (16, "topk")}
+
+
 def time_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: int, channels: int, budget: int,
                 dtype) -> dict:
-    """Milliseconds of dense SDPA decode vs Double Sparsity (whole, and each part alone), and the limits."""
-    from compress.attention import decode
+    """Milliseconds of dense SDPA decode vs Double Sparsity (each path of PATHS, and the parts of the default
+    alone), and the bytes-read limits."""
+    from compress.attention import decode, labels as label_format, select
 
     query, key, value, heavy = random_decode_inputs(batch, heads, kv_heads, context, head_dim, channels, dtype)
     scale = head_dim ** -0.5
-    labels = decode.label_cache(key, heavy)
-    scores, index = _select(query, labels, heavy, budget, "topk-half")
+    caches = {bits: decode.label_cache(key, heavy, bits) for bits in (4, 16)}
+    rows = batch * kv_heads
+    counters = select.new_counters(rows, query.device)
+    scores = decode.score_labels(query, caches[4], heavy, torch.float16, counters)
+    index = select.radix_top(scores, counters.clone(), budget) if context > budget else \
+        decode.select_top(scores, budget)
 
-    def sparse(selection):
-        return lambda: decode.double_sparse_decode(query, key, value, labels, heavy, budget, scale, selection)
+    def path(bits, selection):
+        return lambda: decode.double_sparse_decode(query, key, value, caches[bits], heavy, budget, scale, selection)
+
+    def score(bits):
+        return lambda: decode.score_labels(query, caches[bits], heavy, torch.float16,
+                                           select.new_counters(rows, query.device))
 
     dense_ms = _graph_time(lambda: dense_decode(query, key, value, scale))
-    sparse_ms = _graph_time(sparse("topk-half"))
-    parts = {"score_ms": _graph_time(lambda: decode.score_labels(query, labels, heavy, dtype=torch.float16)),
-             "select_ms": _graph_time(lambda: decode.select_top(scores, budget)),
-             "attend_ms": _graph_time(lambda: decode.sparse_decode(query, key, value, index, scale)),
-             # the other selections: float32 scores and torch.topk; the radix select over float16 scores
-             "sparse_topk_ms": _graph_time(sparse("topk")),
-             "sparse_radix_ms": _graph_time(sparse("radix"))}
+    times = {name: _graph_time(path(*how)) for name, how in PATHS.items()}
+    parts = {"score_ms": _graph_time(score(4)), "score_16bit_ms": _graph_time(score(16)),
+             "select_ms": _graph_time(lambda: select.radix_top(scores, counters.clone(), budget)),
+             "attend_ms": _graph_time(lambda: decode.sparse_decode(query, key, value, index, scale))}
     element = key.element_size()
     kv_bytes = 2 * batch * kv_heads * context * head_dim * element
-    sparse_bytes = batch * kv_heads * (context * channels + 2 * min(budget, context) * head_dim) * element
-    limit = kv_bytes / sparse_bytes
-    speedup = dense_ms / sparse_ms
-    del query, key, value, labels, scores, index
+    attend_bytes = 2 * batch * kv_heads * min(budget, context) * head_dim * element
+    limits = {bits: kv_bytes / (attend_bytes + batch * kv_heads * context * label_format.label_bytes(channels, bits))
+              for bits in (4, 16)}
+    speedup = dense_ms / times["sparse_ms"]
+    del query, key, value, caches, scores, index
     torch.cuda.empty_cache()
     return {"batch": batch, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "context": context,
-            "channels": channels, "budget": budget, "dtype": str(dtype).replace("torch.", ""),
-            "dense_ms": dense_ms, "sparse_ms": sparse_ms, **parts, "speedup": speedup,
-            "dense_tb_per_s": kv_bytes / dense_ms / 1e9, "bytes_limit_speedup": limit,
-            "share_of_limit": speedup / limit}
+            "channels": channels, "budget": budget, "dtype": str(dtype).replace("torch.", ""), "label_bits": 4,
+            "selection": "radix", "dense_ms": dense_ms, **times, **parts, "speedup": speedup,
+            "dense_tb_per_s": kv_bytes / dense_ms / 1e9, "bytes_limit_speedup": limits[4],
+            "bytes_limit_speedup_16bit": limits[16], "share_of_limit": speedup / limits[4]}
+
+
+def tune_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: int, channels: int, budget: int,
+                dtype) -> list[dict]:
+    """Milliseconds of each kernel alone over a small grid of its launch settings (to choose the defaults)."""
+    from compress.attention import decode, select
+
+    query, key, value, heavy = random_decode_inputs(batch, heads, kv_heads, context, head_dim, channels, dtype)
+    labels = decode.label_cache(key, heavy, 4)
+    rows = batch * kv_heads
+    counters = select.new_counters(rows, query.device)
+    scores = decode.score_labels(query, labels, heavy, torch.float16, counters)
+    index = select.radix_top(scores, counters.clone(), budget)
+    found = []
+    for block_n, programs, warps in itertools.product((512, 1024, 2048), (1024, 4096), (4, 8)):
+        ms = _graph_time(lambda: decode.score_labels(query, labels, heavy, torch.float16,
+                                                     select.new_counters(rows, query.device), block_n, programs, warps))
+        found.append({"kernel": "score", "block": block_n, "programs": programs, "num_warps": warps, "ms": ms})
+    for block, programs in itertools.product((1024, 2048, 4096), (1024, 2048, 4096)):
+        ms = _graph_time(lambda: select.radix_top(scores, counters.clone(), budget, block, programs))
+        found.append({"kernel": "radix", "block": block, "programs": programs, "ms": ms})
+    for block_t, target, warps, stages in itertools.product((32, 64), (528, 1056, 2112), (4, 8), (2, 3)):
+        ms = _graph_time(lambda: decode.sparse_decode(query, key, value, index, head_dim ** -0.5, block_t, target,
+                                                      warps, stages))
+        found.append({"kernel": "attend", "block": block_t, "programs": target, "num_warps": warps,
+                      "num_stages": stages, "ms": ms})
+    del query, key, value, labels, scores, index
+    torch.cuda.empty_cache()
+    return [{"batch": batch, "heads": heads, "kv_heads": kv_heads, "context": context, **row} for row in found]
 
 
 def bench_attention(contexts: list[int], batches: list[int], shapes: list[str], dtypes: list[str],

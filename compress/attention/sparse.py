@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["quantize_labels", "label_scores", "allowed_keys", "select_fixed", "select_top_p", "masked_attention"]
+__all__ = ["label_codes", "quantize_labels", "label_scores", "allowed_keys", "select_fixed", "select_top_p",
+           "masked_attention"]
+
+
+def label_codes(labels: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, low, step): each label vector (last dim) as integer codes in [0, 2^bits) of `step` above its min."""
+    levels = 2 ** bits - 1
+    low = labels.amin(-1, keepdim=True)
+    step = (labels.amax(-1, keepdim=True) - low).clamp_min(1e-8) / levels
+    return ((labels - low) / step).round().clamp(0, levels), low, step
 
 
 def quantize_labels(labels: torch.Tensor, bits: int) -> torch.Tensor:
     """Round each label vector (last dim) to 2^bits levels between its min and max; 16: to float16."""
     if bits >= 16:
         return labels.to(torch.float16).to(labels.dtype)
-    levels = 2 ** bits - 1
-    low = labels.amin(-1, keepdim=True)
-    scale = (labels.amax(-1, keepdim=True) - low).clamp_min(1e-8) / levels
-    return ((labels - low) / scale).round().clamp(0, levels) * scale + low
+    codes, low, step = label_codes(labels, bits)
+    return codes * step + low
 
 
 def _gather_channels(states: torch.Tensor, heavy: torch.Tensor) -> torch.Tensor:

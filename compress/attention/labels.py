@@ -1,0 +1,137 @@
+"""The label cache of Double Sparsity decode and the Triton kernel that scores every cached token with it.
+
+Two formats, per (sequence, KV head), built as keys are appended (not timed in the benchmark):
+  16 bits  (b, kv_heads, n, r) in the cache's dtype: each key's r heavy channels
+   4 bits  (b, kv_heads, words + 1, n) int32, one plane per word: words = ceil(r / 8) planes of 8 channels x
+           4 bits (channel 8w + j in bits 4j..4j+3 of word w), then one plane holding the key's min (low 16
+           bits) and step (high 16 bits) as float16. The codes are the evaluation path's
+           (compress.attention.sparse.label_codes: per key, asymmetric min/max, round to nearest); only min
+           and step are rounded to float16 there (float32 in the evaluation path). 8 bytes a token at r = 8.
+A score is q·label over the heavy channels, the query heads of a KV head summed first (they share its
+channel set); 4-bit: min·Σq + step·Σ q·code, unpacked in registers.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from compress.attention.select import order_key, stretch
+
+__all__ = ["label_cache", "dequantize_labels", "label_bytes", "score_labels"]
+
+
+def _half_bits(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float16).view(torch.int16).to(torch.int64) & 0xFFFF
+
+
+def _bits_half(x: torch.Tensor) -> torch.Tensor:
+    x = x & 0xFFFF
+    return torch.where(x >= 0x8000, x - 0x10000, x).to(torch.int16).view(torch.float16).float()
+
+
+def label_cache(key: torch.Tensor, heavy: torch.Tensor, bits: int = 16) -> torch.Tensor:
+    """Each KV head's heavy channels (`heavy` (kv_heads, r)) of every cached key, in the format of `bits`."""
+    b, kvh, n, _ = key.shape
+    r = heavy.shape[-1]
+    index = heavy.to(key.device, torch.long)[None, :, None, :].expand(b, kvh, n, r)
+    labels = torch.gather(key, -1, index)
+    if bits == 16:
+        return labels.contiguous()
+    if bits != 4:
+        raise ValueError(f"the decode kernels read 16- or 4-bit labels, not {bits}")
+    from compress.attention.sparse import label_codes
+
+    codes, low, step = label_codes(labels.float(), 4)
+    words = triton.cdiv(r, 8)
+    codes = torch.nn.functional.pad(codes.to(torch.int64), (0, 8 * words - r)).view(b, kvh, n, words, 8)
+    packed = (codes << (4 * torch.arange(8, device=key.device))).sum(-1)
+    meta = _half_bits(low[..., 0]) | (_half_bits(step[..., 0]) << 16)
+    planes = torch.cat([packed, meta[..., None]], -1)
+    planes = torch.where(planes >= 2 ** 31, planes - 2 ** 32, planes).to(torch.int32)  # the same 32 bits
+    return planes.permute(0, 1, 3, 2).contiguous()
+
+
+def dequantize_labels(packed: torch.Tensor, channels: int) -> torch.Tensor:
+    """(b, kv_heads, n, channels) float32 labels a 4-bit cache holds (PyTorch; the kernel's reference)."""
+    words = packed.shape[2] - 1
+    planes = packed.permute(0, 1, 3, 2).to(torch.int64) & 0xFFFFFFFF
+    codes = (planes[..., :words, None] >> (4 * torch.arange(8, device=packed.device))) & 15
+    codes = codes.flatten(-2)[..., :channels].float()
+    meta = planes[..., words]
+    return codes * _bits_half(meta >> 16)[..., None] + _bits_half(meta)[..., None]
+
+
+def label_bytes(channels: int, bits: int, element: int = 2) -> int:
+    """Bytes a cached token's labels take, per KV head."""
+    return channels * element if bits == 16 else 4 * (triton.cdiv(channels, 8) + 1)
+
+
+@triton.jit
+def _score_kernel(Q, LAB, HEAVY, S, COUNT, N, stride_qb, stride_qh, stride_lb, stride_lh, stride_ln, stride_sb,
+                  stride_sh, KVH: tl.constexpr, GROUP: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr,
+                  PACKED: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr,
+                  CHUNK, COUNT_HIGH: tl.constexpr):
+    row = tl.program_id(0)
+    b = (row // KVH).to(tl.int64)  # a large cache's offsets pass 2^31 elements
+    kv = row % KVH
+    c = tl.arange(0, R_PAD)
+    c_ok = c < R
+    channel = tl.load(HEAVY + kv * R + c, mask=c_ok, other=0)
+    q = tl.zeros(c.shape, dtype=tl.float32)
+    for g in tl.static_range(GROUP):
+        q += tl.load(Q + b * stride_qb + (kv * GROUP + g) * stride_qh + channel, mask=c_ok, other=0.0).to(tl.float32)
+    base = LAB + b * stride_lb + kv * stride_lh
+    hist = tl.zeros([256], dtype=tl.int32)
+    start = tl.program_id(1) * CHUNK
+    end = tl.minimum(start + CHUNK, N)
+    while start < end:  # a while loop: the Triton interpreter cannot range() to a runtime bound under NumPy 2
+        n = tl.multiple_of(start, BLOCK_N) + tl.arange(0, BLOCK_N)
+        n_ok = n < N
+        if PACKED:  # planes: stride_ln is the stride between planes, tokens are contiguous
+            dot = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for w in tl.static_range(WORDS):
+                word = tl.load(base + w * stride_ln + n, mask=n_ok, other=0)
+                for j in tl.static_range(8):
+                    if w * 8 + j < R:
+                        q_j = tl.sum(tl.where(c == w * 8 + j, q, 0.0), axis=0)  # loop-invariant: hoisted
+                        # the code as a float without an int-to-float conversion (a slow unit): 2^23 + code
+                        code = (((word >> (4 * j)) & 15) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+                        dot += q_j * code
+            meta = tl.load(base + WORDS * stride_ln + n, mask=n_ok, other=0)
+            low = (meta & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            step = ((meta >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            score = low * tl.sum(q, axis=0) + step * dot
+        else:
+            labels = tl.load(base + n[:, None] * R + c[None, :], mask=n_ok[:, None] & c_ok[None, :],
+                             other=0.0).to(tl.float32)
+            score = tl.sum(labels * q[None, :], axis=1)
+        tl.store(S + b * stride_sb + kv * stride_sh + n, score, mask=n_ok)
+        if COUNT_HIGH:  # the radix select's first digit, counted while the scores are in registers
+            hist += tl.histogram(order_key(score) >> 8, 256, mask=n_ok)
+        start += BLOCK_N
+    if COUNT_HIGH:
+        tl.atomic_add(COUNT + row * (3 * 256) + tl.arange(0, 256), hist)
+
+
+def score_labels(query: torch.Tensor, labels: torch.Tensor, heavy: torch.Tensor, dtype=torch.float32,
+                 counters: torch.Tensor | None = None, block_n: int = 1024, programs: int = 2048,
+                 num_warps: int = 4) -> torch.Tensor:
+    """(b, kv_heads, n) label scores (accumulated in float32, stored as `dtype`), summed over the query heads
+    of each KV head; `labels` in either format of label_cache. `counters` (select.new_counters; float16
+    scores): also count the high bytes of the scores' keys for compress.attention.select.radix_top."""
+    b, h, _ = query.shape
+    packed = labels.dtype == torch.int32
+    labels = labels.contiguous()
+    kvh, n = labels.shape[1], labels.shape[3 if packed else 2]
+    r = heavy.shape[-1]
+    words = triton.cdiv(r, 8)
+    scores = torch.empty(b, kvh, n, device=query.device, dtype=dtype)
+    heavy = heavy.to(query.device, torch.int32).contiguous()
+    per_row, chunk = stretch(b * kvh, n, block_n, programs)
+    _score_kernel[(b * kvh, per_row)](
+        query, labels, heavy, scores, scores if counters is None else counters, n, query.stride(0), query.stride(1),
+        labels.stride(0), labels.stride(1), labels.stride(2), scores.stride(0), scores.stride(1), KVH=kvh,
+        GROUP=h // kvh, R=r, R_PAD=max(triton.next_power_of_2(r), 2), PACKED=packed, WORDS=words, BLOCK_N=block_n,
+        CHUNK=chunk, COUNT_HIGH=counters is not None, num_warps=num_warps)
+    return scores
