@@ -197,7 +197,7 @@ def tune_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: i
     for block, programs in itertools.product((1024, 2048, 4096), (1024, 2048, 4096)):
         ms = _graph_time(lambda: select.radix_top(scores, counters.clone(), budget, block, programs))
         found.append({"kernel": "radix", "block": block, "programs": programs, "ms": ms})
-    for block_t, target, warps, stages in itertools.product((32, 64), (528, 1056, 2112), (4, 8), (2, 3)):
+    for block_t, target, warps, stages in itertools.product((32, 64), (528, 1056, 2112), (4, 8), (3,)):
         ms = _graph_time(lambda: decode.sparse_decode(query, key, value, index, head_dim ** -0.5, block_t, target,
                                                       warps, stages))
         found.append({"kernel": "attend", "block": block_t, "programs": target, "num_warps": warps,
