@@ -15,7 +15,7 @@ import torch
 from _meta import meta
 
 
-PATHS = ((16, "topk-half"), (16, "topk"), (16, "radix"), (4, "radix"), (4, "topk-half"))  # label bits, selection
+PATHS = ((16, "topk-half"), (16, "topk"), (16, "threshold"), (4, "threshold"), (4, "topk-half"))  # bits, selection
 
 
 def main() -> None:
@@ -62,10 +62,10 @@ def main() -> None:
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
     print(f"{'shape':<13}{'dtype':<9}{'B':>3}{'context':>8}{'dense':>9}{'sparse':>9}{'score':>8}{'select':>8}"
-          f"{'attend':>8}{'radix16':>8}{'topkh4':>8}{'topkh16':>8}{'topk32':>8}{'speedup':>8}{'limit':>7}{'share':>6}")
+          f"{'attend':>8}{'thr16':>8}{'topkh4':>8}{'topkh16':>8}{'topk32':>8}{'speedup':>8}{'limit':>7}{'share':>6}")
     for r in rows:
         print(f"{r['shape']:<13}{r['dtype']:<9}{r['batch']:>3}{r['context']:>8}{r['dense_ms']:>9.4f}{r['sparse_ms']:>9.4f}"
-              f"{r['score_ms']:>8.4f}{r['select_ms']:>8.4f}{r['attend_ms']:>8.4f}{r['sparse_radix_16bit_ms']:>8.4f}"
+              f"{r['score_ms']:>8.4f}{r['select_ms']:>8.4f}{r['attend_ms']:>8.4f}{r['sparse_threshold_16bit_ms']:>8.4f}"
               f"{r['sparse_topk_half_4bit_ms']:>8.4f}{r['sparse_topk_half_ms']:>8.4f}{r['sparse_topk_ms']:>8.4f}"
               f"{r['speedup']:>8.2f}{r['bytes_limit_speedup']:>7.2f}{r['share_of_limit']:>6.2f}")
     best = {}

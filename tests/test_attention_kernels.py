@@ -14,7 +14,7 @@ SCRIPT = """
 import json, torch
 from compress.attention.bench import check_decode
 rows = [check_decode(*case, torch.float16, seed=i, device="cpu", selection=selection, label_bits=bits)
-        for bits, selection in ((16, "topk"), (16, "radix"), (4, "radix"))
+        for bits, selection in ((16, "topk"), (16, "threshold"), (4, "threshold"))
         for i, case in enumerate([(2, 8, 2, 3000, 32, 4, 200), (1, 4, 4, 100, 64, 8, 120), (3, 8, 8, 1257, 32, 4, 64),
                                   (1, 4, 2, 700, 64, 12, 50)])]
 print(json.dumps(rows))

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.gpu
 TOLERANCE = {torch.float16: 3e-3, torch.bfloat16: 2e-2}
 
 
-@pytest.mark.parametrize("label_bits, selection", [(4, "radix"), (4, "topk-half"), (16, "radix"),
+@pytest.mark.parametrize("label_bits, selection", [(4, "threshold"), (4, "topk-half"), (16, "threshold"),
                                                    (16, "topk-half"), (16, "topk")])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("heads, kv_heads", [(32, 32), (32, 8), (8, 2)])
@@ -23,7 +23,7 @@ def test_kernels_match_reference(label_bits, selection, dtype, heads, kv_heads, 
     row = check_decode(batch, heads, kv_heads, context, 128, 8, budget, dtype, seed, selection=selection,
                        label_bits=label_bits)
     assert row["finite"] and row["selected_unique"] and row["selected_top_of_own_scores"]
-    # float16 scores (topk-half, radix): their rounding (≤ 1e-3 of the largest) may reorder near-ties
+    # float16 scores (topk-half, threshold): their rounding (≤ 1e-3 of the largest) may reorder near-ties
     assert row["score_error"] < (1e-4 if selection == "topk" else 1e-3)
     # 4 bits: the evaluation path's codes, only each key's min and step rounded to float16 in the cache
     assert row["score_error_vs_evaluation"] < (5e-3 if label_bits == 4 else 1e-3)
@@ -40,26 +40,76 @@ def _keys(scores: torch.Tensor) -> torch.Tensor:
     return torch.where(bits >= 0x8000, bits ^ 0xFFFF, bits | 0x8000)
 
 
-@pytest.mark.parametrize("channels", [4, 8, 16])
-@pytest.mark.parametrize("heads, kv_heads, context", [(32, 32, 70_000), (32, 8, 9_999)])
-def test_packed_scores_and_histogram_match_pytorch(channels, heads, kv_heads, context):
-    """The 4-bit scoring kernel equals PyTorch over the same packed cache, and counts its keys' high bytes."""
+def packed_scores_and_candidates(label_bits, channels, heads, kv_heads, context, device="cuda"):
+    """The scoring kernel equals PyTorch over the same label cache, its threshold is the sample's key of the
+    plan's rank, and it gathers exactly the tokens whose key reaches it."""
     from compress.attention import labels, select
     from compress.attention.bench import random_decode_inputs
 
-    query, key, _, heavy = random_decode_inputs(2, heads, kv_heads, context, 128, channels, torch.float16,
+    query, key, _, heavy = random_decode_inputs(2, heads, kv_heads, context, 128, channels, torch.float16, device,
                                                 seed=channels)
-    packed = labels.label_cache(key, heavy, 4)
-    counters = select.new_counters(2 * kv_heads, "cuda")
-    scores = labels.score_labels(query, packed, heavy, torch.float16, counters)
+    cache = labels.label_cache(key, heavy, label_bits)
+    rows, budget = 2 * kv_heads, context // 16
+    plan = select.threshold_plan(rows, context, budget, device)
+    scores = labels.score_labels(query, cache, heavy, torch.float16, plan)
     group = heads // kv_heads
-    q = torch.gather(query.float(), -1, heavy.repeat_interleave(group, 0)[None].expand(2, heads, -1).cuda())
-    reference = torch.einsum("bkr,bknr->bkn", q.view(2, kv_heads, group, -1).sum(2),
-                             labels.dequantize_labels(packed, channels))
+    q = torch.gather(query.float(), -1, heavy.repeat_interleave(group, 0)[None].expand(2, heads, -1).to(device))
+    table = labels.dequantize_labels(cache, channels) if label_bits == 4 else cache.float()
+    reference = torch.einsum("bkr,bknr->bkn", q.view(2, kv_heads, group, -1).sum(2), table)
     assert float((scores.float() - reference).abs().max() / reference.abs().max()) < 1e-3
-    high = _keys(scores).view(2 * kv_heads, -1) >> 8
-    expected = torch.stack([torch.bincount(row, minlength=256) for row in high])
-    assert torch.equal(counters[:, :256], expected.to(torch.int32))
+    keys = _keys(scores).view(rows, -1)
+    i = torch.arange(plan.sample, device=device)
+    sample = keys[:, (i // plan.run) * plan.run_stride + i % plan.run]
+    expected = sample.topk(plan.rank, dim=-1).values[:, -1]
+    threshold, found = plan.state[:, 0], plan.state[:, 1]
+    assert (threshold - expected).abs().max() <= 1  # the sample rescored: float32 sums may round apart
+    assert torch.equal(found, (keys >= threshold[:, None]).sum(-1).to(torch.int32))
+    for row in range(rows):
+        held = plan.candidates[row, 0, :min(int(found[row]), plan.capacity)].long()
+        assert torch.equal(held.sort().values, (keys[row] >= threshold[row]).nonzero()[:, 0][:len(held)])
+        assert torch.equal(plan.candidates[row, 1, :len(held)], keys[row, held])
+
+
+@pytest.mark.parametrize("label_bits, channels", [(4, 4), (4, 8), (4, 16), (16, 8)])
+@pytest.mark.parametrize("heads, kv_heads, context", [(32, 32, 70_000), (32, 8, 9_999)])
+def test_scores_threshold_and_candidates_match_pytorch(label_bits, channels, heads, kv_heads, context):
+    packed_scores_and_candidates(label_bits, channels, heads, kv_heads, context)
+
+
+def unlucky_samples_fall_back(pattern, device="cuda"):
+    """Rows whose sample misleads the threshold (or whose scores all tie) still get their exact top-T."""
+    from compress.attention import decode, select
+
+    batch, kv_heads, context, budget = 2, 4, 20_000, 1_250
+    plan = select.threshold_plan(batch * kv_heads, context, budget, device)
+    i = torch.arange(plan.sample, device=device)
+    sampled = torch.zeros(context, dtype=torch.bool, device=device)
+    sampled[(i // plan.run) * plan.run_stride + i % plan.run] = True
+    generator = torch.Generator(device=device).manual_seed(7)
+    value = torch.rand(batch, kv_heads, context, device=device, generator=generator) + 1
+    if pattern == "sample-high":  # the sample alone is above the rest: fewer candidates than T
+        value = torch.where(sampled, value + 4, value)
+    elif pattern == "sample-low":  # the sample alone is below: every token a candidate, more than the list holds
+        value = torch.where(sampled, value - 4, value)
+    else:  # every score equal
+        value = torch.ones_like(value)
+    key = torch.zeros(batch, kv_heads, context, 128, device=device, dtype=torch.float16)
+    key[..., 0] = value.half()
+    query = torch.zeros(batch, kv_heads, 128, device=device, dtype=torch.float16)
+    query[..., 0] = 1
+    heavy = torch.arange(8, device=device).expand(kv_heads, 8)
+    scores, index = decode.select_tokens(query, decode.label_cache(key, heavy), heavy, budget, "threshold")
+    assert index.shape == (batch, kv_heads, budget)
+    assert bool((index.sort(-1).values.diff(dim=-1) > 0).all())
+    chosen = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, index.long(), True)
+    own = scores.float()
+    lowest_kept = own.masked_fill(~chosen, float("inf")).amin(-1)
+    assert bool((lowest_kept >= own.masked_fill(chosen, float("-inf")).amax(-1)).all())
+
+
+@pytest.mark.parametrize("pattern", ["sample-high", "sample-low", "ties"])
+def test_unlucky_samples_fall_back_to_the_whole_row(pattern):
+    unlucky_samples_fall_back(pattern)
 
 
 def test_all_tokens_equal_dense_sdpa():

@@ -7,7 +7,7 @@ matter; attention then reads only the top tokens.
   runtime.py    the sparse attention installed through transformers' AttentionInterface
   measure.py    perplexity, greedy agreement and passkey retrieval, dense vs sparse
   labels.py     the decode label cache (16-bit, or packed 4-bit) and the Triton kernel that scores with it
-  select.py     top-T tokens: torch.topk, or an exact radix select over float16 scores (Triton)
+  select.py     top-T tokens: torch.topk, or an exact threshold select over float16 scores (Triton)
   decode.py     Triton decode: scoring + selection + attention over the selected tokens
   bench.py      kernels vs the PyTorch reference, and timed against dense SDPA decode
   jobs.py, config.py  the calibration job; typed settings

@@ -63,7 +63,8 @@ def _reference(query, key, value, heavy, labels, label_bits: int, scale: float):
 
 
 def check_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: int, channels: int, budget: int,
-                 dtype, seed: int = 0, device: str = "cuda", selection: str = "radix", label_bits: int = 16) -> dict:
+                 dtype, seed: int = 0, device: str = "cuda", selection: str = "threshold",
+                 label_bits: int = 16) -> dict:
     """Kernels vs reference: label scores, the selected set (equal to the reference's top-T up to near-ties at
     the boundary), the output vs attention over that set, and vs over the reference's own set."""
     from compress.attention import decode
@@ -132,8 +133,9 @@ def _graph_time(fn: Callable[[], object], replays: int = 20, repeats: int = 5) -
 
 
 # json key -> (label bits, selection) of each full path timed; sparse_ms is double_sparse_decode's default
-PATHS = {"sparse_ms": (4, "radix"), "sparse_radix_16bit_ms": (16, "radix"), "sparse_topk_half_4bit_ms": (4, "topk-half"),
-         "sparse_topk_half_ms": (16, "topk-half"), "sparse_topk_ms": (16, "topk")}
+PATHS = {"sparse_ms": (4, "threshold"), "sparse_threshold_16bit_ms": (16, "threshold"),
+         "sparse_topk_half_4bit_ms": (4, "topk-half"), "sparse_topk_half_ms": (16, "topk-half"),
+         "sparse_topk_ms": (16, "topk")}
 
 
 def time_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: int, channels: int, budget: int,
@@ -146,22 +148,22 @@ def time_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: i
     scale = head_dim ** -0.5
     caches = {bits: decode.label_cache(key, heavy, bits) for bits in (4, 16)}
     rows = batch * kv_heads
-    counters = select.new_counters(rows, query.device)
-    scores = decode.score_labels(query, caches[4], heavy, torch.float16, counters)
-    index = select.radix_top(scores, counters.clone(), budget) if context > budget else \
-        decode.select_top(scores, budget)
+    plan = select.threshold_plan(rows, context, budget, query.device)
+    scores = decode.score_labels(query, caches[4], heavy, torch.float16, plan)
+    index = select.threshold_top(scores, plan, budget) if context > budget else decode.select_top(scores, budget)
 
     def path(bits, selection):
         return lambda: decode.double_sparse_decode(query, key, value, caches[bits], heavy, budget, scale, selection)
 
-    def score(bits):
-        return lambda: decode.score_labels(query, caches[bits], heavy, torch.float16,
-                                           select.new_counters(rows, query.device))
+    def score(bits, gather=True):  # with the threshold and the candidates, as the default path scores
+        plans = lambda: select.threshold_plan(rows, context, budget, query.device) if gather else None  # noqa: E731
+        return lambda: decode.score_labels(query, caches[bits], heavy, torch.float16, plans())
 
     dense_ms = _graph_time(lambda: dense_decode(query, key, value, scale))
     times = {name: _graph_time(path(*how)) for name, how in PATHS.items()}
     parts = {"score_ms": _graph_time(score(4)), "score_16bit_ms": _graph_time(score(16)),
-             "select_ms": _graph_time(lambda: select.radix_top(scores, counters.clone(), budget)),
+             "score_alone_ms": _graph_time(score(4, False)),
+             "select_ms": _graph_time(lambda: select.threshold_top(scores, plan, budget)),
              "attend_ms": _graph_time(lambda: decode.sparse_decode(query, key, value, index, scale))}
     element = key.element_size()
     kv_bytes = 2 * batch * kv_heads * context * head_dim * element
@@ -169,40 +171,36 @@ def time_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: i
     limits = {bits: kv_bytes / (attend_bytes + batch * kv_heads * context * label_format.label_bytes(channels, bits))
               for bits in (4, 16)}
     speedup = dense_ms / times["sparse_ms"]
-    del query, key, value, caches, scores, index
+    del query, key, value, caches, scores, index, plan
     torch.cuda.empty_cache()
     return {"batch": batch, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "context": context,
             "channels": channels, "budget": budget, "dtype": str(dtype).replace("torch.", ""), "label_bits": 4,
-            "selection": "radix", "dense_ms": dense_ms, **times, **parts, "speedup": speedup,
+            "selection": "threshold", "dense_ms": dense_ms, **times, **parts, "speedup": speedup,
             "dense_tb_per_s": kv_bytes / dense_ms / 1e9, "bytes_limit_speedup": limits[4],
             "bytes_limit_speedup_16bit": limits[16], "share_of_limit": speedup / limits[4]}
 
 
 def tune_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: int, channels: int, budget: int,
                 dtype) -> list[dict]:
-    """Milliseconds of each kernel alone over a small grid of its launch settings (to choose the defaults)."""
+    """Milliseconds of the scoring and attention kernels alone over a small grid of launch settings."""
     from compress.attention import decode, select
 
     query, key, value, heavy = random_decode_inputs(batch, heads, kv_heads, context, head_dim, channels, dtype)
     labels = decode.label_cache(key, heavy, 4)
     rows = batch * kv_heads
-    counters = select.new_counters(rows, query.device)
-    scores = decode.score_labels(query, labels, heavy, torch.float16, counters)
-    index = select.radix_top(scores, counters.clone(), budget)
+    _, index = decode.select_tokens(query, labels, heavy, budget)
     found = []
-    for block_n, programs, warps in itertools.product((512, 1024, 2048), (1024, 4096), (4, 8)):
+    for block_n, programs, warps in itertools.product((512, 1024, 2048), (1024, 4096, 16384), (4, 8)):
         ms = _graph_time(lambda: decode.score_labels(query, labels, heavy, torch.float16,
-                                                     select.new_counters(rows, query.device), block_n, programs, warps))
+                                                     select.threshold_plan(rows, context, budget, query.device),
+                                                     block_n, programs, warps))
         found.append({"kernel": "score", "block": block_n, "programs": programs, "num_warps": warps, "ms": ms})
-    for block, programs in itertools.product((1024, 2048, 4096), (1024, 2048, 4096)):
-        ms = _graph_time(lambda: select.radix_top(scores, counters.clone(), budget, block, programs))
-        found.append({"kernel": "radix", "block": block, "programs": programs, "ms": ms})
-    for block_t, target, warps, stages in itertools.product((32, 64), (528, 1056, 2112), (4, 8), (3,)):
+    for block_t, target, stages in itertools.product((32, 64), (528, 1056, 2112), (2, 3, 4)):
         ms = _graph_time(lambda: decode.sparse_decode(query, key, value, index, head_dim ** -0.5, block_t, target,
-                                                      warps, stages))
-        found.append({"kernel": "attend", "block": block_t, "programs": target, "num_warps": warps,
+                                                      4, stages))
+        found.append({"kernel": "attend", "block": block_t, "programs": target, "num_warps": 4,
                       "num_stages": stages, "ms": ms})
-    del query, key, value, labels, scores, index
+    del query, key, value, labels, index
     torch.cuda.empty_cache()
     return [{"batch": batch, "heads": heads, "kv_heads": kv_heads, "context": context, **row} for row in found]
 

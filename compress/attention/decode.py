@@ -4,8 +4,8 @@
                  (compress.attention.labels); built as keys are appended, not timed here
   score_labels   approximate logits of every cached token: the query heads of a KV head share its channel
                  set, so their label scores sum to one dot product with the summed query labels
-  select         the T best tokens per (sequence, KV head): radix_top (compress.attention.select) fed by a
-                 histogram the scoring kernel counts, or torch.topk (a token count ≤ T keeps them all)
+  select         the T best tokens per (sequence, KV head): an exact threshold select whose candidates the
+                 scoring kernel gathers (compress.attention.select), or torch.topk (n ≤ T keeps them all)
   sparse_decode  exact softmax attention over the selected tokens, split over chunks of the selection
                  (every query head of a KV head in one program, so each K/V row is read once), the splits'
                  partial softmaxes merged by a second small kernel
@@ -18,12 +18,12 @@ import triton
 import triton.language as tl
 
 from compress.attention.labels import label_cache, score_labels
-from compress.attention.select import new_counters, radix_top, select_top
+from compress.attention.select import select_top, threshold_plan, threshold_top
 
 __all__ = ["label_cache", "score_labels", "select_top", "select_tokens", "sparse_decode", "double_sparse_decode",
            "SELECTIONS"]
 
-SELECTIONS = ("radix", "topk-half", "topk")
+SELECTIONS = ("threshold", "topk-half", "topk")
 
 
 @triton.jit
@@ -105,22 +105,22 @@ def sparse_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, i
 
 
 def select_tokens(query: torch.Tensor, labels: torch.Tensor, heavy: torch.Tensor, budget: int,
-                  selection: str = "radix") -> tuple[torch.Tensor, torch.Tensor]:
+                  selection: str = "threshold") -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, index): label scores and the top `budget` tokens per KV head (all of them if n ≤ budget).
-    radix and topk-half score in float16 (which may tie where float32 would not); topk in float32."""
+    threshold and topk-half score in float16 (which may tie where float32 would not); topk in float32."""
     if selection not in SELECTIONS:
         raise ValueError(f"unknown selection {selection!r}: choose from {', '.join(SELECTIONS)}")
-    b, kvh, n = query.shape[0], labels.shape[1], labels.shape[3 if labels.dtype == torch.int32 else 2]
-    if selection == "radix" and n > budget:
-        counters = new_counters(b * kvh, query.device)
-        scores = score_labels(query, labels, heavy, torch.float16, counters)
-        return scores, radix_top(scores, counters, budget)
+    b, kvh, n = query.shape[0], labels.shape[1], labels.shape[-1 if labels.dtype == torch.int32 else 2]
+    if selection == "threshold" and n > budget:
+        plan = threshold_plan(b * kvh, n, budget, query.device)
+        scores = score_labels(query, labels, heavy, torch.float16, plan)
+        return scores, threshold_top(scores, plan, budget)
     scores = score_labels(query, labels, heavy, torch.float32 if selection == "topk" else torch.float16)
     return scores, select_top(scores, budget)
 
 
 def double_sparse_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, labels: torch.Tensor,
-                         heavy: torch.Tensor, budget: int, scale: float, selection: str = "radix") -> torch.Tensor:
+                         heavy: torch.Tensor, budget: int, scale: float, selection: str = "threshold") -> torch.Tensor:
     """Score with labels (label_cache, 16- or 4-bit), keep the top `budget` tokens per KV head, attend exactly
-    over them: (b, heads, d). selection: radix (the fastest measured on one H200) | topk-half | topk."""
+    over them: (b, heads, d). selection: threshold (the fastest measured on one H200) | topk-half | topk."""
     return sparse_decode(query, key, value, select_tokens(query, labels, heavy, budget, selection)[1], scale)

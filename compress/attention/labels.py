@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from compress.attention.select import order_key, stretch
+from compress.attention.select import ThresholdPlan, kth_largest_key, order_key, stretch
 
 __all__ = ["label_cache", "dequantize_labels", "label_bytes", "score_labels"]
 
@@ -68,70 +68,110 @@ def label_bytes(channels: int, bits: int, element: int = 2) -> int:
 
 
 @triton.jit
-def _score_kernel(Q, LAB, HEAVY, S, COUNT, N, stride_qb, stride_qh, stride_lb, stride_lh, stride_ln, stride_sb,
-                  stride_sh, KVH: tl.constexpr, GROUP: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr,
-                  PACKED: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr,
-                  CHUNK, COUNT_HIGH: tl.constexpr):
-    row = tl.program_id(0)
-    b = (row // KVH).to(tl.int64)  # a large cache's offsets pass 2^31 elements
-    kv = row % KVH
+def _query_labels(Q, HEAVY, b, kv, stride_qb, stride_qh, GROUP: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr):
+    """The heavy channels of the KV head's query heads, summed: (R_PAD,) float32 and the channel positions."""
     c = tl.arange(0, R_PAD)
     c_ok = c < R
     channel = tl.load(HEAVY + kv * R + c, mask=c_ok, other=0)
-    q = tl.zeros(c.shape, dtype=tl.float32)
+    q = tl.zeros([R_PAD], dtype=tl.float32)
     for g in tl.static_range(GROUP):
         q += tl.load(Q + b * stride_qb + (kv * GROUP + g) * stride_qh + channel, mask=c_ok, other=0.0).to(tl.float32)
+    return q, c
+
+
+@triton.jit
+def _scores_at(LAB, n, n_ok, q, c, stride_plane, R: tl.constexpr, PACKED: tl.constexpr, WORDS: tl.constexpr):
+    """float32 label scores of tokens `n` of one (sequence, KV head) whose labels start at LAB."""
+    if PACKED:  # planes stride_plane apart, tokens contiguous in each
+        dot = tl.zeros(n.shape, dtype=tl.float32)
+        for w in tl.static_range(WORDS):
+            word = tl.load(LAB + w * stride_plane + n, mask=n_ok, other=0)
+            for j in tl.static_range(8):
+                if w * 8 + j < R:
+                    q_j = tl.sum(tl.where(c == w * 8 + j, q, 0.0), axis=0)  # loop-invariant: hoisted
+                    # the code as a float without an int-to-float conversion (a slow unit): 2^23 + code
+                    code = (((word >> (4 * j)) & 15) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+                    dot += q_j * code
+        meta = tl.load(LAB + WORDS * stride_plane + n, mask=n_ok, other=0)
+        low = (meta & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        step = ((meta >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        score = low * tl.sum(q, axis=0) + step * dot
+    else:  # contiguous rows of R labels: 16-byte loads at R = 8
+        labels = tl.load(LAB + n[:, None] * R + c[None, :], mask=n_ok[:, None] & (c < R)[None, :], other=0.0)
+        score = tl.sum(labels.to(tl.float32) * q[None, :], axis=1)
+    return score
+
+
+@triton.jit
+def _score_kernel(Q, LAB, HEAVY, S, STATE, CAND, N, CAP, stride_qb, stride_qh, stride_lb, stride_lh, stride_plane,
+                  stride_sb, stride_sh, KVH: tl.constexpr, GROUP: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr,
+                  PACKED: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK, FILTER: tl.constexpr):
+    row = tl.program_id(0)
+    b = (row // KVH).to(tl.int64)  # a large cache's offsets pass 2^31 elements
+    kv = row % KVH
+    q, c = _query_labels(Q, HEAVY, b, kv, stride_qb, stride_qh, GROUP, R, R_PAD)
     base = LAB + b * stride_lb + kv * stride_lh
-    hist = tl.zeros([256], dtype=tl.int32)
+    if FILTER:
+        threshold = tl.load(STATE + row * 2)
     start = tl.program_id(1) * CHUNK
     end = tl.minimum(start + CHUNK, N)
     while start < end:  # a while loop: the Triton interpreter cannot range() to a runtime bound under NumPy 2
         n = tl.multiple_of(start, BLOCK_N) + tl.arange(0, BLOCK_N)
         n_ok = n < N
-        if PACKED:  # planes: stride_ln is the stride between planes, tokens are contiguous
-            dot = tl.zeros([BLOCK_N], dtype=tl.float32)
-            for w in tl.static_range(WORDS):
-                word = tl.load(base + w * stride_ln + n, mask=n_ok, other=0)
-                for j in tl.static_range(8):
-                    if w * 8 + j < R:
-                        q_j = tl.sum(tl.where(c == w * 8 + j, q, 0.0), axis=0)  # loop-invariant: hoisted
-                        # the code as a float without an int-to-float conversion (a slow unit): 2^23 + code
-                        code = (((word >> (4 * j)) & 15) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-                        dot += q_j * code
-            meta = tl.load(base + WORDS * stride_ln + n, mask=n_ok, other=0)
-            low = (meta & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-            step = ((meta >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-            score = low * tl.sum(q, axis=0) + step * dot
-        else:
-            labels = tl.load(base + n[:, None] * R + c[None, :], mask=n_ok[:, None] & c_ok[None, :],
-                             other=0.0).to(tl.float32)
-            score = tl.sum(labels * q[None, :], axis=1)
+        score = _scores_at(base, n, n_ok, q, c, stride_plane, R, PACKED, WORDS)
         tl.store(S + b * stride_sb + kv * stride_sh + n, score, mask=n_ok)
-        if COUNT_HIGH:  # the radix select's first digit, counted while the scores are in registers
-            hist += tl.histogram(order_key(score) >> 8, 256, mask=n_ok)
+        if FILTER:  # candidates for select.threshold_top: tokens whose float16 key reaches the row's threshold
+            key = order_key(score)
+            take = (n_ok & (key >= threshold)).to(tl.int32)
+            slot = tl.atomic_add(STATE + row * 2 + 1, tl.sum(take, axis=0)) + tl.cumsum(take, axis=0) - 1
+            keep = (take > 0) & (slot < CAP)
+            tl.store(CAND + row * 2 * CAP + slot, n, mask=keep)
+            tl.store(CAND + (row * 2 + 1) * CAP + slot, key, mask=keep)
         start += BLOCK_N
-    if COUNT_HIGH:
-        tl.atomic_add(COUNT + row * (3 * 256) + tl.arange(0, 256), hist)
+
+
+@triton.jit
+def _threshold_kernel(Q, LAB, HEAVY, STATE, N, RUN_STRIDE, K, stride_qb, stride_qh, stride_lb, stride_lh,
+                      stride_plane, KVH: tl.constexpr, GROUP: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr,
+                      PACKED: tl.constexpr, WORDS: tl.constexpr, SAMPLE: tl.constexpr, RUN: tl.constexpr):
+    row = tl.program_id(0)
+    b = (row // KVH).to(tl.int64)
+    kv = row % KVH
+    q, c = _query_labels(Q, HEAVY, b, kv, stride_qb, stride_qh, GROUP, R, R_PAD)
+    i = tl.arange(0, SAMPLE)
+    n = (i // RUN) * RUN_STRIDE + i % RUN  # runs of RUN neighbours: whole sectors of the label planes
+    n_ok = n < N
+    score = _scores_at(LAB + b * stride_lb + kv * stride_lh, n, n_ok, q, c, stride_plane, R, PACKED, WORDS)
+    tl.store(STATE + row * 2, kth_largest_key(tl.where(n_ok, order_key(score), -1), K))
+
+
+def _launch_args(query, labels, heavy):
+    b, h, _ = query.shape
+    kvh = labels.shape[1]
+    r = heavy.shape[-1]
+    return dict(KVH=kvh, GROUP=h // kvh, R=r, R_PAD=max(triton.next_power_of_2(r), 2),
+                PACKED=labels.dtype == torch.int32, WORDS=triton.cdiv(r, 8))
 
 
 def score_labels(query: torch.Tensor, labels: torch.Tensor, heavy: torch.Tensor, dtype=torch.float32,
-                 counters: torch.Tensor | None = None, block_n: int = 1024, programs: int = 2048,
+                 plan: ThresholdPlan | None = None, block_n: int = 1024, programs: int = 4096,
                  num_warps: int = 4) -> torch.Tensor:
     """(b, kv_heads, n) label scores (accumulated in float32, stored as `dtype`), summed over the query heads
-    of each KV head; `labels` in either format of label_cache. `counters` (select.new_counters; float16
-    scores): also count the high bytes of the scores' keys for compress.attention.select.radix_top."""
-    b, h, _ = query.shape
-    packed = labels.dtype == torch.int32
+    of each KV head; `labels` in either format of label_cache. `plan` (select.ThresholdPlan; float16 scores):
+    also estimate each row's threshold from a sample and gather the candidates above it into the plan."""
+    b = query.shape[0]
     labels = labels.contiguous()
-    kvh, n = labels.shape[1], labels.shape[3 if packed else 2]
-    r = heavy.shape[-1]
-    words = triton.cdiv(r, 8)
-    scores = torch.empty(b, kvh, n, device=query.device, dtype=dtype)
+    kvh, n = labels.shape[1], labels.shape[-1 if labels.dtype == torch.int32 else 2]
     heavy = heavy.to(query.device, torch.int32).contiguous()
+    scores = torch.empty(b, kvh, n, device=query.device, dtype=dtype)
+    strides = (query.stride(0), query.stride(1), labels.stride(0), labels.stride(1), labels.stride(2))
+    meta = _launch_args(query, labels, heavy)
+    if plan is not None and plan.sample:
+        _threshold_kernel[(b * kvh,)](query, labels, heavy, plan.state, n, plan.run_stride, plan.rank, *strides,
+                                      **meta, SAMPLE=plan.sample, RUN=plan.run, num_warps=4)
+    gather = (scores, scores, 0) if plan is None else (plan.state, plan.candidates, plan.capacity)
     per_row, chunk = stretch(b * kvh, n, block_n, programs)
-    _score_kernel[(b * kvh, per_row)](
-        query, labels, heavy, scores, scores if counters is None else counters, n, query.stride(0), query.stride(1),
-        labels.stride(0), labels.stride(1), labels.stride(2), scores.stride(0), scores.stride(1), KVH=kvh,
-        GROUP=h // kvh, R=r, R_PAD=max(triton.next_power_of_2(r), 2), PACKED=packed, WORDS=words, BLOCK_N=block_n,
-        CHUNK=chunk, COUNT_HIGH=counters is not None, num_warps=num_warps)
+    _score_kernel[(b * kvh, per_row)](query, labels, heavy, scores, *gather[:2], n, gather[2], *strides, scores.stride(0),
+                                      scores.stride(1), **meta, BLOCK_N=block_n, CHUNK=chunk, FILTER=plan is not None,
+                                      num_warps=num_warps)
     return scores

@@ -1,32 +1,59 @@
-"""Top-T token selection on the GPU: torch.topk, or an exact two-digit radix select over float16 scores.
+"""Top-T token selection on the GPU: torch.topk, or an exact threshold select over float16 scores (Triton).
 
-Radix select: the scoring kernel (compress.attention.labels) already holds each score in registers: it stores
-it as float16 and counts the high byte of its order-preserving 16-bit key into a per-row histogram. A second
-pass counts the low byte among the tokens of the high byte that holds the T-th largest key; the T-th largest
-key K is then known exactly, with how many tokens equal to K to take. A last pass writes the indices of every
-token above K and of the first such equal ones (ties in float16 taken in no set order). Scores are read twice
-after being written once: 6 bytes a token. Every pass loops over a long stretch of its row, counts in
-registers and adds to the row's counters once (one atomic per 256 bins per program; a program per block of
-tokens made the atomics cost more than the select saved, measured on one H200).
+Threshold select, for T of n tokens per row:
+  1. a sample of the row (runs of 8 neighbours spread over it) is scored first and its float16 keys give a
+     threshold expected to keep about 1.5 T tokens (compress.attention.labels._threshold_kernel);
+  2. the scoring kernel writes every token whose key reaches the threshold to the row's candidate list
+     (one atomic per block of tokens reserves its slots);
+  3. one program per row finds the T-th largest key among the candidates, held in registers, by a bitwise
+     search from the top bit, and writes the tokens above it and the first of those equal to it.
+If a row's candidates are fewer than T or more than the list holds (an unlucky sample; many ties), step 3
+searches the whole row's stored scores instead (slower; the result is the same). Ties in float16 are taken
+in no set order. A two-digit radix select (a 256-bin histogram of every score, twice) was slower than
+torch.topk on one H200: Triton's histogram costs a few instructions per element and bin bit.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["BINS", "order_key", "new_counters", "stretch", "select_top", "radix_top"]
+__all__ = ["ThresholdPlan", "threshold_plan", "order_key", "kth_largest_key", "stretch", "select_top",
+           "threshold_top"]
 
-BINS = 256  # one digit: a byte of the 16-bit key
-COUNTERS = 3 * BINS  # per row: high-byte histogram, low-byte histogram, two fill counts
-
-
-def new_counters(rows: int, device) -> torch.Tensor:
-    """Zeroed (rows, COUNTERS) int32: what the scoring kernel and radix_top count into."""
-    return torch.zeros(rows, COUNTERS, device=device, dtype=torch.int32)
+SAMPLE, RUN = 2048, 8  # tokens a threshold is estimated from, in runs of neighbours
+MARGIN = 1.5  # candidates expected, in units of T: a shortfall below T is about 4.6 standard deviations away
 
 
-def stretch(rows: int, n: int, block: int, programs: int = 2048) -> tuple[int, int]:
+@dataclass
+class ThresholdPlan:
+    """Launch settings and buffers of one threshold select: rows × capacity candidate slots."""
+    rank: int  # the sample's key of this rank (from the top) is the threshold
+    sample: int  # 0: every token is a candidate (no threshold)
+    run_stride: int
+    capacity: int
+    state: torch.Tensor  # (rows, 2) int32: threshold key, candidates found
+    candidates: torch.Tensor  # (rows, 2, capacity) int32: token indices, their keys
+    run: int = RUN
+
+
+def threshold_plan(rows: int, n: int, budget: int, device) -> ThresholdPlan:
+    capacity = triton.next_power_of_2(max(16, 2 * budget))
+    state = torch.zeros(rows, 2, device=device, dtype=torch.int32)
+    if capacity >= n:  # every token fits: no threshold
+        capacity = triton.next_power_of_2(n)
+        candidates = torch.empty(rows, 2, capacity, device=device, dtype=torch.int32)
+        return ThresholdPlan(0, 0, 0, capacity, state, candidates)
+    sample = min(SAMPLE, triton.next_power_of_2(n) // 2)
+    runs = sample // RUN
+    rank = min(sample, triton.cdiv(int(MARGIN * budget * sample), n))
+    return ThresholdPlan(rank, sample, n // runs, capacity, state,
+                         torch.empty(rows, 2, capacity, device=device, dtype=torch.int32))
+
+
+def stretch(rows: int, n: int, block: int, programs: int = 4096) -> tuple[int, int]:
     """(programs per row, tokens per program): about `programs` in all, each a whole number of blocks."""
     per_row = max(1, min(triton.cdiv(n, block), triton.cdiv(programs, rows)))
     chunk = triton.cdiv(triton.cdiv(n, per_row), block) * block
@@ -49,68 +76,78 @@ def order_key(score):
 
 
 @triton.jit
-def _boundary(HIST, need):
-    """The digit (from the top) where the count of keys reaches `need`, and what is still needed inside it."""
-    rank = tl.arange(0, 256)
-    reached = tl.cumsum(tl.load(HIST + 255 - rank), axis=0)  # digit 255 first
-    position = tl.sum((reached < need).to(tl.int32), axis=0)
-    above = tl.max(tl.where(reached < need, reached, 0), axis=0)
-    return 255 - position, need - above
+def kth_largest_key(keys, k):
+    """The k-th largest of `keys` (int32 in [0, 65535]; -1 for none): the largest value that k keys reach."""
+    found = tl.sum(keys * 0, axis=0)
+    for i in tl.static_range(16):
+        trial = found | (1 << (15 - i))
+        found = tl.where(tl.sum((keys >= trial).to(tl.int32), axis=0) >= k, trial, found)
+    return found
 
 
 @triton.jit
-def _block_keys(S, start, N, BLOCK: tl.constexpr):
+def _row_keys(S, start, N, BLOCK: tl.constexpr):
     n = tl.multiple_of(start, BLOCK) + tl.arange(0, BLOCK)
     valid = n < N
-    return n, valid, order_key(tl.load(S + n, mask=valid, other=0.0))
+    return n, tl.where(valid, order_key(tl.load(S + n, mask=valid, other=0.0)), -1)
 
 
 @triton.jit
-def _low_byte_histogram(S, COUNT, N, T, stride_row, BLOCK: tl.constexpr, CHUNK):
-    row = tl.program_id(0)
-    counters = COUNT + row * (3 * 256)
-    high, _ = _boundary(counters, T)
-    hist = tl.zeros([256], dtype=tl.int32)
-    start = tl.program_id(1) * CHUNK
-    end = tl.minimum(start + CHUNK, N)
-    while start < end:  # not range(): the Triton interpreter cannot loop to a runtime bound under NumPy 2
-        n, valid, key = _block_keys(S + row * stride_row, start, N, BLOCK)
-        hist += tl.histogram(key & 255, 256, mask=valid & ((key >> 8) == high))
-        start += BLOCK
-    tl.atomic_add(counters + 256 + tl.arange(0, 256), hist)
+def _write_top(IDX, T, n, keys, key, above_before, equal_before, ties):
+    """Write tokens `n` whose key is above `key`, then the first `ties` equal to it, after those before."""
+    above = (keys > key).to(tl.int32)
+    equal = (keys == key).to(tl.int32)
+    tl.store(IDX + above_before + tl.cumsum(above, axis=0) - 1, n, mask=above > 0)
+    slot = equal_before + tl.cumsum(equal, axis=0) - 1
+    tl.store(IDX + (T - ties) + slot, n, mask=(equal > 0) & (slot < ties))
+    return above_before + tl.sum(above, axis=0), equal_before + tl.sum(equal, axis=0)
 
 
 @triton.jit
-def _compact(S, COUNT, IDX, N, T, stride_row, BLOCK: tl.constexpr, CHUNK):
+def _finish_kernel(S, STATE, CAND, IDX, N, T, CAP, stride_row, CAP_PAD: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
-    counters = COUNT + row * (3 * 256)
-    high, need = _boundary(counters, T)
-    low, ties = _boundary(counters + 256, need)  # ties: tokens equal to the threshold still to take
-    threshold = high * 256 + low
-    start = tl.program_id(1) * CHUNK
-    end = tl.minimum(start + CHUNK, N)
-    while start < end:  # not range(): the Triton interpreter cannot loop to a runtime bound under NumPy 2
-        n, valid, key = _block_keys(S + row * stride_row, start, N, BLOCK)
-        above = valid & (key > threshold)
-        equal = valid & (key == threshold)
-        base = tl.atomic_add(counters + 512, tl.sum(above.to(tl.int32), axis=0))
-        slot = base + tl.cumsum(above.to(tl.int32), axis=0) - 1
-        tl.store(IDX + row * T + slot, n, mask=above)
-        base_equal = tl.atomic_add(counters + 513, tl.sum(equal.to(tl.int32), axis=0))
-        slot_equal = base_equal + tl.cumsum(equal.to(tl.int32), axis=0) - 1
-        tl.store(IDX + row * T + (T - ties) + slot_equal, n, mask=equal & (slot_equal < ties))
-        start += BLOCK
+    found = tl.load(STATE + row * 2 + 1)
+    out = IDX + row * T
+    scores = S + row * stride_row
+    if (found >= T) & (found <= CAP):  # (names differ from the other branch's: Triton merges same names)
+        i = tl.arange(0, CAP_PAD)
+        held = tl.load(CAND + row * 2 * CAP + i, mask=i < found, other=0)
+        held_keys = tl.load(CAND + (row * 2 + 1) * CAP + i, mask=i < found, other=-1)
+        kth = kth_largest_key(held_keys, T)
+        _write_top(out, T, held, held_keys, kth, 0, 0, T - tl.sum((held_keys > kth).to(tl.int32), axis=0))
+    else:  # the sample's threshold missed: search the whole row, a block at a time
+        key = found * 0
+        for bit in tl.static_range(16):
+            trial = key | (1 << (15 - bit))
+            reach = found * 0
+            start = found * 0
+            while start < N:
+                _, keys = _row_keys(scores, start, N, BLOCK)
+                reach += tl.sum((keys >= trial).to(tl.int32), axis=0)
+                start += BLOCK
+            key = tl.where(reach >= T, trial, key)
+        above = found * 0
+        start = found * 0
+        while start < N:
+            _, keys = _row_keys(scores, start, N, BLOCK)
+            above += tl.sum((keys > key).to(tl.int32), axis=0)
+            start += BLOCK
+        above_before = found * 0
+        equal_before = found * 0
+        start = found * 0
+        while start < N:
+            n, keys = _row_keys(scores, start, N, BLOCK)
+            above_before, equal_before = _write_top(out, T, n, keys, key, above_before, equal_before, T - above)
+            start += BLOCK
 
 
-def radix_top(scores: torch.Tensor, counters: torch.Tensor, budget: int, block: int = 2048,
-              programs: int = 2048) -> torch.Tensor:
-    """(b, kv_heads, budget) int32 indices of the `budget` largest float16 scores per row (n > budget), given
-    `counters` (new_counters) holding the histogram of their keys' high bytes the scoring kernel counted."""
+def threshold_top(scores: torch.Tensor, plan: ThresholdPlan, budget: int, block: int = 1024) -> torch.Tensor:
+    """(b, kv_heads, budget) int32 indices of the `budget` largest float16 scores per row (n > budget), from
+    the candidates the scoring kernel gathered into `plan`."""
     b, kvh, n = scores.shape
     rows = b * kvh
     flat = scores.view(rows, n)
     index = torch.empty(rows, budget, device=scores.device, dtype=torch.int32)
-    per_row, chunk = stretch(rows, n, block, programs)
-    _low_byte_histogram[(rows, per_row)](flat, counters, n, budget, flat.stride(0), BLOCK=block, CHUNK=chunk)
-    _compact[(rows, per_row)](flat, counters, index, n, budget, flat.stride(0), BLOCK=block, CHUNK=chunk)
+    _finish_kernel[(rows,)](flat, plan.state, plan.candidates, index, n, budget, plan.capacity, flat.stride(0),
+                            CAP_PAD=plan.capacity, BLOCK=block, num_warps=min(32, max(4, plan.capacity // 512)))
     return index.view(b, kvh, budget)
