@@ -42,7 +42,7 @@ def _keys(scores: torch.Tensor) -> torch.Tensor:
 
 def packed_scores_and_candidates(label_bits, channels, heads, kv_heads, context, device="cuda"):
     """The scoring kernel equals PyTorch over the same label cache, its threshold is the sample's key of the
-    plan's rank, and it gathers exactly the tokens whose key reaches it."""
+    plan's rank, and the select gathers exactly the tokens whose key reaches it."""
     from compress.attention import labels, select
     from compress.attention.bench import random_decode_inputs
 
@@ -52,6 +52,7 @@ def packed_scores_and_candidates(label_bits, channels, heads, kv_heads, context,
     rows, budget = 2 * kv_heads, context // 16
     plan = select.threshold_plan(rows, context, budget, device)
     scores = labels.score_labels(query, cache, heavy, torch.float16, plan)
+    select.threshold_top(scores, plan, budget)
     group = heads // kv_heads
     q = torch.gather(query.float(), -1, heavy.repeat_interleave(group, 0)[None].expand(2, heads, -1).to(device))
     table = labels.dequantize_labels(cache, channels) if label_bits == 4 else cache.float()
@@ -64,6 +65,7 @@ def packed_scores_and_candidates(label_bits, channels, heads, kv_heads, context,
     threshold, found = plan.state[:, 0], plan.state[:, 1]
     assert (threshold - expected).abs().max() <= 1  # the sample rescored: float32 sums may round apart
     assert torch.equal(found, (keys >= threshold[:, None]).sum(-1).to(torch.int32))
+    assert torch.equal(found, plan.counts.sum(-1).to(torch.int32))
     for row in range(rows):
         held = plan.candidates[row, 0, :min(int(found[row]), plan.capacity)].long()
         assert torch.equal(held.sort().values, (keys[row] >= threshold[row]).nonzero()[:, 0][:len(held)])

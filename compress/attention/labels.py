@@ -103,7 +103,7 @@ def _scores_at(LAB, n, n_ok, q, c, stride_plane, R: tl.constexpr, PACKED: tl.con
 
 
 @triton.jit
-def _score_kernel(Q, LAB, HEAVY, S, STATE, CAND, N, CAP, stride_qb, stride_qh, stride_lb, stride_lh, stride_plane,
+def _score_kernel(Q, LAB, HEAVY, S, STATE, COUNTS, N, stride_qb, stride_qh, stride_lb, stride_lh, stride_plane,
                   stride_sb, stride_sh, KVH: tl.constexpr, GROUP: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr,
                   PACKED: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK, FILTER: tl.constexpr):
     row = tl.program_id(0)
@@ -113,6 +113,7 @@ def _score_kernel(Q, LAB, HEAVY, S, STATE, CAND, N, CAP, stride_qb, stride_qh, s
     base = LAB + b * stride_lb + kv * stride_lh
     if FILTER:
         threshold = tl.load(STATE + row * 2)
+        taken = tl.zeros([BLOCK_N], dtype=tl.int32)
     start = tl.program_id(1) * CHUNK
     end = tl.minimum(start + CHUNK, N)
     while start < end:  # a while loop: the Triton interpreter cannot range() to a runtime bound under NumPy 2
@@ -120,14 +121,11 @@ def _score_kernel(Q, LAB, HEAVY, S, STATE, CAND, N, CAP, stride_qb, stride_qh, s
         n_ok = n < N
         score = _scores_at(base, n, n_ok, q, c, stride_plane, R, PACKED, WORDS)
         tl.store(S + b * stride_sb + kv * stride_sh + n, score, mask=n_ok)
-        if FILTER:  # candidates for select.threshold_top: tokens whose float16 key reaches the row's threshold
-            key = order_key(score)
-            take = (n_ok & (key >= threshold)).to(tl.int32)
-            slot = tl.atomic_add(STATE + row * 2 + 1, tl.sum(take, axis=0)) + tl.cumsum(take, axis=0) - 1
-            keep = (take > 0) & (slot < CAP)
-            tl.store(CAND + row * 2 * CAP + slot, n, mask=keep)
-            tl.store(CAND + (row * 2 + 1) * CAP + slot, key, mask=keep)
+        if FILTER:  # count the candidates of select.threshold_top: float16 keys reaching the row's threshold
+            taken += (n_ok & (order_key(score) >= threshold)).to(tl.int32)
         start += BLOCK_N
+    if FILTER:  # per program, no atomics: select's gather kernel turns the counts into offsets
+        tl.store(COUNTS + row * tl.num_programs(1) + tl.program_id(1), tl.sum(taken, axis=0))
 
 
 @triton.jit
@@ -158,7 +156,7 @@ def score_labels(query: torch.Tensor, labels: torch.Tensor, heavy: torch.Tensor,
                  num_warps: int = 4) -> torch.Tensor:
     """(b, kv_heads, n) label scores (accumulated in float32, stored as `dtype`), summed over the query heads
     of each KV head; `labels` in either format of label_cache. `plan` (select.ThresholdPlan; float16 scores):
-    also estimate each row's threshold from a sample and gather the candidates above it into the plan."""
+    also estimate each row's threshold from a sample and count the tokens reaching it, per program."""
     b = query.shape[0]
     labels = labels.contiguous()
     kvh, n = labels.shape[1], labels.shape[-1 if labels.dtype == torch.int32 else 2]
@@ -169,9 +167,11 @@ def score_labels(query: torch.Tensor, labels: torch.Tensor, heavy: torch.Tensor,
     if plan is not None and plan.sample:
         _threshold_kernel[(b * kvh,)](query, labels, heavy, plan.state, n, plan.run_stride, plan.rank, *strides,
                                       **meta, SAMPLE=plan.sample, RUN=plan.run, num_warps=4)
-    gather = (scores, scores, 0) if plan is None else (plan.state, plan.candidates, plan.capacity)
     per_row, chunk = stretch(b * kvh, n, block_n, programs)
-    _score_kernel[(b * kvh, per_row)](query, labels, heavy, scores, *gather[:2], n, gather[2], *strides, scores.stride(0),
-                                      scores.stride(1), **meta, BLOCK_N=block_n, CHUNK=chunk, FILTER=plan is not None,
-                                      num_warps=num_warps)
+    if plan is not None:
+        plan.counts, plan.chunk = torch.empty(b * kvh, per_row, device=query.device, dtype=torch.int32), chunk
+    _score_kernel[(b * kvh, per_row)](query, labels, heavy, scores, *((scores,) * 2 if plan is None else
+                                                                     (plan.state, plan.counts)), n, *strides,
+                                      scores.stride(0), scores.stride(1), **meta, BLOCK_N=block_n, CHUNK=chunk,
+                                      FILTER=plan is not None, num_warps=num_warps)
     return scores

@@ -3,8 +3,8 @@
 Threshold select, for T of n tokens per row:
   1. a sample of the row (runs of 8 neighbours spread over it) is scored first and its float16 keys give a
      threshold expected to keep about 1.5 T tokens (compress.attention.labels._threshold_kernel);
-  2. the scoring kernel writes every token whose key reaches the threshold to the row's candidate list
-     (one atomic per block of tokens reserves its slots);
+  2. the scoring kernel counts, per program, the tokens whose key reaches the threshold; a gather kernel
+     over the same stretches writes them to the row's candidate list (offsets from the counts, no atomics);
   3. one program per row finds the T-th largest key among the candidates, held in registers, by a bitwise
      search from the top bit, and writes the tokens above it and the first of those equal to it.
 If a row's candidates are fewer than T or more than the list holds (an unlucky sample; many ties), step 3
@@ -14,6 +14,7 @@ torch.topk on one H200: Triton's histogram costs a few instructions per element 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,8 @@ class ThresholdPlan:
     state: torch.Tensor  # (rows, 2) int32: threshold key, candidates found
     candidates: torch.Tensor  # (rows, 2, capacity) int32: token indices, their keys
     run: int = RUN
+    counts: torch.Tensor | None = None  # (rows, programs) int32: the scoring kernel's candidates per program
+    chunk: int = 0  # tokens a scoring program covered
 
 
 def threshold_plan(rows: int, n: int, budget: int, device) -> ThresholdPlan:
@@ -104,6 +107,30 @@ def _write_top(IDX, T, n, keys, key, above_before, equal_before, ties):
 
 
 @triton.jit
+def _gather_kernel(S, STATE, COUNTS, CAND, N, CAP, stride_row, CHUNK, BLOCK: tl.constexpr,
+                   PROGRAMS: tl.constexpr):
+    row = tl.program_id(0)
+    program = tl.program_id(1)
+    threshold = tl.load(STATE + row * 2)
+    j = tl.arange(0, PROGRAMS)
+    counts = tl.load(COUNTS + row * tl.num_programs(1) + j, mask=j < tl.num_programs(1), other=0)
+    before = tl.sum(tl.where(j < program, counts, 0), axis=0)
+    if program == 0:
+        tl.store(STATE + row * 2 + 1, tl.sum(counts, axis=0))
+    start = program * CHUNK
+    end = tl.minimum(start + CHUNK, N)
+    while start < end:
+        n, keys = _row_keys(S + row * stride_row, start, N, BLOCK)
+        take = (keys >= threshold).to(tl.int32)
+        slot = before + tl.cumsum(take, axis=0) - 1
+        keep = (take > 0) & (slot < CAP)
+        tl.store(CAND + row * 2 * CAP + slot, n, mask=keep)
+        tl.store(CAND + (row * 2 + 1) * CAP + slot, keys, mask=keep)
+        before += tl.sum(take, axis=0)
+        start += BLOCK
+
+
+@triton.jit
 def _finish_kernel(S, STATE, CAND, IDX, N, T, CAP, stride_row, CAP_PAD: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     found = tl.load(STATE + row * 2 + 1)
@@ -111,9 +138,9 @@ def _finish_kernel(S, STATE, CAND, IDX, N, T, CAP, stride_row, CAP_PAD: tl.const
     scores = S + row * stride_row
     if (found >= T) & (found <= CAP):  # (names differ from the other branch's: Triton merges same names)
         i = tl.arange(0, CAP_PAD)
-        held = tl.load(CAND + row * 2 * CAP + i, mask=i < found, other=0)
         held_keys = tl.load(CAND + (row * 2 + 1) * CAP + i, mask=i < found, other=-1)
         kth = kth_largest_key(held_keys, T)
+        held = tl.load(CAND + row * 2 * CAP + i, mask=i < found, other=0)  # after the search: fewer registers
         _write_top(out, T, held, held_keys, kth, 0, 0, T - tl.sum((held_keys > kth).to(tl.int32), axis=0))
     else:  # the sample's threshold missed: search the whole row, a block at a time
         key = found * 0
@@ -142,12 +169,16 @@ def _finish_kernel(S, STATE, CAND, IDX, N, T, CAP, stride_row, CAP_PAD: tl.const
 
 
 def threshold_top(scores: torch.Tensor, plan: ThresholdPlan, budget: int, block: int = 1024) -> torch.Tensor:
-    """(b, kv_heads, budget) int32 indices of the `budget` largest float16 scores per row (n > budget), from
-    the candidates the scoring kernel gathered into `plan`."""
+    """(b, kv_heads, budget) int32 indices of the `budget` largest float16 scores per row (n > budget), given
+    the threshold and counts the scoring kernel left in `plan`."""
     b, kvh, n = scores.shape
     rows = b * kvh
     flat = scores.view(rows, n)
     index = torch.empty(rows, budget, device=scores.device, dtype=torch.int32)
+    programs = plan.counts.shape[1]
+    _gather_kernel[(rows, programs)](flat, plan.state, plan.counts, plan.candidates, n, plan.capacity, flat.stride(0),
+                                     plan.chunk, BLOCK=math.gcd(block, plan.chunk),  # blocks tile the stretches
+                                     PROGRAMS=triton.next_power_of_2(programs))
     _finish_kernel[(rows,)](flat, plan.state, plan.candidates, index, n, budget, plan.capacity, flat.stride(0),
-                            CAP_PAD=plan.capacity, BLOCK=block, num_warps=min(32, max(4, plan.capacity // 512)))
+                            CAP_PAD=plan.capacity, BLOCK=block, num_warps=min(32, max(4, plan.capacity // 2048)))
     return index.view(b, kvh, budget)
