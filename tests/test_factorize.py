@@ -109,6 +109,10 @@ def test_routed_output_is_the_weighted_sum_of_the_chosen_neuron_groups(scale):
                 neurons = F.silu(gate.weight[g] @ x[t]) * (up.weight[g] @ x[t])
                 expected[t] += probs[t, e] / probs[t, chosen].sum() * fold * (down.weight[:, g] @ neurons)
         torch.testing.assert_close(moe(x), expected, atol=1e-5, rtol=1e-5)
+        if hasattr(F, "grouped_mm"):  # the GPU path, run here on the CPU kernels
+            weights, indices = torch.topk(probs, top_k, -1)
+            torch.testing.assert_close(moe.grouped(x, weights / weights.sum(-1, keepdim=True), indices), expected,
+                                       atol=1e-5, rtol=1e-5)
 
 
 def _moe_and_data(experts=4, top_k=2, hidden=16, m=8, tokens=600, seed=0):

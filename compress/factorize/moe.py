@@ -8,6 +8,8 @@ fold = n (`scale: experts`) is FactorLLM's ×E/k. Either way, with k = n and a z
 1/n and fold = n, so the output is the dense FFN (exactly so where n is a power of two: scaling by n and
 1/n loses no bits).
 Weights are stored as Mixtral stores them: gate_up (n, 2·m, hidden) and down (n, hidden, m).
+Inference on a GPU runs the chosen (token, expert) pairs sorted by expert through two grouped matmuls with
+no host sync (a CUDA graph can hold it); elsewhere, and while training, a loop over the experts used.
 """
 from __future__ import annotations
 
@@ -64,10 +66,27 @@ class FactorizedMLP(nn.Module):
         """The dense FFN the experts were cut from: Σ of every expert, the fold undone."""
         return self.all_experts(x).sum(1) / self.fold
 
+    def grouped(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The routed output through two grouped matmuls over the pairs sorted by expert."""
+        flat = indices.flatten()
+        order = flat.argsort(stable=True)
+        counts = torch.zeros(self.num_experts, dtype=torch.long, device=x.device).scatter_add_(
+            0, flat, torch.ones_like(flat))
+        offsets = counts.cumsum(0).to(torch.int32)
+        hidden = F.grouped_mm(x[order // self.top_k], self.gate_up.transpose(1, 2), offs=offsets)
+        gate, up = hidden.chunk(2, dim=-1)
+        pairs = F.grouped_mm(self.act_fn(gate) * up, self.down.transpose(1, 2), offs=offsets)
+        pairs = pairs.float() * weights.flatten()[order, None]
+        unsorted = torch.empty_like(pairs)
+        unsorted[order] = pairs
+        return unsorted.view(x.shape[0], self.top_k, -1).sum(1).to(x.dtype)
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
         weights, indices = route(self.router(x), self.top_k)
+        if x.is_cuda and hasattr(F, "grouped_mm") and not torch.is_grad_enabled():
+            return self.grouped(x, weights, indices).reshape(shape)
         out = torch.zeros_like(x)
         for e in indices.unique().tolist():
             token, slot = torch.where(indices == e)
