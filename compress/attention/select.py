@@ -180,5 +180,6 @@ def threshold_top(scores: torch.Tensor, plan: ThresholdPlan, budget: int, block:
                                      plan.chunk, BLOCK=math.gcd(block, plan.chunk),  # blocks tile the stretches
                                      PROGRAMS=triton.next_power_of_2(programs))
     _finish_kernel[(rows,)](flat, plan.state, plan.candidates, index, n, budget, plan.capacity, flat.stride(0),
-                            CAP_PAD=plan.capacity, BLOCK=block, num_warps=min(32, max(4, plan.capacity // 2048)))
+                            CAP_PAD=plan.capacity, BLOCK=block,
+                            num_warps=min(32, max(4, plan.capacity // 512)))  # fewer spill (ptxas report)
     return index.view(b, kvh, budget)
