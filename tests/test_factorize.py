@@ -229,3 +229,45 @@ def test_stock_moe_export_reloads_with_stock_transformers_and_matches(family, ta
     with torch.no_grad():
         torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits, atol=1e-5, rtol=0)
     assert json.loads((tmp_path / "moe" / "compression.json").read_text()) == {"note": "test"}
+
+
+def test_stage_b_trains_only_experts_and_routers_and_moves_toward_the_dense_model():
+    from compress.factorize.finetune import teacher_targets
+
+    model = _model("llama")
+    with torch.no_grad():
+        dense_logits = model(CALIBRATION).logits
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if ".mlp." not in n}
+    config = FactorizeConfig(experts=4, top_k=1, split="cluster", steps=20, train="router+experts", expert_steps=40,
+                             expert_lr=1e-3, expert_batch=4)
+    stage_a = copy.deepcopy(model)
+    factorize_model(stage_a, config.model_copy(update={"train": "router"}), CALIBRATION)
+    result = factorize_model(model, config, CALIBRATION)
+    for name, p in model.named_parameters():
+        if ".mlp." not in name:
+            assert torch.equal(p, frozen[name]), name
+    assert any(not torch.equal(a, b) for (n, a), (_, b) in zip(model.named_parameters(), stage_a.named_parameters())
+               if "gate_up" in n)
+    losses = result.end_to_end["losses"]
+    assert losses[-1]["distill"] < losses[0]["distill"]
+    teacher = teacher_targets(stage_a, CALIBRATION, 64, torch.device("cpu"))
+    assert teacher.probs.shape == (4, 31, 64) and (teacher.probs.sum(-1) <= 1 + 1e-5).all()
+    with torch.no_grad():  # on the training windows, closer to the dense model (full-vocabulary KL) than stage A
+        def kl(m):
+            return F.kl_div(F.log_softmax(m(CALIBRATION).logits, -1), F.log_softmax(dense_logits, -1),
+                            log_target=True, reduction="batchmean").item()
+        assert kl(model) < kl(stage_a)
+
+
+def test_bucket_cross_entropy_is_the_full_cross_entropy_when_k_covers_the_vocabulary():
+    from compress.factorize.finetune import bucket_cross_entropy
+
+    teacher, student = torch.randn(3, 5, 11).softmax(-1), torch.randn(3, 5, 11).log_softmax(-1)
+    probs, index = teacher.topk(11, -1)
+    full = -(teacher * student).sum(-1).mean()
+    torch.testing.assert_close(bucket_cross_entropy(student, probs, index), full)
+    probs, index = teacher.topk(4, -1)  # 4 + "other": the tail's mass against the student's tail mass
+    kept = student.gather(-1, index)
+    tail = torch.log(1 - kept.exp().sum(-1))
+    expected = -((probs * kept).sum(-1) + (1 - probs.sum(-1)) * tail).mean()
+    torch.testing.assert_close(bucket_cross_entropy(student, probs, index), expected)

@@ -15,7 +15,8 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def test_factorize_eval_export_reloads_as_mixtral(tiny_model_dir, text_file, tmp_path):
+@pytest.mark.parametrize("train", ["router", "router+experts"])
+def test_factorize_eval_export_reloads_as_mixtral(train, tiny_model_dir, text_file, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from compress.calibrate.data import TextSource, calibration_tokens
@@ -25,10 +26,14 @@ def test_factorize_eval_export_reloads_as_mixtral(tiny_model_dir, text_file, tmp
     out = tmp_path / "moe"
     result = invoke("factorize", tiny_model_dir, "--experts", 4, "--top-k", 2, "--split", "cluster", "--steps", 30,
                     "--text", text_file, "--nsamples", 8, "--seqlen", 64, "--device", "cpu", "--eval",
-                    "--eval-text", text_file, "--eval-context", 64, "--eval-tokens", 512, "--json", "--out", out)
+                    "--eval-text", text_file, "--eval-context", 64, "--eval-tokens", 512, "--json", "--out", out,
+                    "--train", train, "--expert-steps", 5, "--expert-batch", 2)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     stage = report["stages"][0]["result"]
+    assert (stage["end_to_end"] is None) == (train == "router")
+    if train != "router":
+        assert stage["end_to_end"]["tokens"] == 5 * 2 * 64 and stage["end_to_end"]["losses"][0]["distill"] > 0
     assert (stage["experts"], stage["top_k"], stage["split"], stage["exports_to"]) == (4, 2, "cluster", "mixtral")
     assert stage["training_tokens"] == 8 * 64 and len(stage["layers"]) == 2
     assert all(len(layer["info"]["load"]) == 4 for layer in stage["layers"])
@@ -40,7 +45,8 @@ def test_factorize_eval_export_reloads_as_mixtral(tiny_model_dir, text_file, tmp
     # the same job in memory computes what the checkpoint computes
     model, tokenizer, _ = load_model(str(tiny_model_dir), "float32", "cpu")
     calibration = calibration_tokens(tokenizer, TextSource(path=str(text_file)), 8, 64, 0)
-    factorize_model(model, FactorizeConfig(experts=4, top_k=2, split="cluster", steps=30), calibration)
+    factorize_model(model, FactorizeConfig(experts=4, top_k=2, split="cluster", steps=30, train=train, expert_steps=5,
+                                           expert_batch=2), calibration)
     ids = torch.randint(0, 320, (2, 40))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=1e-5, rtol=0)
@@ -66,7 +72,10 @@ def test_steps_zero_needs_no_text_and_dry_run_prints_the_recipe(tiny_model_dir, 
     (["--steps", -1], "--steps"),
     (["--lr", 0], "--lr"),
     (["--split", "kmeans"], "--split"),
-    (["--train", "router+experts"], "not built yet"),
+    (["--scale", "half"], "--scale"),
+    (["--train", "experts"], "--train"),
+    (["--train", "router+experts", "--expert-steps", 0], "--expert-steps"),
+    (["--train", "router+experts", "--expert-lr", 0], "--expert-lr"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tiny_model_dir, tmp_path):
     out = tmp_path / "out"

@@ -29,7 +29,13 @@ def factorize(
     granularity: int = typer.Option(1, help="G: cut each expert into G (G·E experts, top G·k)."),
     split: str = typer.Option("contiguous", help="contiguous | random | cluster (k-means on gate/up rows) | coactivation."),
     scale: str = typer.Option("top-k", help="Factor folded into each expert's down projection: top-k (k: the chosen experts' neurons add up as in the dense FFN) | experts (E: FactorLLM's ×E/k)."),
-    train: str = typer.Option("router", help="router: fit each layer's router to PAR pseudo-labels (router+experts: not built yet)."),
+    train: str = typer.Option("router", help="router: fit each layer's router to PAR pseudo-labels (experts stay slices of the dense FFN) | router+experts: then train experts and routers end to end, distilling the dense model."),
+    expert_steps: int = typer.Option(100, help="router+experts: Adam steps over batches of calibration windows."),
+    expert_lr: float = typer.Option(1e-4, help="router+experts: learning rate (cosine schedule)."),
+    expert_batch: int = typer.Option(4, help="router+experts: calibration windows per step."),
+    distill_top: int = typer.Option(64, help="router+experts: the dense model's top-K next-token probabilities kept as the target."),
+    distill_weight: float = typer.Option(1.0, help="router+experts: weight of the distillation loss."),
+    lm_weight: float = typer.Option(0.0, help="router+experts: weight of the next-token loss on the calibration text."),
     steps: int = typer.Option(200, help="Router Adam steps per layer (0: split only, zero router)."),
     lr: float = typer.Option(1e-3, help="Router learning rate (cosine schedule)."),
     batch_tokens: int = typer.Option(1024, help="Tokens per router step."),
@@ -61,6 +67,8 @@ def factorize(
 
     with exit_codes(flag_of):
         stage = {"experts": experts, "top_k": top_k, "granularity": granularity, "split": split, "scale": scale, "train": train,
+                 "expert_steps": expert_steps, "expert_lr": expert_lr, "expert_batch": expert_batch,
+                 "distill_top": distill_top, "distill_weight": distill_weight, "lm_weight": lm_weight,
                  "steps": steps, "lr": lr, "batch_tokens": batch_tokens, "par_weight": par_weight,
                  "balance_weight": balance_weight, "seed": seed, "calib_batch": calib_batch}
         stages = [{"factorize": stage}]

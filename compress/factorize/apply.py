@@ -1,5 +1,6 @@
 """Factorize a model in place: every decoder layer's gated MLP becomes a FactorizedMLP, its router fitted
-on the layer-sequential engine (each layer sees the activations of the already factorized layers)."""
+on the layer-sequential engine (each layer sees the activations of the already factorized layers); with
+train router+experts the experts and routers are then trained end to end (finetune.py)."""
 from __future__ import annotations
 
 import time
@@ -12,6 +13,7 @@ from torch import nn
 from compress.calibrate.engine import LayerStep, capture_layer_inputs, walk_layers
 from compress.errors import BadInput
 from compress.factorize.config import FactorizeConfig
+from compress.factorize.finetune import EndToEndTraining, teacher_targets, train_experts
 from compress.factorize.mlp import GatedMLP, find_gated_mlp
 from compress.factorize.moe import FactorizedMLP
 from compress.factorize.router import RouterTraining, train_router
@@ -29,10 +31,11 @@ class FactorizeResult:
     seconds: float = 0.0
     capture_seconds: float = 0.0
     tokens: int = 0  # calibration tokens each router saw (train + held out)
+    end_to_end: dict | None = None  # stage B: losses, seconds, tokens
 
     def to_dict(self) -> dict:
         return {"seconds": round(self.seconds, 3), "capture_seconds": round(self.capture_seconds, 3),
-                "tokens": self.tokens,
+                "tokens": self.tokens, "end_to_end": self.end_to_end,
                 "layers": [{"index": s.index, "name": s.name, "seconds": round(s.seconds, 3),
                             "relative_error": s.relative_error, "token_error": s.token_error, "info": s.info}
                            for s in self.steps]}
@@ -82,18 +85,22 @@ def _groups(config: FactorizeConfig, mlp: GatedMLP, inputs: torch.Tensor | None,
 
 def factorize_model(model: nn.Module, config: FactorizeConfig, calibration: torch.Tensor | None = None,
                     device: str | torch.device = "cpu",
-                    on_layer: Callable[[LayerStep, int], None] | None = None) -> FactorizeResult:
-    """Split every decoder layer's MLP into experts and fit the routers (stage A) in place."""
+                    on_layer: Callable[[LayerStep, int], None] | None = None,
+                    on_step: Callable[[dict], None] | None = None) -> FactorizeResult:
+    """Split every decoder layer's MLP into experts and fit the routers (stage A) in place; then stage B
+    where config.train is router+experts."""
     started = time.perf_counter()
     device = torch.device(device)
     check_factorize(model, config)
     layers = decoder_layers(model)
     result = FactorizeResult()
-    inputs = None
+    inputs = teacher = None
     if config.needs_calibration():
         if calibration is None:
-            raise BadInput("factorize with router steps or the coactivation split needs calibration data",
-                           key="calibrate")
+            raise BadInput("factorize with router steps, the coactivation split or router+experts training needs "
+                           "calibration data", key="calibrate")
+        if config.train == "router+experts":
+            teacher = teacher_targets(model, calibration, config.distill_top, device, config.expert_batch)
         per_batch = config.calib_batch or max(1, 16384 // calibration.shape[1])
         inputs = capture_layer_inputs(model, [layer for _, layer in layers], list(calibration.split(per_batch, 0)),
                                       device)
@@ -124,5 +131,11 @@ def factorize_model(model: nn.Module, config: FactorizeConfig, calibration: torc
 
     result.steps = walk_layers(layers, inputs, device, change_layer,
                                on_done=(lambda step: on_layer(step, len(layers))) if on_layer else None)
+    if teacher is not None:
+        settings = EndToEndTraining(steps=config.expert_steps, lr=config.expert_lr, batch=config.expert_batch,
+                                    distill_top=config.distill_top, distill_weight=config.distill_weight,
+                                    lm_weight=config.lm_weight, par_weight=config.par_weight,
+                                    balance_weight=config.balance_weight, seed=config.seed)
+        result.end_to_end = train_experts(model, calibration, teacher, settings, device, on_step).to_dict()
     result.seconds = time.perf_counter() - started
     return result

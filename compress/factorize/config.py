@@ -23,7 +23,8 @@ class FactorizeConfig(StrictConfig):
     """Factor folded into each expert's down projection: top-k (k, so k equally weighted experts add up
     their neurons as the dense FFN does) or experts (E, FactorLLM's ×E/k). Both reproduce the dense FFN at k = E."""
     train: Literal["router", "router+experts"] = "router"
-    """router: stage A, each layer's router fitted to PAR pseudo-labels; router+experts: not built yet."""
+    """router: stage A, each layer's router fitted to PAR pseudo-labels (expert weights stay slices of the
+    dense ones); router+experts: then stage B, experts and routers trained end to end (finetune.py)."""
     steps: int = Field(200, ge=0)
     """Adam steps per layer's router (0: split only, zero router)."""
     lr: float = Field(1e-3, gt=0.0, le=1.0)
@@ -34,6 +35,18 @@ class FactorizeConfig(StrictConfig):
     """Weight of the PAR pseudo-label cross-entropy."""
     balance_weight: float = Field(0.01, ge=0.0)
     """Weight of the load-balance term."""
+    expert_steps: int = Field(100, ge=1)
+    """Stage B (router+experts): Adam steps over batches of calibration windows."""
+    expert_lr: float = Field(1e-4, gt=0.0, le=1.0)
+    """Stage B learning rate (cosine schedule)."""
+    expert_batch: int = Field(4, ge=1)
+    """Stage B: calibration windows per step."""
+    distill_top: int = Field(64, ge=1)
+    """Stage B: the dense model's top-K next-token probabilities kept as the distillation target."""
+    distill_weight: float = Field(1.0, ge=0.0)
+    """Stage B: weight of the distillation cross-entropy to the dense model."""
+    lm_weight: float = Field(0.0, ge=0.0)
+    """Stage B: weight of the next-token (language-model) loss on the calibration text."""
     seed: int = Field(0, ge=0)
     """Seed of random splits, k-means starts and router mini-batches."""
     calib_batch: int = Field(0, ge=0)
@@ -45,13 +58,6 @@ class FactorizeConfig(StrictConfig):
         experts = info.data.get("experts")
         if experts is not None and value > experts:
             raise ValueError(f"top_k {value} exceeds experts {experts}")
-        return value
-
-    @field_validator("train")
-    @classmethod
-    def _built(cls, value: str) -> str:
-        if value != "router":
-            raise ValueError("router+experts (stage B, end-to-end distillation) is not built yet: use router")
         return value
 
     @property
@@ -67,4 +73,4 @@ class FactorizeConfig(StrictConfig):
         return self.top_k * self.granularity
 
     def needs_calibration(self) -> bool:
-        return self.steps > 0 or self.split == "coactivation"
+        return self.steps > 0 or self.split == "coactivation" or self.train == "router+experts"

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from compress.factorize.moe import FactorizedMLP, route
 
-__all__ = ["RouterTraining", "par_labels", "train_router", "routed_error"]
+__all__ = ["RouterTraining", "par_labels", "router_losses", "train_router", "routed_error"]
 
 EXACT_SUBSETS = 128  # search every k-subset up to this many, greedy beyond
 
@@ -80,11 +80,14 @@ def routed_error(moe: FactorizedMLP, inputs: torch.Tensor, teacher: torch.Tensor
     return err / max(ref, 1e-30)
 
 
-def _losses(logits: torch.Tensor, labels: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def router_losses(logits: torch.Tensor, labels: torch.Tensor | None, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(PAR cross-entropy to the labels (0 without labels), balance term) of router logits (tokens, n)."""
     n = logits.shape[1]
     log_probs = F.log_softmax(logits.float(), dim=-1)
-    target = torch.zeros_like(log_probs).scatter_(1, labels, 1.0 / labels.shape[1])
-    par = -(target * log_probs).sum(-1).mean()
+    par = log_probs.new_zeros(())
+    if labels is not None:
+        target = torch.zeros_like(log_probs).scatter_(1, labels, 1.0 / labels.shape[1])
+        par = -(target * log_probs).sum(-1).mean()
     picked = torch.topk(logits, top_k, dim=-1).indices
     share = torch.zeros(n, device=logits.device).scatter_add_(
         0, picked.flatten(), torch.ones(picked.numel(), device=logits.device)) / picked.numel()
@@ -131,7 +134,7 @@ def train_router(moe: FactorizedMLP, inputs: torch.Tensor, teacher: torch.Tensor
             pick = torch.randint(0, x_train.shape[0], (min(settings.batch_tokens, x_train.shape[0]),),
                                  generator=generator).to(inputs.device)
             with torch.enable_grad():
-                par, balance = _losses(F.linear(x_train[pick], weight.float()), y_train[pick], moe.top_k)
+                par, balance = router_losses(F.linear(x_train[pick], weight.float()), y_train[pick], moe.top_k)
                 loss = settings.par_weight * par + settings.balance_weight * balance
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -1,5 +1,6 @@
 """The factorize stage: FactorLLM over the session's model (compress/factorize/). Each dense gated FFN
-becomes E·G experts with a router fitted per layer; a later export writes a stock MoE checkpoint."""
+becomes E·G experts with a router fitted per layer (then, with train router+experts, experts and routers
+trained end to end); a later export writes a stock MoE checkpoint."""
 from __future__ import annotations
 
 from typing import Literal
@@ -24,6 +25,7 @@ class FactorizeResultReport(StageResult):
     granularity: int
     total_experts: int
     total_top_k: int
+    scale: str
     train: str
     steps: int
     lr: float
@@ -35,6 +37,7 @@ class FactorizeResultReport(StageResult):
     exports_to: str | None
     seconds: float
     capture_seconds: float
+    end_to_end: dict | None  # stage B (router+experts): losses, seconds, tokens
     layers: list[LayerReport]
 
 
@@ -73,7 +76,7 @@ def _run(session, config: FactorizeStage) -> FactorizeResultReport:
     summary = result.to_dict()
     return FactorizeResultReport(
         split=config.split, experts=config.experts, top_k=config.top_k, granularity=config.granularity,
-        total_experts=config.total_experts, total_top_k=config.total_top_k, train=config.train, steps=config.steps,
+        total_experts=config.total_experts, total_top_k=config.total_top_k, scale=config.scale, train=config.train, steps=config.steps,
         lr=config.lr, par_weight=config.par_weight, balance_weight=config.balance_weight, seed=config.seed,
         training_tokens=summary.pop("tokens"), ffn_flops_share=config.top_k / config.experts,
         exports_to=EXPORTS.get(getattr(session.model.config, "model_type", None)), **summary)
@@ -84,7 +87,9 @@ SPEC = register(StageSpec(
     needs_calibration=lambda config: config.needs_calibration(),
     summary="FactorLLM: split each FFN into experts, fit a router per layer",
     flags={"experts": "--experts", "top_k": "--top-k", "granularity": "--granularity", "split": "--split",
-           "train": "--train", "steps": "--steps", "lr": "--lr", "batch_tokens": "--batch-tokens",
+           "scale": "--scale", "train": "--train", "expert_steps": "--expert-steps", "expert_lr": "--expert-lr",
+           "expert_batch": "--expert-batch", "distill_top": "--distill-top", "distill_weight": "--distill-weight",
+           "lm_weight": "--lm-weight", "steps": "--steps", "lr": "--lr", "batch_tokens": "--batch-tokens",
            "par_weight": "--par-weight", "balance_weight": "--balance-weight",
            "calib_batch": "--calib-batch"},
 ))
