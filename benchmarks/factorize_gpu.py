@@ -98,13 +98,18 @@ def time_forward(fn, x: torch.Tensor, repeats: int, flush: torch.Tensor | None) 
         for _ in range(3):
             fn(x)
     torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a forward that syncs with the host cannot be captured
     try:
+        fn(x)
+    except RuntimeError as exc:
+        error = f"syncs with the host: {str(exc).splitlines()[0][:120]}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    if error is None:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             fn(x)
-    except Exception as exc:  # a forward that syncs with the host cannot be captured: time it eagerly
-        graph, error = None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-        torch.cuda.synchronize()
     run = graph.replay if graph is not None else (lambda: fn(x))
     times = []
     for _ in range(repeats):
