@@ -65,10 +65,11 @@ def moe_block(dense, experts: int, top_k: int, implementation: str, router_std: 
 
 @torch.no_grad()
 def loop_reference(block, x: torch.Tensor) -> torch.Tensor:
-    """fp32, token by token: softmax, top-k, renormalise, Σ weight · expert (no transformers code path)."""
+    """fp32, token by token: softmax, top-k, renormalise, Σ weight · expert (no transformers code path). The
+    router logits are taken in the model's dtype, as Mixtral takes them, so near-ties route alike."""
     flat = x.reshape(-1, x.shape[-1]).float()
     gate_up, down = block.experts.gate_up_proj.float(), block.experts.down_proj.float()
-    probs = torch.softmax(flat @ block.gate.weight.float().T, -1)
+    probs = torch.softmax((x.reshape(-1, x.shape[-1]) @ block.gate.weight.T).float(), -1)
     out = torch.zeros_like(flat)
     for t in range(flat.shape[0]):
         weights, chosen = probs[t].topk(block.top_k)

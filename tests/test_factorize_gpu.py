@@ -7,20 +7,23 @@ from compress.factorize import FactorizedMLP
 pytestmark = pytest.mark.gpu
 
 
-def _moe(experts, top_k, hidden=256, m=128, dtype=torch.bfloat16, seed=0):
+def _moe(experts, top_k, hidden=256, m=128, dtype=torch.bfloat16, seed=0, act=None):
     torch.manual_seed(seed)
     gate, up, down = (torch.nn.Linear(hidden, experts * m, bias=False), torch.nn.Linear(hidden, experts * m, bias=False),
                       torch.nn.Linear(experts * m, hidden, bias=False))
     groups = torch.randperm(experts * m).reshape(experts, m).sort(1).values
-    moe = FactorizedMLP.from_dense(gate, up, down, torch.nn.SiLU(), groups, top_k)
+    moe = FactorizedMLP.from_dense(gate, up, down, act or torch.nn.SiLU(), groups, top_k)
     torch.nn.init.normal_(moe.router.weight, std=hidden ** -0.5)
     return moe.to("cuda", dtype)
 
 
-@pytest.mark.parametrize("experts, top_k", [(4, 1), (4, 2), (16, 4), (4, 4)])
-@pytest.mark.parametrize("tokens", [1, 16, 3000])
-def test_grouped_path_equals_the_expert_loop(experts, top_k, tokens):
-    moe = _moe(experts, top_k)
+@pytest.mark.parametrize("act", ["silu", "gelu_pytorch_tanh"])
+@pytest.mark.parametrize("experts, top_k", [(4, 1), (4, 2), (16, 4), (4, 4), (8, 3)])
+@pytest.mark.parametrize("tokens", [1, 5, 16, 17, 3000])  # ≤ 16: the Triton decode kernels; more: grouped matmuls
+def test_gpu_paths_equal_the_expert_loop(act, experts, top_k, tokens):
+    from transformers.activations import ACT2FN
+
+    moe = _moe(experts, top_k, act=ACT2FN[act])
     x = torch.randn(tokens, 256, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         grouped = moe(x).float()

@@ -8,8 +8,9 @@ fold = n (`scale: experts`) is FactorLLM's ×E/k. Either way, with k = n and a z
 1/n and fold = n, so the output is the dense FFN (exactly so where n is a power of two: scaling by n and
 1/n loses no bits).
 Weights are stored as Mixtral stores them: gate_up (n, 2·m, hidden) and down (n, hidden, m).
-Inference on a GPU runs the chosen (token, expert) pairs sorted by expert through two grouped matmuls with
-no host sync (a CUDA graph can hold it); elsewhere, and while training, a loop over the experts used.
+Inference on a GPU: up to 16 tokens go through the expert-by-expert Triton kernels (decode.py), more through
+two grouped matmuls over the (token, expert) pairs sorted by expert; neither syncs with the host, so a CUDA
+graph can hold them. Elsewhere, and while training, a loop over the experts used.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["FactorizedMLP", "route"]
+
+KERNEL_ACTIVATIONS = {"SiLU": "silu", "SiLUActivation": "silu", "GELUTanh": "gelu_tanh",
+                      "PytorchGELUTanh": "gelu_tanh"}  # act_fn classes the decode kernels compute
 
 
 def route(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +80,8 @@ class FactorizedMLP(nn.Module):
         hidden = F.grouped_mm(x[order // self.top_k], self.gate_up.transpose(1, 2), offs=offsets)
         gate, up = hidden.chunk(2, dim=-1)
         pairs = F.grouped_mm(self.act_fn(gate) * up, self.down.transpose(1, 2), offs=offsets)
+        if self.top_k == 1:  # the renormalised weight is exactly 1
+            return torch.empty_like(pairs).index_copy_(0, order, pairs)
         pairs = pairs.float() * weights.flatten()[order, None]
         unsorted = torch.empty_like(pairs)
         unsorted[order] = pairs
@@ -85,8 +91,14 @@ class FactorizedMLP(nn.Module):
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
         weights, indices = route(self.router(x), self.top_k)
-        if x.is_cuda and hasattr(F, "grouped_mm") and not torch.is_grad_enabled():
-            return self.grouped(x, weights, indices).reshape(shape)
+        if x.is_cuda and not torch.is_grad_enabled():
+            activation = KERNEL_ACTIVATIONS.get(type(self.act_fn).__name__)
+            if x.shape[0] <= 16 and activation is not None:
+                from compress.factorize.decode import experts_decode  # Triton: GPU machines only
+
+                return experts_decode(x, self.gate_up, self.down, indices, weights, activation == "gelu_tanh").reshape(shape)
+            if hasattr(F, "grouped_mm"):
+                return self.grouped(x, weights, indices).reshape(shape)
         out = torch.zeros_like(x)
         for e in indices.unique().tolist():
             token, slot = torch.where(indices == e)
