@@ -49,3 +49,19 @@ def test_grouped_path_replays_in_a_cuda_graph():
         graph.replay()
         torch.testing.assert_close(out, moe(x))
     assert not torch.equal(out, want)
+
+
+@pytest.mark.parametrize("experts, top_k", [(4, 1), (4, 2), (16, 4), (8, 3), (64, 8)])
+@pytest.mark.parametrize("tokens", [1, 7, 16])
+def test_decode_routing_equals_softmax_top_k(experts, top_k, tokens):
+    from compress.factorize.decode import route_decode
+    from compress.factorize.moe import route
+
+    moe = _moe(experts, top_k, seed=tokens)
+    x = torch.randn(tokens, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():  # reference: fp32 logits rounded to bf16 once (cuBLAS may reduce in bf16)
+        want_w, want_i = route((x.float() @ moe.router.weight.float().T).to(torch.bfloat16), top_k)
+        got_w, got_i = route_decode(x, moe.router.weight, top_k)
+    assert torch.equal(got_i.long().sort(-1).values, want_i.sort(-1).values)
+    order_got, order_want = got_i.long().argsort(-1), want_i.argsort(-1)
+    torch.testing.assert_close(got_w.gather(-1, order_got), want_w.gather(-1, order_want), atol=1e-3, rtol=1e-2)

@@ -1,13 +1,16 @@
-"""Few-token mixture-of-experts FFN in Triton (decode): each expert's weights are read at most once.
+"""Few-token mixture-of-experts FFN in Triton (decode): each chosen expert's weights are read once.
 
 For a handful of tokens a grouped matmul wastes most of its tiles and the sort around it costs more than
-the FFN; here two kernels work expert by expert instead:
-  _gate_up   program (expert, block of neurons): returns at once when no token chose the expert, else
-             act(gate·x)·up for every token (tl.dot needs 16 rows; the extra rows cost no bytes)
-  _down      program (block of output features): Σ over the chosen experts of down_e · (weight · neurons),
-             each token's routing weight for the expert folded into its rows, no atomics
+the FFN; here three kernels work expert by expert instead:
+  _route     router logits (rounded to the weights' dtype, as a Linear returns them), softmax, top-k,
+             renormalised: one launch instead of five small ones
+  _gate_up   program (expert, block of neurons, slice of the hidden dim): returns at once when no token
+             chose the expert, else partial gate·x and up·x for every token (tl.dot needs 16 rows; the extra
+             rows cost no bytes); the split over the hidden dim gives the GPU enough programs
+  _down      program (block of output features): per chosen expert, the partials summed, act(gate)·up times
+             each token's routing weight, then down_e · that; no atomics
 So a token that runs one expert of four reads a quarter of the FFN's bytes. Weights as FactorizedMLP
-holds them: gate_up (E, 2m, hidden), down (E, hidden, m); index/weights (tokens, k) from the router.
+holds them: router (E, hidden), gate_up (E, 2m, hidden), down (E, hidden, m).
 """
 from __future__ import annotations
 
@@ -15,9 +18,13 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["MAX_TOKENS", "experts_decode"]
+__all__ = ["MAX_TOKENS", "LAUNCH", "experts_decode", "route_decode"]
 
 MAX_TOKENS = 16  # one tl.dot row block
+# measured on one H200 at the 7B FFN shape (sweep of splits, blocks, warps, stages): split 2 fastest for one
+# token, and no split for more (the down kernel then reads each partial once)
+LAUNCH = {"split": 2, "up_n": 32, "up_k": 256, "up_warps": 4, "down_n": 32, "down_k": 128, "down_warps": 4,
+          "down_stages": 1, "route_k": 512}
 
 
 @triton.jit
@@ -29,75 +36,124 @@ def _act(g, GELU: tl.constexpr):
 
 
 @triton.jit
-def _gate_up(X, W, IDX, A, T, M, H, KSLOTS: tl.constexpr, S_PAD: tl.constexpr, T_PAD: tl.constexpr,
-             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GELU: tl.constexpr):
+def _route(X, R, IDX, WEIGHT, T, H, E, KSLOTS: tl.constexpr, T_PAD: tl.constexpr, E_PAD: tl.constexpr,
+           BLOCK_K: tl.constexpr):
+    t = tl.arange(0, T_PAD)
+    e = tl.arange(0, E_PAD)
+    logits = tl.zeros([T_PAD, E_PAD], dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(X + t[:, None] * H + k[None, :], mask=(t[:, None] < T) & (k[None, :] < H), other=0.0)
+        r = tl.load(R + e[:, None] * H + k[None, :], mask=(e[:, None] < E) & (k[None, :] < H), other=0.0)
+        logits += tl.dot(x, tl.trans(r))
+    logits = logits.to(X.dtype.element_ty).to(tl.float32)
+    logits = tl.where(e[None, :] < E, logits, float("-inf"))
+    probs = tl.exp(logits - tl.max(logits, axis=1)[:, None])  # the softmax's denominator cancels below
+    total = tl.zeros([T_PAD], dtype=tl.float32)
+    work = probs
+    for j in tl.static_range(KSLOTS):  # the top-k's sum, by repeated arg-max
+        best = tl.max(work, axis=1)
+        total += best
+        work = tl.where(work == best[:, None], -1.0, work)
+    work = probs
+    for j in tl.static_range(KSLOTS):  # again, storing; ties go to the lower expert
+        best = tl.max(work, axis=1)
+        pick = tl.min(tl.where(work == best[:, None], e[None, :], E_PAD), axis=1)
+        tl.store(IDX + t * KSLOTS + j, pick, mask=t < T)
+        tl.store(WEIGHT + t * KSLOTS + j, best / total, mask=t < T)
+        work = tl.where(e[None, :] == pick[:, None], -1.0, work)
+
+
+@triton.jit
+def _gate_up(X, W, IDX, P, T, M, H, SPLIT_H, KSLOTS: tl.constexpr, S_PAD: tl.constexpr, T_PAD: tl.constexpr,
+             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     e = tl.program_id(0)
     slots = tl.arange(0, S_PAD)
     chosen = tl.load(IDX + slots, mask=slots < T * KSLOTS, other=-1)
     if tl.sum((chosen == e).to(tl.int32), axis=0) > 0:
-        _gate_up_block(X, W, A, e, T, M, H, T_PAD, BLOCK_N, BLOCK_K, GELU)
+        n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = n < M
+        split = tl.program_id(2)
+        t = tl.arange(0, T_PAD)
+        gate = tl.zeros([T_PAD, BLOCK_N], dtype=tl.float32)
+        up = tl.zeros([T_PAD, BLOCK_N], dtype=tl.float32)
+        base = W + e.to(tl.int64) * 2 * M * H
+        for k0 in range(split * SPLIT_H, tl.minimum(H, (split + 1) * SPLIT_H), BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = k < H
+            x = tl.load(X + t[:, None] * H + k[None, :], mask=(t[:, None] < T) & k_ok[None, :], other=0.0)
+            wg = tl.load(base + n[:, None] * H + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            wu = tl.load(base + (M + n[:, None]) * H + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            gate += tl.dot(x, tl.trans(wg))
+            up += tl.dot(x, tl.trans(wu))
+        row = ((split * tl.num_programs(0) + e) * T_PAD + t[:, None]) * 2 * M  # P: (split, E, T_PAD, 2, M)
+        tl.store(P + row + n[None, :], gate, mask=(t[:, None] < T) & n_ok[None, :])
+        tl.store(P + row + M + n[None, :], up, mask=(t[:, None] < T) & n_ok[None, :])
 
 
 @triton.jit
-def _gate_up_block(X, W, A, e, T, M, H, T_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   GELU: tl.constexpr):
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < M
-    t = tl.arange(0, T_PAD)
-    gate = tl.zeros([T_PAD, BLOCK_N], dtype=tl.float32)
-    up = tl.zeros([T_PAD, BLOCK_N], dtype=tl.float32)
-    base = W + e.to(tl.int64) * 2 * M * H
-    for k0 in range(0, H, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < H
-        x = tl.load(X + t[:, None] * H + k[None, :], mask=(t[:, None] < T) & k_ok[None, :], other=0.0)
-        wg = tl.load(base + n[:, None] * H + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        wu = tl.load(base + (M + n[:, None]) * H + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        gate += tl.dot(x, tl.trans(wg))
-        up += tl.dot(x, tl.trans(wu))
-    neurons = _act(gate, GELU) * up
-    tl.store(A + (e * T_PAD + t[:, None]) * M + n[None, :], neurons, mask=n_ok[None, :])
-
-
-@triton.jit
-def _down(A, W, IDX, WEIGHT, OUT, T, M, H, E, KSLOTS: tl.constexpr, T_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-          BLOCK_K: tl.constexpr):
+def _down(P, W, IDX, WEIGHT, OUT, T, M, H, E, SPLITS: tl.constexpr, KSLOTS: tl.constexpr, T_PAD: tl.constexpr,
+          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GELU: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < H
     t = tl.arange(0, T_PAD)
+    t_ok = t < T
     acc = tl.zeros([T_PAD, BLOCK_N], dtype=tl.float32)
     for e in range(0, E):
         coef = tl.zeros([T_PAD], dtype=tl.float32)  # token t's routing weight for expert e (0: not chosen)
         for j in tl.static_range(KSLOTS):
-            pick = tl.load(IDX + t * KSLOTS + j, mask=t < T, other=-1)
-            coef += tl.where(pick == e, tl.load(WEIGHT + t * KSLOTS + j, mask=t < T, other=0.0), 0.0)
+            pick = tl.load(IDX + t * KSLOTS + j, mask=t_ok, other=-1)
+            coef += tl.where(pick == e, tl.load(WEIGHT + t * KSLOTS + j, mask=t_ok, other=0.0), 0.0)
         if tl.max(coef, axis=0) > 0:
             base = W + e.to(tl.int64) * H * M
             for k0 in range(0, M, BLOCK_K):
                 k = k0 + tl.arange(0, BLOCK_K)
-                k_ok = k < M
-                a = tl.load(A + (e * T_PAD + t[:, None]) * M + k[None, :], mask=k_ok[None, :], other=0.0)
-                w = tl.load(base + n[:, None] * M + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-                acc += tl.dot((a * coef[:, None]).to(w.dtype), tl.trans(w))
-    tl.store(OUT + t[:, None] * H + n[None, :], acc.to(OUT.dtype.element_ty), mask=(t[:, None] < T) & n_ok[None, :])
+                ok = (t_ok & (coef > 0))[:, None] & (k < M)[None, :]
+                gate = tl.zeros([T_PAD, BLOCK_K], dtype=tl.float32)
+                up = tl.zeros([T_PAD, BLOCK_K], dtype=tl.float32)
+                for s in tl.static_range(SPLITS):
+                    row = ((s * E + e) * T_PAD + t[:, None]) * 2 * M
+                    gate += tl.load(P + row + k[None, :], mask=ok, other=0.0)
+                    up += tl.load(P + row + M + k[None, :], mask=ok, other=0.0)
+                neurons = _act(gate, GELU) * up * coef[:, None]
+                w = tl.load(base + n[:, None] * M + k[None, :], mask=n_ok[:, None] & (k < M)[None, :], other=0.0)
+                acc += tl.dot(neurons.to(w.dtype), tl.trans(w))
+    tl.store(OUT + t[:, None] * H + n[None, :], acc.to(OUT.dtype.element_ty), mask=t_ok[:, None] & n_ok[None, :])
+
+
+def route_decode(x: torch.Tensor, router: torch.Tensor, top_k: int, block_k: int = LAUNCH["route_k"]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights float32, index int32), each (tokens, k): softmax top-k renormalised, for ≤ MAX_TOKENS tokens."""
+    tokens, hidden = x.shape
+    experts = router.shape[0]
+    index = torch.empty(tokens, top_k, device=x.device, dtype=torch.int32)
+    weights = torch.empty(tokens, top_k, device=x.device, dtype=torch.float32)
+    _route[(1,)](x, router, index, weights, tokens, hidden, experts, KSLOTS=top_k, T_PAD=MAX_TOKENS,
+                 E_PAD=max(16, triton.next_power_of_2(experts)), BLOCK_K=block_k, num_warps=4)
+    return weights, index
 
 
 def experts_decode(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, index: torch.Tensor,
-                   weights: torch.Tensor, gelu_tanh: bool = False) -> torch.Tensor:
+                   weights: torch.Tensor, gelu_tanh: bool = False, launch: dict | None = None) -> torch.Tensor:
     """(tokens, hidden) = Σ_j weights[t, j] · expert_{index[t, j]}(x[t]) for at most MAX_TOKENS tokens."""
     tokens, hidden = x.shape
     experts, m = gate_up.shape[0], gate_up.shape[1] // 2
     if tokens > MAX_TOKENS:
         raise ValueError(f"experts_decode takes at most {MAX_TOKENS} tokens, got {tokens}")
+    c = {**LAUNCH, **({"split": 1} if tokens > 4 else {}), **(launch or {})}
     slots = index.shape[1]
     x, gate_up, down = x.contiguous(), gate_up.contiguous(), down.contiguous()
-    index = index.to(torch.int32).contiguous()
-    weights = weights.float().contiguous()
-    neurons = torch.empty(experts, MAX_TOKENS, m, device=x.device, dtype=torch.float32)
-    _gate_up[(experts, triton.cdiv(m, 16))](x, gate_up, index, neurons, tokens, m, hidden, KSLOTS=slots,
-                                              S_PAD=triton.next_power_of_2(MAX_TOKENS * slots), T_PAD=MAX_TOKENS, BLOCK_N=16, BLOCK_K=256, GELU=gelu_tanh,
-                                              num_warps=4)
+    index, weights = index.to(torch.int32).contiguous(), weights.float().contiguous()
+    split_h = triton.cdiv(triton.cdiv(hidden, c["split"]), c["up_k"]) * c["up_k"]
+    splits = triton.cdiv(hidden, split_h)
+    partial = torch.empty(splits, experts, MAX_TOKENS, 2, m, device=x.device, dtype=torch.float32)
+    _gate_up[(experts, triton.cdiv(m, c["up_n"]), splits)](
+        x, gate_up, index, partial, tokens, m, hidden, split_h, KSLOTS=slots,
+        S_PAD=triton.next_power_of_2(MAX_TOKENS * slots), T_PAD=MAX_TOKENS, BLOCK_N=c["up_n"], BLOCK_K=c["up_k"],
+        num_warps=c["up_warps"])
     out = torch.empty(tokens, hidden, device=x.device, dtype=x.dtype)
-    _down[(triton.cdiv(hidden, 32),)](neurons, down, index, weights, out, tokens, m, hidden, experts, KSLOTS=slots,
-                                      T_PAD=MAX_TOKENS, BLOCK_N=32, BLOCK_K=256, num_warps=4)
+    _down[(triton.cdiv(hidden, c["down_n"]),)](
+        partial, down, index, weights, out, tokens, m, hidden, experts, SPLITS=splits, KSLOTS=slots,
+        T_PAD=MAX_TOKENS, BLOCK_N=c["down_n"], BLOCK_K=c["down_k"], GELU=gelu_tanh, num_warps=c["down_warps"],
+        num_stages=c["down_stages"])
     return out

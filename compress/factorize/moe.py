@@ -90,15 +90,17 @@ class FactorizedMLP(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
-        weights, indices = route(self.router(x), self.top_k)
         if x.is_cuda and not torch.is_grad_enabled():
             activation = KERNEL_ACTIVATIONS.get(type(self.act_fn).__name__)
             if x.shape[0] <= 16 and activation is not None:
-                from compress.factorize.decode import experts_decode  # Triton: GPU machines only
+                from compress.factorize.decode import experts_decode, route_decode  # Triton: GPU machines only
 
-                return experts_decode(x, self.gate_up, self.down, indices, weights, activation == "gelu_tanh").reshape(shape)
+                weights, indices = route_decode(x, self.router.weight, self.top_k)
+                return experts_decode(x, self.gate_up, self.down, indices, weights,
+                                      activation == "gelu_tanh").reshape(shape)
             if hasattr(F, "grouped_mm"):
-                return self.grouped(x, weights, indices).reshape(shape)
+                return self.grouped(x, *route(self.router(x), self.top_k)).reshape(shape)
+        weights, indices = route(self.router(x), self.top_k)
         out = torch.zeros_like(x)
         for e in indices.unique().tolist():
             token, slot = torch.where(indices == e)
