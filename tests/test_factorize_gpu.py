@@ -60,8 +60,12 @@ def test_decode_routing_equals_softmax_top_k(experts, top_k, tokens):
     moe = _moe(experts, top_k, seed=tokens)
     x = torch.randn(tokens, 256, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():  # reference: fp32 logits rounded to bf16 once (cuBLAS may reduce in bf16)
-        want_w, want_i = route((x.float() @ moe.router.weight.float().T).to(torch.bfloat16), top_k)
+        logits = (x.float() @ moe.router.weight.float().T).to(torch.bfloat16)
+        probs = torch.softmax(logits.float(), -1)
+        want_w, _ = route(logits, top_k)
         got_w, got_i = route_decode(x, moe.router.weight, top_k)
-    assert torch.equal(got_i.long().sort(-1).values, want_i.sort(-1).values)
-    order_got, order_want = got_i.long().argsort(-1), want_i.argsort(-1)
-    torch.testing.assert_close(got_w.gather(-1, order_got), want_w.gather(-1, order_want), atol=1e-3, rtol=1e-2)
+    # bf16 logits tie often among many experts, so compare what was taken, not which of two equal experts
+    assert all(len(set(row)) == top_k for row in got_i.tolist())
+    torch.testing.assert_close(probs.gather(-1, got_i.long()).sort(-1).values,
+                               probs.topk(top_k, -1).values.sort(-1).values, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got_w.sort(-1).values, want_w.sort(-1).values, atol=1e-5, rtol=1e-4)

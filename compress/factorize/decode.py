@@ -51,12 +51,13 @@ def _route(X, R, IDX, WEIGHT, T, H, E, KSLOTS: tl.constexpr, T_PAD: tl.constexpr
     probs = tl.exp(logits - tl.max(logits, axis=1)[:, None])  # the softmax's denominator cancels below
     total = tl.zeros([T_PAD], dtype=tl.float32)
     work = probs
-    for j in tl.static_range(KSLOTS):  # the top-k's sum, by repeated arg-max
+    for j in tl.static_range(KSLOTS):  # the top-k's sum, by repeated arg-max; ties go to the lower expert
         best = tl.max(work, axis=1)
+        pick = tl.min(tl.where(work == best[:, None], e[None, :], E_PAD), axis=1)
         total += best
-        work = tl.where(work == best[:, None], -1.0, work)
+        work = tl.where(e[None, :] == pick[:, None], -1.0, work)
     work = probs
-    for j in tl.static_range(KSLOTS):  # again, storing; ties go to the lower expert
+    for j in tl.static_range(KSLOTS):  # again, storing
         best = tl.max(work, axis=1)
         pick = tl.min(tl.where(work == best[:, None], e[None, :], E_PAD), axis=1)
         tl.store(IDX + t * KSLOTS + j, pick, mask=t < T)
