@@ -174,7 +174,8 @@ def main() -> None:
             for experts, top_k in VARIANTS:
                 for implementation in IMPLEMENTATIONS:
                     block = moe_block(dense, experts, top_k, implementation)
-                    row = {**base, "experts": experts, "top_k": top_k, "implementation": implementation}
+                    row = {**base, "experts": experts, "top_k": top_k, "implementation": implementation,
+                           "error": None}
                     try:
                         timed = time_forward(lambda h: _output(block(h)), x, repeats, flush)
                     except Exception as exc:

@@ -96,3 +96,78 @@ def oracle_dense() -> str:
 def oracle_k3() -> str:
     found = [r for r in load("factorize-oracle")["rows"] if (r["experts"], r["top_k"], r["granularity"]) == (4, 3, 1)]
     return f"{ratio(found[0]['ppl_ratio'])} dense ({found[0]['split']} split)" if found else "not measured"
+
+
+# ---------------------------------------------------------------- stage B (results/factorize-finetune.json)
+@figure("factorize-finetune")
+def finetune_table() -> str:
+    data = load("factorize-finetune")
+    dense = data["dense_ppl"]
+    body = [["dense", "—", f2(dense), "1.00x", "—", "—"]]
+    for r in data["rows"]:
+        name = r["row"] if r["kind"] == "dense-finetuned" else f"{_label(r)}, {r['split']} split, {r['kind']}"
+        body.append([name, "—" if r["kind"] == "router" and "losses" not in r else r["kind"], ppl(r["ppl"]),
+                     ratio(r["ppl"] / dense), f"{r['train_seconds']:.0f}", f"{r['train_tokens']:,}"])
+    return table(["model", "trained", "perplexity", "vs dense", "train s", "train tokens"], body)
+
+
+@figure("factorize-finetune.setup")
+def finetune_setup() -> str:
+    d = load("factorize-finetune")
+    return (f"{d['steps']} Adam steps of {d['batch']} × {d['seqlen']} tokens, lr {d['lr']:g} (cosine), routers first "
+            f"fitted with {d['router_steps']} steps per layer · perplexity on {d['eval_tokens']:,} tokens of Persuasion, "
+            f"context {d['context']}")
+
+
+# ---------------------------------------------------------------- GPU latency (results/factorize-gpu-h200.json)
+GPU = "factorize-gpu-h200"
+IMPLS = ["eager", "batched_mm", "grouped_mm", "compress"]
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return "not run"
+    if row.get("error"):
+        return "fails (" + row["error"].split(":")[0] + ")"
+    graph = "" if row["graph"] else ", no graph"
+    return f"{row['moe_ms']:.3f} ms ({row['speedup']:.2f}x{graph})"
+
+
+@figure("factorize-gpu")
+def gpu_table() -> str:
+    data = load(GPU)
+    body = []
+    shapes = sorted({(r["batch"], r["tokens"]) for r in data["rows"]}, key=lambda s: s[0] * s[1])
+    for batch, tokens in shapes:
+        found = [r for r in data["rows"] if (r["batch"], r["tokens"]) == (batch, tokens)]
+        for experts, top_k in sorted({(r["experts"], r["top_k"]) for r in found}):
+            cells = {r["implementation"]: r for r in found if (r["experts"], r["top_k"]) == (experts, top_k)}
+            name = f"1R{experts}E{top_k}K" if experts == 4 else f"{experts} experts, top {top_k}"
+            body.append([f"{batch}×{tokens}", name, f"{found[0]['dense_ms']:.3f}"] + [_cell(cells.get(i)) for i in IMPLS])
+    return table(["batch×tokens", "variant", "dense ms", "transformers eager", "transformers batched_mm",
+                  "transformers grouped_mm", "compress (FactorizedMLP)"], body)
+
+
+def _speedup(batch: int, tokens: int) -> float | None:
+    found = [r for r in load(GPU)["rows"] if (r["batch"], r["tokens"], r["experts"], r["top_k"]) == (batch, tokens, 4, 1)
+             and r.get("speedup")]
+    return max(r["speedup"] for r in found) if found else None
+
+
+@figure("factorize-gpu.bar_prefill")
+def gpu_bar_prefill() -> str:
+    best = _speedup(8, 2048)
+    return "not measured" if best is None else f"{'**met**' if best >= 3 else '**missed**'}: {best:.2f}x"
+
+
+@figure("factorize-gpu.bar_decode")
+def gpu_bar_decode() -> str:
+    best = _speedup(1, 1)
+    return "not measured" if best is None else f"{'**met**' if best >= 2 else '**missed**'}: {best:.2f}x"
+
+
+@figure("factorize-gpu.checks")
+def gpu_checks() -> str:
+    checks = [c for c in load(GPU)["checks"] if "relative_error" in c]
+    worst = max(c["relative_error"] for c in checks)
+    return f"{len(checks)} checks, largest relative error {worst:.4f} (bf16)"

@@ -32,6 +32,8 @@ SCRIPTS = {
     "graph_gpu_time.py": ("--json", ["graph-gpu-h200"], True),
     "factorize.py": ("--out", ["factorize"], False),
     "factorize_oracle.py": ("--out", ["factorize-oracle"], False),
+    "factorize_finetune.py": ("--out", ["factorize-finetune"], False),
+    "factorize_gpu.py": ("--json", ["factorize-gpu-h200"], False),  # its tiny mode runs on the CPU
     "e2e_7b.py": ("--json", ["e2e7b-h200", "e2e7b-compile-h200"], True),
     "kernels.py": ("--json", ["kernels-h200", "kernels-ours-h200"], True),
     "cslt_transposed.py": ("--json", ["cslt-transposed-h200"], True),
