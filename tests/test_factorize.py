@@ -271,3 +271,42 @@ def test_bucket_cross_entropy_is_the_full_cross_entropy_when_k_covers_the_vocabu
     tail = torch.log(1 - kept.exp().sum(-1))
     expected = -((probs * kept).sum(-1) + (1 - probs.sum(-1)) * tail).mean()
     torch.testing.assert_close(bucket_cross_entropy(student, probs, index), expected)
+
+
+def _brute_nm(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    keep = torch.zeros_like(score, dtype=torch.bool)
+    for row in range(score.shape[0]):
+        for start in range(0, score.shape[1], m):
+            best = sorted(range(start, start + m), key=lambda j: -score[row, j].item())[:n]
+            keep[row, best] = True
+    return keep
+
+
+def test_expert_pruning_uses_each_experts_own_tokens():
+    from compress.factorize.prune import prune_experts
+    from compress.prune.config import PruneConfig
+    from compress.factorize.moe import route
+
+    model = _model("llama")
+    factorize_model(model, FactorizeConfig(experts=4, top_k=2, split="random", steps=10), CALIBRATION)
+    moe = model.model.layers[0].mlp
+    seen = []
+    handle = moe.register_forward_hook(lambda _m, args, _o: seen.append(args[0].reshape(-1, args[0].shape[-1])))
+    with torch.no_grad():
+        model(CALIBRATION)
+    handle.remove()
+    x = torch.cat(seen)
+    gate_up, down = moe.gate_up.detach().clone(), moe.down.detach().clone()
+    result = prune_experts(model, PruneConfig(method="wanda", pattern="2:4"), CALIBRATION)
+    chosen = route(moe.router(x), 2)[1]
+    with torch.no_grad():
+        for e in range(4):
+            mine = x[(chosen == e).any(-1)]
+            assert mine.shape[0] > 0
+            want = _brute_nm(gate_up[e].abs() * mine.pow(2).sum(0).sqrt(), 2, 4)
+            assert torch.equal(moe.gate_up[e] != 0, want), e
+            g, u = F.linear(mine, moe.gate_up[e]).chunk(2, -1)
+            neurons = F.silu(g) * u
+            assert torch.equal(moe.down[e] != 0, _brute_nm(down[e].abs() * neurons.pow(2).sum(0).sqrt(), 2, 4)), e
+    assert result.steps[0].info["tokens_per_expert"] == [int((chosen == e).any(-1).sum()) for e in range(4)]
+    assert result.overall_sparsity == pytest.approx(0.5)

@@ -107,9 +107,37 @@ def test_families_without_a_stock_moe_are_refused_before_any_work(tmp_path):
     assert after["after"]["perplexity"] == pytest.approx(after["before"]["perplexity"], rel=1e-4)
 
 
-def test_a_recipe_cannot_prune_after_factorize(tiny_model_dir, text_file, tmp_path):
+def test_a_recipe_factorizes_then_prunes_each_expert_and_exports_mixtral(tiny_model_dir, text_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from compress.pattern import nm_mask
+
+    recipe = tmp_path / "r.yaml"
+    out = tmp_path / "moe"
+    recipe.write_text(f"calibrate: {{text: {text_file}, nsamples: 8, seqlen: 64}}\nstages:\n"
+                      "  - factorize: {experts: 4, top_k: 2, split: cluster, steps: 20}\n"
+                      "  - prune: {method: wanda, pattern: '2:4'}\n"
+                      f"  - eval: {{text: {text_file}, context: 64, tokens: 256}}\n  - export: {{format: hf}}\n")
+    result = invoke("run", recipe, tiny_model_dir, "--out", out, "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    pruned = json.loads(result.stdout)["stages"][1]["result"]
+    assert pruned["overall_sparsity"] == pytest.approx(0.5)
+    assert len(pruned["linears"]) == 2 * 4 * 2 and "expert" in pruned["targets"]
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    for layer in loaded.model.layers:
+        experts = layer.mlp.experts
+        for weight in (*experts.gate_up_proj, *experts.down_proj):  # every expert's Linears are 2:4
+            assert torch.equal(weight != 0, (weight != 0) & nm_mask(weight.abs().float() + 1e-30, 2, 4))
+        assert layer.mlp.gate.weight.count_nonzero() == layer.mlp.gate.weight.numel()  # routers stay dense
+    assert layer.self_attn.q_proj.weight.count_nonzero() == layer.self_attn.q_proj.weight.numel()
+
+
+@pytest.mark.parametrize("stage, message", [("{method: wanda, permute: heuristic}", "permute does not apply"),
+                                            ("{method: wanda, targets: 'q_proj'}", "targets does not apply"),
+                                            ("{method: wanda, pattern: '2:64'}", "divisible by 64")])
+def test_pruning_after_factorize_refuses_what_does_not_apply(stage, message, tiny_model_dir, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("calibrate: {nsamples: 4, seqlen: 32}\nstages:\n  - factorize: {steps: 0}\n"
-                      "  - prune: {method: magnitude}\n")
+                      f"  - prune: {stage}\n")
     result = invoke("run", recipe, tiny_model_dir, "--quiet")
-    assert result.exit_code == 2 and "prune before factorizing" in result.output
+    assert result.exit_code == 2 and message in result.output, result.output

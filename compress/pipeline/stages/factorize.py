@@ -49,8 +49,6 @@ def _check(session, config: FactorizeStage) -> None:
     kinds = [stage.kind for stage in session.recipe.stages]
     if kinds.count("factorize") > 1:
         raise BadInput("a recipe can factorize once", key="factorize")
-    if "prune" in kinds[kinds.index("factorize"):]:
-        raise BadInput("pruning after factorize is not built yet: prune before factorizing", key="factorize")
     if session.recipe.out is not None:
         from compress.factorize.export import check_exportable
 

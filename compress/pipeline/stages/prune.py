@@ -47,10 +47,31 @@ def _needs_calibration(config: PruneStage) -> bool:
     return METHODS[config.method].collector is not None
 
 
-def _check(session, config: PruneStage) -> None:
-    from compress.prune.apply import check_config
+def _factorize_before(session, config: PruneStage):
+    """The factorize stage that runs before this prune stage, if any."""
+    stages = session.recipe.stages
+    here = next(i for i, stage in enumerate(stages) if stage is config)
+    return next((stage for stage in stages[:here] if stage.kind == "factorize"), None)
 
-    check_config(session.model, config)
+
+def _check(session, config: PruneStage) -> None:
+    factorize = _factorize_before(session, config)
+    if factorize is None:
+        from compress.prune.apply import check_config
+
+        check_config(session.model, config)
+        return
+    from compress.errors import BadInput
+    from compress.factorize.apply import check_factorize
+    from compress.factorize.prune import check_expert_pruning
+
+    check_expert_pruning(config)
+    pattern = config.parsed_pattern
+    for _, mlp in check_factorize(session.model, factorize):
+        width = mlp.intermediate // factorize.total_experts  # the down projections' input width
+        if pattern.is_nm and (width % pattern.m or mlp.gate.in_features % pattern.m):
+            raise BadInput(f"pattern {pattern} needs input widths divisible by {pattern.m}: the experts of "
+                           f"{mlp.name} have {mlp.gate.in_features} (gate/up) and {width} (down)", key="pattern")
 
 
 def _permute_report(config: PruneStage) -> dict:
@@ -69,6 +90,9 @@ def _run(session, config: PruneStage) -> PruneResultReport:
 
     from compress.prune.apply import prune_model
 
+    factorized = _factorize_before(session, config) is not None
+    if factorized:  # the experts of a factorized model, each with the statistics of its own tokens
+        from compress.factorize.prune import prune_experts as prune_model
     calibration = session.calibration() if _needs_calibration(config) else None
     gpu = session.device.startswith("cuda")
     if gpu:
@@ -80,7 +104,8 @@ def _run(session, config: PruneStage) -> PruneResultReport:
     summary = result.to_dict()
     report = PruneResultReport(
         method=config.method, pattern=config.parsed_pattern.to_dict(),
-        targets=config.targets or "every Linear inside the decoder layers", ignore=config.ignore,
+        targets="every expert's gate/up and down (routers and the rest stay dense)" if factorized else
+        config.targets or "every Linear inside the decoder layers", ignore=config.ignore,
         options=config.options, permute=_permute_report(config), **summary)
     if gpu:
         report.peak_gpu_bytes = torch.cuda.max_memory_allocated()
