@@ -310,3 +310,18 @@ def test_expert_pruning_uses_each_experts_own_tokens():
             assert torch.equal(moe.down[e] != 0, _brute_nm(down[e].abs() * neurons.pow(2).sum(0).sqrt(), 2, 4)), e
     assert result.steps[0].info["tokens_per_expert"] == [int((chosen == e).any(-1).sum()) for e in range(4)]
     assert result.overall_sparsity == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma3"])
+def test_factorized_checkpoint_round_trips_a_trained_model(family, tmp_path):
+    import compress
+    from compress.factorize.checkpoint import save_factorized
+
+    model = _model(family)
+    factorize_model(model, FactorizeConfig(experts=4, top_k=1, split="cluster", steps=10), CALIBRATION)
+    save_factorized(model, None, tmp_path / "out", {"tool": "compress"})
+    loaded = compress.load(tmp_path / "out")
+    assert all(torch.equal(a.groups, b.groups) for a, b in zip(factorized_mlps(loaded).values(),
+                                                               factorized_mlps(model).values()))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits, atol=0, rtol=0)

@@ -86,9 +86,10 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tiny_model_dir, tmp_pat
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_families_without_a_stock_moe_are_refused_before_any_work(tmp_path):
-    from transformers import GemmaConfig, GemmaForCausalLM
+def test_families_without_a_stock_moe_write_a_compress_load_checkpoint(tmp_path):
+    from transformers import AutoModelForCausalLM, GemmaConfig, GemmaForCausalLM
 
+    import compress
     from tests.conftest import make_tokenizer
 
     torch.manual_seed(0)
@@ -96,17 +97,24 @@ def test_families_without_a_stock_moe_are_refused_before_any_work(tmp_path):
                                          num_attention_heads=4, num_key_value_heads=2, head_dim=16))
     gemma.save_pretrained(tmp_path / "gemma")
     make_tokenizer().save_pretrained(tmp_path / "gemma")
-    result = invoke("factorize", tmp_path / "gemma", "--steps", 0, "--out", tmp_path / "out", "--quiet")
-    assert result.exit_code == 2 and "exports only llama, mistral" in result.output
-    assert not (tmp_path / "out").exists()
-    evaluated = invoke("factorize", tmp_path / "gemma", "--steps", 0, "--experts", 4, "--top-k", 4, "--json",
-                       "--quiet", "--eval", "--eval-text", tmp_path / "gemma" / "tokenizer.json",
-                       "--eval-context", 32, "--eval-tokens", 128)
-    assert evaluated.exit_code == 0, evaluated.output
-    after = json.loads(evaluated.stdout)["stages"][1]["result"]
+    out = tmp_path / "out"
+    result = invoke("factorize", tmp_path / "gemma", "--steps", 0, "--experts", 4, "--top-k", 4, "--out", out,
+                    "--json", "--quiet", "--eval", "--eval-text", tmp_path / "gemma" / "tokenizer.json",
+                    "--eval-context", 32, "--eval-tokens", 128)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["stages"][0]["result"]["exports_to"].startswith("compress-factorized")
+    after = report["stages"][1]["result"]
     assert after["after"]["perplexity"] == pytest.approx(after["before"]["perplexity"], rel=1e-4)
-
-
+    loaded = compress.load(out)
+    ids = torch.randint(0, 320, (2, 24))
+    with torch.no_grad():  # k = E with a zero router: the dense model's function, through the saved checkpoint
+        torch.testing.assert_close(loaded(ids).logits, gemma.eval()(ids).logits, atol=1e-5, rtol=0)
+    with pytest.raises(Exception):  # transformers alone finds no weights it knows, never a half-loaded model
+        AutoModelForCausalLM.from_pretrained(out)
+    evaluated = invoke("eval", out, "--text", tmp_path / "gemma" / "tokenizer.json", "--context", 32, "--max-tokens", 128,
+                       "--json", "--quiet")
+    assert evaluated.exit_code == 0, evaluated.output
 def test_a_recipe_factorizes_then_prunes_each_expert_and_exports_mixtral(tiny_model_dir, text_file, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -39,8 +39,9 @@ def checkpoint_dtype(config):
 
 
 def is_compressed_export(path: Path) -> bool:
-    """A directory written by the compressed export (compress/export/compressed.py)."""
-    return path.is_dir() and (path / "compressed.safetensors").is_file()
+    """A directory written by the compressed export (compress/export/compressed.py) or the factorized
+    checkpoint of a family without a stock MoE (compress/factorize/checkpoint.py): `compress.load` reads both."""
+    return path.is_dir() and any((path / name).is_file() for name in ("compressed.safetensors", "factorized.safetensors"))
 
 
 def _auto_config(where: str, kwargs: dict):

@@ -36,7 +36,8 @@ def load_placed(config, source: str | None) -> Loaded:
 
 def load_any(source: str | None, dtype="auto", device: str = "cpu", trust_remote_code: bool = False,
              device_map=None):
-    """(model, tokenizer, resolved source); a compressed export comes with SparseLinear modules."""
+    """(model, tokenizer, resolved source); a compressed export comes with SparseLinear modules, a factorized
+    checkpoint with FactorizedMLP modules."""
     from compress.model.loading import is_compressed_export, load_model, resolve_dtype
 
     path = Path(source) if source is not None else None
@@ -45,7 +46,10 @@ def load_any(source: str | None, dtype="auto", device: str = "cpu", trust_remote
     from transformers import AutoConfig, AutoTokenizer
 
     from compress.export.compressed import load
+    from compress.factorize.checkpoint import TENSORS, load_factorized
 
+    if (path / TENSORS).is_file():
+        load = load_factorized  # noqa: F811  (a factorized model of a family without a stock MoE)
     if device_map is not None:
         raise BadInput(f"{source}: a compressed export loads whole; device_map applies to plain checkpoints",
                        key="device_map")

@@ -50,18 +50,23 @@ def _check(session, config: FactorizeStage) -> None:
     if kinds.count("factorize") > 1:
         raise BadInput("a recipe can factorize once", key="factorize")
     if session.recipe.out is not None:
-        from compress.factorize.export import check_exportable
+        from compress.factorize.export import EXPORTS, check_exportable
 
         export = session.recipe.stages[-1]
         if export.format != "hf":
-            raise BadInput("a factorized model exports as a stock MoE checkpoint: use export format hf", key="export.format")
-        check_exportable(session.model.config)
+            raise BadInput("a factorized model exports as a stock MoE checkpoint (or, for a family without one, a "
+                           "compress.load checkpoint): use export format hf", key="export.format")
+        if getattr(session.model.config, "model_type", None) in EXPORTS:
+            check_exportable(session.model.config)
 
 
 def _export(session, out, manifest: dict, extra_files: dict) -> None:
-    from compress.factorize.export import save_moe
+    from compress.factorize.checkpoint import save_factorized
+    from compress.factorize.export import EXPORTS, save_moe
 
-    save_moe(session.model, session.tokenizer, out, manifest, session.force, extra_files=extra_files)
+    stock = getattr(session.model.config, "model_type", None) in EXPORTS
+    (save_moe if stock else save_factorized)(session.model, session.tokenizer, out, manifest, session.force,
+                                             extra_files=extra_files)
 
 
 def _run(session, config: FactorizeStage) -> FactorizeResultReport:
@@ -77,7 +82,8 @@ def _run(session, config: FactorizeStage) -> FactorizeResultReport:
         total_experts=config.total_experts, total_top_k=config.total_top_k, scale=config.scale, train=config.train, steps=config.steps,
         lr=config.lr, par_weight=config.par_weight, balance_weight=config.balance_weight, seed=config.seed,
         training_tokens=summary.pop("tokens"), ffn_flops_share=config.top_k / config.experts,
-        exports_to=EXPORTS.get(getattr(session.model.config, "model_type", None)), **summary)
+        exports_to=EXPORTS.get(getattr(session.model.config, "model_type", None), "compress-factorized (compress.load)"),
+        **summary)
 
 
 SPEC = register(StageSpec(
