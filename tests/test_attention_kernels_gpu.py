@@ -66,10 +66,16 @@ def packed_scores_and_candidates(label_bits, channels, heads, kv_heads, context,
     assert (threshold - expected).abs().max() <= 1  # the sample rescored: float32 sums may round apart
     assert torch.equal(found, (keys >= threshold[:, None]).sum(-1).to(torch.int32))
     assert torch.equal(found, plan.counts.sum(-1).to(torch.int32))
+    programs, chunk = select.stretch(rows, context, 1024, 4096, select.MAX_PROGRAMS)  # score_labels' defaults
+    assert plan.counts.shape[1] == programs
     for row in range(rows):
-        held = plan.candidates[row, 0, :min(int(found[row]), plan.capacity)].long()
-        assert torch.equal(held.sort().values, (keys[row] >= threshold[row]).nonzero()[:, 0][:len(held)])
-        assert torch.equal(plan.candidates[row, 1, :len(held)], keys[row, held])
+        for program, count in enumerate(plan.counts[row].tolist()):  # each program's own slots
+            stretch = keys[row, program * chunk:(program + 1) * chunk]
+            expected = (stretch >= threshold[row]).nonzero()[:, 0] + program * chunk
+            assert count == len(expected)
+            held = plan.candidates[row, program, 0, :count].long()
+            assert torch.equal(held.sort().values, expected)
+            assert torch.equal(plan.candidates[row, program, 1, :count], keys[row, held])
 
 
 @pytest.mark.parametrize("label_bits, channels", [(4, 4), (4, 8), (4, 16), (16, 8)])

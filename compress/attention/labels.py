@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from compress.attention.select import ThresholdPlan, kth_largest_key, order_key, stretch
+from compress.attention.select import MAX_PROGRAMS, ThresholdPlan, kth_largest_key, order_key, stretch
 
 __all__ = ["label_cache", "dequantize_labels", "label_bytes", "score_labels"]
 
@@ -103,17 +103,19 @@ def _scores_at(LAB, n, n_ok, q, c, stride_plane, R: tl.constexpr, PACKED: tl.con
 
 
 @triton.jit
-def _score_kernel(Q, LAB, HEAVY, S, STATE, COUNTS, N, stride_qb, stride_qh, stride_lb, stride_lh, stride_plane,
-                  stride_sb, stride_sh, KVH: tl.constexpr, GROUP: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr,
-                  PACKED: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK, FILTER: tl.constexpr):
+def _score_kernel(Q, LAB, HEAVY, S, STATE, COUNTS, CAND, N, SLOT, stride_qb, stride_qh, stride_lb, stride_lh,
+                  stride_plane, stride_sb, stride_sh, KVH: tl.constexpr, GROUP: tl.constexpr, R: tl.constexpr,
+                  R_PAD: tl.constexpr, PACKED: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK,
+                  FILTER: tl.constexpr):
     row = tl.program_id(0)
     b = (row // KVH).to(tl.int64)  # a large cache's offsets pass 2^31 elements
     kv = row % KVH
     q, c = _query_labels(Q, HEAVY, b, kv, stride_qb, stride_qh, GROUP, R, R_PAD)
     base = LAB + b * stride_lb + kv * stride_lh
-    if FILTER:
+    if FILTER:  # this program's own candidate slots: token indices, then their keys (no atomics)
         threshold = tl.load(STATE + row * 2)
-        taken = tl.zeros([BLOCK_N], dtype=tl.int32)
+        slots = CAND + (row * tl.num_programs(1) + tl.program_id(1)).to(tl.int64) * 2 * SLOT
+        held = tl.program_id(1) * 0
     start = tl.program_id(1) * CHUNK
     end = tl.minimum(start + CHUNK, N)
     while start < end:  # a while loop: the Triton interpreter cannot range() to a runtime bound under NumPy 2
@@ -121,11 +123,17 @@ def _score_kernel(Q, LAB, HEAVY, S, STATE, COUNTS, N, stride_qb, stride_qh, stri
         n_ok = n < N
         score = _scores_at(base, n, n_ok, q, c, stride_plane, R, PACKED, WORDS)
         tl.store(S + b * stride_sb + kv * stride_sh + n, score, mask=n_ok)
-        if FILTER:  # count the candidates of select.threshold_top: float16 keys reaching the row's threshold
-            taken += (n_ok & (order_key(score) >= threshold)).to(tl.int32)
+        if FILTER:  # the candidates of select.threshold_top: float16 keys reaching the row's threshold
+            key = order_key(score)
+            take = (n_ok & (key >= threshold)).to(tl.int32)
+            slot = held + tl.cumsum(take, axis=0) - 1
+            keep = (take > 0) & (slot < SLOT)  # past SLOT: the row has more than the select holds
+            tl.store(slots + slot, n, mask=keep)
+            tl.store(slots + SLOT + slot, key, mask=keep)
+            held += tl.sum(take, axis=0)
         start += BLOCK_N
-    if FILTER:  # per program, no atomics: select's gather kernel turns the counts into offsets
-        tl.store(COUNTS + row * tl.num_programs(1) + tl.program_id(1), tl.sum(taken, axis=0))
+    if FILTER:
+        tl.store(COUNTS + row * tl.num_programs(1) + tl.program_id(1), held)
 
 
 @triton.jit
@@ -167,11 +175,14 @@ def score_labels(query: torch.Tensor, labels: torch.Tensor, heavy: torch.Tensor,
     if plan is not None and plan.sample:
         _threshold_kernel[(b * kvh,)](query, labels, heavy, plan.state, n, plan.run_stride, plan.rank, *strides,
                                       **meta, SAMPLE=plan.sample, RUN=plan.run, num_warps=4)
-    per_row, chunk = stretch(b * kvh, n, block_n, programs)
+    per_row, chunk = stretch(b * kvh, n, block_n, programs, None if plan is None else MAX_PROGRAMS)
+    slot = 1
     if plan is not None:
-        plan.counts, plan.chunk = torch.empty(b * kvh, per_row, device=query.device, dtype=torch.int32), chunk
-    _score_kernel[(b * kvh, per_row)](query, labels, heavy, scores, *((scores,) * 2 if plan is None else
-                                                                     (plan.state, plan.counts)), n, *strides,
-                                      scores.stride(0), scores.stride(1), **meta, BLOCK_N=block_n, CHUNK=chunk,
-                                      FILTER=plan is not None, num_warps=num_warps)
+        slot = plan.slots(chunk)
+        plan.counts = torch.empty(b * kvh, per_row, device=query.device, dtype=torch.int32)
+        plan.candidates = torch.empty(b * kvh, per_row, 2, slot, device=query.device, dtype=torch.int32)
+    _score_kernel[(b * kvh, per_row)](query, labels, heavy, scores, *((scores,) * 3 if plan is None else
+                                                                     (plan.state, plan.counts, plan.candidates)),
+                                      n, slot, *strides, scores.stride(0), scores.stride(1), **meta, BLOCK_N=block_n,
+                                      CHUNK=chunk, FILTER=plan is not None, num_warps=num_warps)
     return scores

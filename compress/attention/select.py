@@ -3,10 +3,11 @@
 Threshold select, for T of n tokens per row:
   1. a sample of the row (runs of 8 neighbours spread over it) is scored first and its float16 keys give a
      threshold expected to keep about 1.5 T tokens (compress.attention.labels._threshold_kernel);
-  2. the scoring kernel counts, per program, the tokens whose key reaches the threshold; a gather kernel
-     over the same stretches writes them to the row's candidate list (offsets from the counts, no atomics);
-  3. one program per row finds the T-th largest key among the candidates, held in registers, by a bitwise
-     search from the top bit, and writes the tokens above it and the first of those equal to it.
+  2. each scoring program writes the tokens of its stretch whose key reaches the threshold (index and key)
+     to slots of its own, and their number (no atomics, the scores never read back);
+  3. one program per row reads its programs' slots as one list (positions from the counts), finds the T-th
+     largest key among them, held in registers, by a bitwise search from the top bit, and writes the tokens
+     above it and the first of those equal to it.
 If a row's candidates are fewer than T or more than the list holds (an unlucky sample; many ties), step 3
 searches the whole row's stored scores instead (slower; the result is the same). Ties in float16 are taken
 in no set order. A two-digit radix select (a 256-bin histogram of every score, twice) was slower than
@@ -14,51 +15,52 @@ torch.topk on one H200: Triton's histogram costs a few instructions per element 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["ThresholdPlan", "threshold_plan", "order_key", "kth_largest_key", "stretch", "select_top",
+__all__ = ["MAX_PROGRAMS", "ThresholdPlan", "threshold_plan", "order_key", "kth_largest_key", "stretch", "select_top",
            "threshold_top"]
 
 SAMPLE, RUN = 2048, 8  # tokens a threshold is estimated from, in runs of neighbours
 MARGIN = 1.5  # candidates expected, in units of T: a shortfall below T is about 4.6 standard deviations away
+MAX_PROGRAMS = 32  # scoring programs per row when they write candidates: the search walks their counts
 
 
 @dataclass
 class ThresholdPlan:
-    """Launch settings and buffers of one threshold select: rows × capacity candidate slots."""
+    """Launch settings and buffers of one threshold select of at most `capacity` candidates per row."""
     rank: int  # the sample's key of this rank (from the top) is the threshold
     sample: int  # 0: every token is a candidate (no threshold)
     run_stride: int
     capacity: int
     state: torch.Tensor  # (rows, 2) int32: threshold key, candidates found
-    candidates: torch.Tensor  # (rows, 2, capacity) int32: token indices, their keys
     run: int = RUN
-    counts: torch.Tensor | None = None  # (rows, programs) int32: the scoring kernel's candidates per program
-    chunk: int = 0  # tokens a scoring program covered
+    counts: torch.Tensor | None = None  # (rows, programs) int32: candidates each scoring program found
+    candidates: torch.Tensor | None = None  # (rows, programs, 2, slots) int32: their token indices, their keys
+
+    def slots(self, chunk: int) -> int:
+        """Slots of a scoring program covering `chunk` tokens: more than the capacity never fit a row."""
+        return min(chunk, self.capacity)
 
 
 def threshold_plan(rows: int, n: int, budget: int, device) -> ThresholdPlan:
     capacity = triton.next_power_of_2(max(16, 2 * budget))
     state = torch.zeros(rows, 2, device=device, dtype=torch.int32)
     if capacity >= n:  # every token fits: no threshold
-        capacity = triton.next_power_of_2(n)
-        candidates = torch.empty(rows, 2, capacity, device=device, dtype=torch.int32)
-        return ThresholdPlan(0, 0, 0, capacity, state, candidates)
+        return ThresholdPlan(0, 0, 0, triton.next_power_of_2(n), state)
     sample = min(SAMPLE, triton.next_power_of_2(n) // 2)
     runs = sample // RUN
     rank = min(sample, triton.cdiv(int(MARGIN * budget * sample), n))
-    return ThresholdPlan(rank, sample, n // runs, capacity, state,
-                         torch.empty(rows, 2, capacity, device=device, dtype=torch.int32))
+    return ThresholdPlan(rank, sample, n // runs, capacity, state)
 
 
-def stretch(rows: int, n: int, block: int, programs: int = 4096) -> tuple[int, int]:
-    """(programs per row, tokens per program): about `programs` in all, each a whole number of blocks."""
-    per_row = max(1, min(triton.cdiv(n, block), triton.cdiv(programs, rows)))
+def stretch(rows: int, n: int, block: int, programs: int = 4096, most: int | None = None) -> tuple[int, int]:
+    """(programs per row (at most `most`), tokens per program): about `programs` in all, each a whole number
+    of blocks."""
+    per_row = max(1, min(triton.cdiv(n, block), triton.cdiv(programs, rows), most or n))
     chunk = triton.cdiv(triton.cdiv(n, per_row), block) * block
     return triton.cdiv(n, chunk), chunk
 
@@ -107,40 +109,33 @@ def _write_top(IDX, T, n, keys, key, above_before, equal_before, ties):
 
 
 @triton.jit
-def _gather_kernel(S, STATE, COUNTS, CAND, N, CAP, stride_row, CHUNK, BLOCK: tl.constexpr,
-                   PROGRAMS: tl.constexpr):
-    row = tl.program_id(0)
-    program = tl.program_id(1)
-    threshold = tl.load(STATE + row * 2)
-    j = tl.arange(0, PROGRAMS)
-    counts = tl.load(COUNTS + row * tl.num_programs(1) + j, mask=j < tl.num_programs(1), other=0)
-    before = tl.sum(tl.where(j < program, counts, 0), axis=0)
-    if program == 0:
-        tl.store(STATE + row * 2 + 1, tl.sum(counts, axis=0))
-    start = program * CHUNK
-    end = tl.minimum(start + CHUNK, N)
-    while start < end:
-        n, keys = _row_keys(S + row * stride_row, start, N, BLOCK)
-        take = (keys >= threshold).to(tl.int32)
-        slot = before + tl.cumsum(take, axis=0) - 1
-        keep = (take > 0) & (slot < CAP)
-        tl.store(CAND + row * 2 * CAP + slot, n, mask=keep)
-        tl.store(CAND + (row * 2 + 1) * CAP + slot, keys, mask=keep)
-        before += tl.sum(take, axis=0)
-        start += BLOCK
+def _slot_positions(COUNTS, i, SLOT, PROGRAMS: tl.constexpr):
+    """Where the row's candidate i sits in its programs' slots (programs, 2, SLOT), and how many there are:
+    candidate i is program p's if the counts before p sum to at most i, and the counts up to p to more."""
+    position = i
+    found = tl.load(COUNTS) * 0
+    for p in tl.static_range(PROGRAMS):
+        count = tl.load(COUNTS + p)
+        found += count
+        position += tl.where(i >= found, 2 * SLOT - count, 0)  # skip this program's slots
+    return position, found
 
 
 @triton.jit
-def _finish_kernel(S, STATE, CAND, IDX, N, T, CAP, stride_row, CAP_PAD: tl.constexpr, BLOCK: tl.constexpr):
+def _finish_kernel(S, STATE, COUNTS, CAND, IDX, N, T, CAP, SLOT, stride_row, PROGRAMS: tl.constexpr,
+                   CAP_PAD: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
-    found = tl.load(STATE + row * 2 + 1)
+    i = tl.arange(0, CAP_PAD)
+    position, found = _slot_positions(COUNTS + row * PROGRAMS, i, SLOT, PROGRAMS)
+    tl.store(STATE + row * 2 + 1, found)
     out = IDX + row * T
     scores = S + row * stride_row
     if (found >= T) & (found <= CAP):  # (names differ from the other branch's: Triton merges same names)
-        i = tl.arange(0, CAP_PAD)
-        held_keys = tl.load(CAND + (row * 2 + 1) * CAP + i, mask=i < found, other=-1)
+        slots = CAND + row.to(tl.int64) * PROGRAMS * 2 * SLOT
+        held_keys = tl.load(slots + position + SLOT, mask=i < found, other=-1)
         kth = kth_largest_key(held_keys, T)
-        held = tl.load(CAND + row * 2 * CAP + i, mask=i < found, other=0)  # after the search: fewer registers
+        position, _ = _slot_positions(COUNTS + row * PROGRAMS, i, SLOT, PROGRAMS)  # again: fewer registers
+        held = tl.load(slots + position, mask=i < found, other=0)
         _write_top(out, T, held, held_keys, kth, 0, 0, T - tl.sum((held_keys > kth).to(tl.int32), axis=0))
     else:  # the sample's threshold missed: search the whole row, a block at a time
         key = found * 0
@@ -170,16 +165,13 @@ def _finish_kernel(S, STATE, CAND, IDX, N, T, CAP, stride_row, CAP_PAD: tl.const
 
 def threshold_top(scores: torch.Tensor, plan: ThresholdPlan, budget: int, block: int = 1024) -> torch.Tensor:
     """(b, kv_heads, budget) int32 indices of the `budget` largest float16 scores per row (n > budget), given
-    the threshold and counts the scoring kernel left in `plan`."""
+    the threshold and the candidates the scoring kernel left in `plan`."""
     b, kvh, n = scores.shape
     rows = b * kvh
     flat = scores.view(rows, n)
     index = torch.empty(rows, budget, device=scores.device, dtype=torch.int32)
-    programs = plan.counts.shape[1]
-    _gather_kernel[(rows, programs)](flat, plan.state, plan.counts, plan.candidates, n, plan.capacity, flat.stride(0),
-                                     plan.chunk, BLOCK=math.gcd(block, plan.chunk),  # blocks tile the stretches
-                                     PROGRAMS=triton.next_power_of_2(programs))
-    _finish_kernel[(rows,)](flat, plan.state, plan.candidates, index, n, budget, plan.capacity, flat.stride(0),
-                            CAP_PAD=plan.capacity, BLOCK=block,
+    _, programs, _, slot = plan.candidates.shape
+    _finish_kernel[(rows,)](flat, plan.state, plan.counts, plan.candidates, index, n, budget, plan.capacity, slot,
+                            flat.stride(0), PROGRAMS=programs, CAP_PAD=plan.capacity, BLOCK=block,
                             num_warps=min(32, max(4, plan.capacity // 512)))  # fewer spill (ptxas report)
     return index.view(b, kvh, budget)
