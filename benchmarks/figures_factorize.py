@@ -39,13 +39,14 @@ def _bar(experts: int, top_k: int, limit: float) -> str:
 @figure("factorize")
 def factorize_table() -> str:
     data = load(STEM)
-    body = [["dense", "—", "—", "1.00", f2(data["dense_ppl"]), "1.00x", "—", "—", "—", "—"]]
+    body = [["dense", "—", "—", "—", "1.00", f2(data["dense_ppl"]), "1.00x", "—", "—", "—", "—"]]
     for r in _rows():
         agreement = "—" if r["held_out_agreement"] is None else f"{r['held_out_agreement']:.2f} ({r['chance_agreement']:.2f})"
         load_max = "—" if r["max_expert_load"] is None else f"{r['max_expert_load']:.2f}"
-        body.append([_label(r), r["split"], r["steps"], f2(r["ffn_flops_share"]), ppl(r["ppl"]), ratio(r["ppl_ratio"]),
+        body.append([_label(r), r["split"], r.get("scale", "experts"), r["steps"], f2(r["ffn_flops_share"]), ppl(r["ppl"]),
+                     ratio(r["ppl_ratio"]),
                      f"{r['factorize_seconds']:.0f}", agreement, load_max, f"{r['load_average'][0]:.0f}–{r['load_average'][1]:.0f}"])
-    return table(["variant", "split", "router steps", "FFN FLOPs vs dense", "perplexity", "vs dense", "factorize s",
+    return table(["variant", "split", "scale", "router steps", "FFN FLOPs vs dense", "perplexity", "vs dense", "factorize s",
                   "router agreement (chance)", "max expert load", "load average"], body)
 
 
@@ -80,11 +81,13 @@ def oracle_table() -> str:
     data = load("factorize-oracle")
     body = []
     for r in data["rows"]:
-        trained = [t for t in _rows() if (t["experts"], t["top_k"], t["granularity"], t["split"]) ==
-                   (r["experts"], r["top_k"], r["granularity"], r["split"]) and t["steps"]]
-        body.append([_label(r), r["split"], ppl(r["ppl"]), ratio(r["ppl_ratio"]),
+        scale = r.get("scale", "experts")
+        trained = [t for t in _rows() if (t["experts"], t["top_k"], t["granularity"], t["split"], t.get("scale", "experts"))
+                   == (r["experts"], r["top_k"], r["granularity"], r["split"], scale) and t["steps"]]
+        body.append([_label(r), r["split"], scale, ppl(r["ppl"]), ratio(r["ppl_ratio"]),
                      f"{ppl(trained[0]['ppl'])} ({ratio(trained[0]['ppl_ratio'])})" if trained else "not run"])
-    return table(["variant", "split", "perplexity, oracle routing", "vs dense", "trained router (vs dense)"], body)
+    return table(["variant", "split", "scale", "perplexity, oracle routing", "vs dense", "trained router (vs dense)"],
+                 body)
 
 
 @figure("factorize-oracle.dense")
@@ -94,7 +97,8 @@ def oracle_dense() -> str:
 
 @figure("factorize-oracle.k3")
 def oracle_k3() -> str:
-    found = [r for r in load("factorize-oracle")["rows"] if (r["experts"], r["top_k"], r["granularity"]) == (4, 3, 1)]
+    found = [r for r in load("factorize-oracle")["rows"] if (r["experts"], r["top_k"], r["granularity"]) == (4, 3, 1)
+             and r.get("scale", "experts") == "top-k"]
     return f"{ratio(found[0]['ppl_ratio'])} dense ({found[0]['split']} split)" if found else "not measured"
 
 
