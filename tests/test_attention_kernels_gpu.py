@@ -67,15 +67,19 @@ def packed_scores_and_candidates(label_bits, channels, heads, kv_heads, context,
     assert torch.equal(found, (keys >= threshold[:, None]).sum(-1).to(torch.int32))
     assert torch.equal(found, plan.counts.sum(-1).to(torch.int32))
     programs, chunk = select.stretch(rows, context, 1024, 4096, select.MAX_PROGRAMS)  # score_labels' defaults
-    assert plan.counts.shape[1] == programs
+    warps = plan.counts.shape[1] // programs  # a warp's share: a 1024 / warps run of each block of 1024
+    width = 1024 // warps
+    token = torch.arange(programs * chunk, device=device).view(programs, chunk // 1024, warps, width)
     for row in range(rows):
-        for program, count in enumerate(plan.counts[row].tolist()):  # each program's own slots
-            stretch = keys[row, program * chunk:(program + 1) * chunk]
-            expected = (stretch >= threshold[row]).nonzero()[:, 0] + program * chunk
+        for share, count in enumerate(plan.counts[row].tolist()):  # each warp's own slots, in token order
+            program, warp = divmod(share, warps)
+            tokens = token[program, :, warp].flatten()
+            tokens = tokens[tokens < context]
+            expected = tokens[keys[row, tokens] >= threshold[row]]
             assert count == len(expected)
-            held = plan.candidates[row, program, 0, :count].long()
-            assert torch.equal(held.sort().values, expected)
-            assert torch.equal(plan.candidates[row, program, 1, :count], keys[row, held])
+            slots = plan.candidates[row, program, :, warp * (chunk // warps):][:, :count]
+            assert torch.equal(slots[0].long(), expected)
+            assert torch.equal(slots[1], keys[row, expected])
 
 
 @pytest.mark.parametrize("label_bits, channels", [(4, 4), (4, 8), (4, 16), (16, 8)])

@@ -81,7 +81,7 @@ def _query_labels(Q, HEAVY, b, kv, stride_qb, stride_qh, GROUP: tl.constexpr, R:
 
 @triton.jit
 def _scores_at(LAB, n, n_ok, q, c, stride_plane, R: tl.constexpr, PACKED: tl.constexpr, WORDS: tl.constexpr):
-    """float32 label scores of tokens `n` of one (sequence, KV head) whose labels start at LAB."""
+    """float32 label scores of tokens `n` (2-D) of one (sequence, KV head) whose labels start at LAB."""
     if PACKED:  # planes stride_plane apart, tokens contiguous in each
         dot = tl.zeros(n.shape, dtype=tl.float32)
         for w in tl.static_range(WORDS):
@@ -97,43 +97,46 @@ def _scores_at(LAB, n, n_ok, q, c, stride_plane, R: tl.constexpr, PACKED: tl.con
         step = ((meta >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
         score = low * tl.sum(q, axis=0) + step * dot
     else:  # contiguous rows of R labels: 16-byte loads at R = 8
-        labels = tl.load(LAB + n[:, None] * R + c[None, :], mask=n_ok[:, None] & (c < R)[None, :], other=0.0)
-        score = tl.sum(labels.to(tl.float32) * q[None, :], axis=1)
+        labels = tl.load(LAB + n[:, :, None] * R + c[None, None, :], mask=n_ok[:, :, None] & (c < R)[None, None, :],
+                         other=0.0)
+        score = tl.sum(labels.to(tl.float32) * q[None, None, :], axis=2)
     return score
 
 
 @triton.jit
-def _score_kernel(Q, LAB, HEAVY, S, STATE, COUNTS, CAND, N, SLOT, stride_qb, stride_qh, stride_lb, stride_lh,
+def _score_kernel(Q, LAB, HEAVY, S, STATE, COUNTS, CAND, N, stride_qb, stride_qh, stride_lb, stride_lh,
                   stride_plane, stride_sb, stride_sh, KVH: tl.constexpr, GROUP: tl.constexpr, R: tl.constexpr,
-                  R_PAD: tl.constexpr, PACKED: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK,
-                  FILTER: tl.constexpr):
+                  R_PAD: tl.constexpr, PACKED: tl.constexpr, WORDS: tl.constexpr, ROWS: tl.constexpr,
+                  WIDTH: tl.constexpr, CHUNK, FILTER: tl.constexpr):
+    """Blocks of ROWS x WIDTH tokens (ROWS = the warps when FILTER: one tile row a warp)."""
     row = tl.program_id(0)
     b = (row // KVH).to(tl.int64)  # a large cache's offsets pass 2^31 elements
     kv = row % KVH
     q, c = _query_labels(Q, HEAVY, b, kv, stride_qb, stride_qh, GROUP, R, R_PAD)
     base = LAB + b * stride_lb + kv * stride_lh
-    if FILTER:  # this program's own candidate slots: token indices, then their keys (no atomics)
+    g = tl.arange(0, ROWS)
+    if FILTER:  # each tile row's own candidate slots (no atomics; a warp's own prefix sums: no cross-warp scan)
         threshold = tl.load(STATE + row * 2)
-        slots = CAND + (row * tl.num_programs(1) + tl.program_id(1)).to(tl.int64) * 2 * SLOT
-        held = tl.program_id(1) * 0
+        program = row * tl.num_programs(1) + tl.program_id(1)
+        slots = CAND + program.to(tl.int64) * 2 * CHUNK + g[:, None] * (CHUNK // ROWS)  # (programs, 2, CHUNK)
+        held = tl.zeros([ROWS], dtype=tl.int32)
     start = tl.program_id(1) * CHUNK
     end = tl.minimum(start + CHUNK, N)
     while start < end:  # a while loop: the Triton interpreter cannot range() to a runtime bound under NumPy 2
-        n = tl.multiple_of(start, BLOCK_N) + tl.arange(0, BLOCK_N)
+        n = tl.multiple_of(start, ROWS * WIDTH) + g[:, None] * WIDTH + tl.arange(0, WIDTH)[None, :]
         n_ok = n < N
         score = _scores_at(base, n, n_ok, q, c, stride_plane, R, PACKED, WORDS)
         tl.store(S + b * stride_sb + kv * stride_sh + n, score, mask=n_ok)
         if FILTER:  # the candidates of select.threshold_top: float16 keys reaching the row's threshold
             key = order_key(score)
             take = (n_ok & (key >= threshold)).to(tl.int32)
-            slot = held + tl.cumsum(take, axis=0) - 1
-            keep = (take > 0) & (slot < SLOT)  # past SLOT: the row has more than the select holds
-            tl.store(slots + slot, n, mask=keep)
-            tl.store(slots + SLOT + slot, key, mask=keep)
-            held += tl.sum(take, axis=0)
-        start += BLOCK_N
+            slot = held[:, None] + tl.cumsum(take, axis=1) - 1  # a tile row holds at most CHUNK / ROWS
+            tl.store(slots + slot, n, mask=take > 0)
+            tl.store(slots + CHUNK + slot, key, mask=take > 0)
+            held += tl.sum(take, axis=1)
+        start += ROWS * WIDTH
     if FILTER:
-        tl.store(COUNTS + row * tl.num_programs(1) + tl.program_id(1), held)
+        tl.store(COUNTS + program * ROWS + g, held)
 
 
 @triton.jit
@@ -145,10 +148,10 @@ def _threshold_kernel(Q, LAB, HEAVY, STATE, N, RUN_STRIDE, K, stride_qb, stride_
     kv = row % KVH
     q, c = _query_labels(Q, HEAVY, b, kv, stride_qb, stride_qh, GROUP, R, R_PAD)
     i = tl.arange(0, SAMPLE)
-    n = (i // RUN) * RUN_STRIDE + i % RUN  # runs of RUN neighbours: whole sectors of the label planes
+    n = ((i // RUN) * RUN_STRIDE + i % RUN)[None, :]  # runs of RUN neighbours: whole sectors of the label planes
     n_ok = n < N
     score = _scores_at(LAB + b * stride_lb + kv * stride_lh, n, n_ok, q, c, stride_plane, R, PACKED, WORDS)
-    tl.store(STATE + row * 2, kth_largest_key(tl.where(n_ok, order_key(score), -1), K))
+    tl.store(STATE + row * 2, kth_largest_key(tl.reshape(tl.where(n_ok, order_key(score), -1), [SAMPLE]), K))
 
 
 def _launch_args(query, labels, heavy):
@@ -176,13 +179,13 @@ def score_labels(query: torch.Tensor, labels: torch.Tensor, heavy: torch.Tensor,
         _threshold_kernel[(b * kvh,)](query, labels, heavy, plan.state, n, plan.run_stride, plan.rank, *strides,
                                       **meta, SAMPLE=plan.sample, RUN=plan.run, num_warps=4)
     per_row, chunk = stretch(b * kvh, n, block_n, programs, None if plan is None else MAX_PROGRAMS)
-    slot = 1
-    if plan is not None:
-        slot = plan.slots(chunk)
-        plan.counts = torch.empty(b * kvh, per_row, device=query.device, dtype=torch.int32)
-        plan.candidates = torch.empty(b * kvh, per_row, 2, slot, device=query.device, dtype=torch.int32)
+    rows = num_warps if plan is not None else 1
+    if plan is not None:  # a tile row a warp: its candidates at most chunk / warps, its own slots
+        plan.counts = torch.empty(b * kvh, per_row * rows, device=query.device, dtype=torch.int32)
+        plan.candidates = torch.empty(b * kvh, per_row, 2, chunk, device=query.device, dtype=torch.int32)
     _score_kernel[(b * kvh, per_row)](query, labels, heavy, scores, *((scores,) * 3 if plan is None else
                                                                      (plan.state, plan.counts, plan.candidates)),
-                                      n, slot, *strides, scores.stride(0), scores.stride(1), **meta, BLOCK_N=block_n,
-                                      CHUNK=chunk, FILTER=plan is not None, num_warps=num_warps)
+                                      n, *strides, scores.stride(0), scores.stride(1), **meta, ROWS=rows,
+                                      WIDTH=block_n // rows, CHUNK=chunk, FILTER=plan is not None,
+                                      num_warps=num_warps)
     return scores

@@ -3,11 +3,12 @@
 Threshold select, for T of n tokens per row:
   1. a sample of the row (runs of 8 neighbours spread over it) is scored first and its float16 keys give a
      threshold expected to keep about 1.5 T tokens (compress.attention.labels._threshold_kernel);
-  2. each scoring program writes the tokens of its stretch whose key reaches the threshold (index and key)
-     to slots of its own, and their number (no atomics, the scores never read back);
-  3. one program per row reads its programs' slots as one list (positions from the counts), finds the T-th
-     largest key among them, held in registers, by a bitwise search from the top bit, and writes the tokens
-     above it and the first of those equal to it.
+  2. each warp of a scoring program writes the tokens of its share whose key reaches the threshold (index
+     and key) to slots of its own, and their number (no atomics, no scan across warps, the scores never read
+     back);
+  3. one program per row reads the slots of its row as one list (a binary search over the counts' running
+     sums places each candidate), finds the T-th largest key among them, held in registers, by a bitwise
+     search from the top bit, and writes the tokens above it and the first of those equal to it.
 If a row's candidates are fewer than T or more than the list holds (an unlucky sample; many ties), step 3
 searches the whole row's stored scores instead (slower; the result is the same). Ties in float16 are taken
 in no set order. A two-digit radix select (a 256-bin histogram of every score, twice) was slower than
@@ -38,12 +39,9 @@ class ThresholdPlan:
     capacity: int
     state: torch.Tensor  # (rows, 2) int32: threshold key, candidates found
     run: int = RUN
-    counts: torch.Tensor | None = None  # (rows, programs) int32: candidates each scoring program found
-    candidates: torch.Tensor | None = None  # (rows, programs, 2, slots) int32: their token indices, their keys
-
-    def slots(self, chunk: int) -> int:
-        """Slots of a scoring program covering `chunk` tokens: more than the capacity never fit a row."""
-        return min(chunk, self.capacity)
+    counts: torch.Tensor | None = None  # (rows, programs x warps) int32: candidates each warp found
+    candidates: torch.Tensor | None = None  # (rows, programs, 2, chunk) int32: token indices, keys; a warp's
+    # slots are its program's chunk / warps tokens
 
 
 def threshold_plan(rows: int, n: int, budget: int, device) -> ThresholdPlan:
@@ -109,33 +107,37 @@ def _write_top(IDX, T, n, keys, key, above_before, equal_before, ties):
 
 
 @triton.jit
-def _slot_positions(COUNTS, i, SLOT, PROGRAMS: tl.constexpr):
-    """Where the row's candidate i sits in its programs' slots (programs, 2, SLOT), and how many there are:
-    candidate i is program p's if the counts before p sum to at most i, and the counts up to p to more."""
-    position = i
-    found = tl.load(COUNTS) * 0
-    for p in tl.static_range(PROGRAMS):
-        count = tl.load(COUNTS + p)
-        found += count
-        position += tl.where(i >= found, 2 * SLOT - count, 0)  # skip this program's slots
-    return position, found
+def _slot_positions(ENDS, CAND, i, CHUNK, SHARES: tl.constexpr, LEVELS: tl.constexpr, WARPS: tl.constexpr):
+    """Where the row's candidate i sits: the share (a scoring warp's slots, in program order) whose running
+    sum of counts (ENDS, SHARES = 2^LEVELS of them) first passes i, at i minus the sums before it."""
+    share = i * 0
+    for level in tl.static_range(LEVELS):  # a binary search: the shares ending at or before i
+        half = SHARES >> (level + 1)
+        share = tl.where(tl.load(ENDS + share + half - 1) <= i, share + half, share)
+    before = tl.load(ENDS + share - 1, mask=share > 0, other=0)
+    return CAND + (share // WARPS) * 2 * CHUNK + (share % WARPS) * (CHUNK // WARPS) + (i - before)
 
 
 @triton.jit
-def _finish_kernel(S, STATE, COUNTS, CAND, IDX, N, T, CAP, SLOT, stride_row, PROGRAMS: tl.constexpr,
-                   CAP_PAD: tl.constexpr, BLOCK: tl.constexpr):
+def _finish_kernel(S, STATE, COUNTS, ENDS, CAND, IDX, N, T, CAP, CHUNK, stride_row, PROGRAMS, SHARES: tl.constexpr,
+                   LEVELS: tl.constexpr, WARPS: tl.constexpr, CAP_PAD: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
-    i = tl.arange(0, CAP_PAD)
-    position, found = _slot_positions(COUNTS + row * PROGRAMS, i, SLOT, PROGRAMS)
+    s = tl.arange(0, SHARES)
+    ends = tl.cumsum(tl.load(COUNTS + row * PROGRAMS * WARPS + s, mask=s < PROGRAMS * WARPS, other=0), axis=0)
+    found = tl.max(ends, axis=0)
     tl.store(STATE + row * 2 + 1, found)
     out = IDX + row * T
     scores = S + row * stride_row
     if (found >= T) & (found <= CAP):  # (names differ from the other branch's: Triton merges same names)
-        slots = CAND + row.to(tl.int64) * PROGRAMS * 2 * SLOT
-        held_keys = tl.load(slots + position + SLOT, mask=i < found, other=-1)
+        tl.store(ENDS + row * SHARES + s, ends)
+        tl.debug_barrier()  # the running sums, read back by every warp below
+        i = tl.arange(0, CAP_PAD)
+        slots = CAND + row.to(tl.int64) * PROGRAMS * 2 * CHUNK
+        held_keys = tl.load(_slot_positions(ENDS + row * SHARES, slots, i, CHUNK, SHARES, LEVELS, WARPS) + CHUNK,
+                            mask=i < found, other=-1)
         kth = kth_largest_key(held_keys, T)
-        position, _ = _slot_positions(COUNTS + row * PROGRAMS, i, SLOT, PROGRAMS)  # again: fewer registers
-        held = tl.load(slots + position, mask=i < found, other=0)
+        held = tl.load(_slot_positions(ENDS + row * SHARES, slots, i, CHUNK, SHARES, LEVELS, WARPS), mask=i < found,
+                       other=0)  # placed again after the search: fewer registers
         _write_top(out, T, held, held_keys, kth, 0, 0, T - tl.sum((held_keys > kth).to(tl.int32), axis=0))
     else:  # the sample's threshold missed: search the whole row, a block at a time
         key = found * 0
@@ -170,8 +172,12 @@ def threshold_top(scores: torch.Tensor, plan: ThresholdPlan, budget: int, block:
     rows = b * kvh
     flat = scores.view(rows, n)
     index = torch.empty(rows, budget, device=scores.device, dtype=torch.int32)
-    _, programs, _, slot = plan.candidates.shape
-    _finish_kernel[(rows,)](flat, plan.state, plan.counts, plan.candidates, index, n, budget, plan.capacity, slot,
-                            flat.stride(0), PROGRAMS=programs, CAP_PAD=plan.capacity, BLOCK=block,
-                            num_warps=min(32, max(4, plan.capacity // 512)))  # fewer spill (ptxas report)
+    _, programs, _, chunk = plan.candidates.shape
+    warps = plan.counts.shape[1] // programs
+    shares = triton.next_power_of_2(programs * warps)
+    ends = torch.empty(rows, shares, device=scores.device, dtype=torch.int32)
+    _finish_kernel[(rows,)](flat, plan.state, plan.counts, ends, plan.candidates, index, n, budget, plan.capacity,
+                            chunk, flat.stride(0), programs, SHARES=shares,
+                            LEVELS=shares.bit_length() - 1, WARPS=warps, CAP_PAD=plan.capacity,
+                            BLOCK=block, num_warps=min(32, max(4, plan.capacity // 1024)))  # measured, 8192: 8
     return index.view(b, kvh, budget)
