@@ -108,10 +108,12 @@ def finetune_table() -> str:
     data = load("factorize-finetune")
     dense = data["dense_ppl"]
     body = [["dense", "—", f2(dense), "1.00x", "—", "—"]]
+    trained = {"dense-finetuned": "MLP weights, next-token loss", "router": "routers (stage A)",
+               "router+experts": "routers, then experts and routers (stage B)"}
     for r in data["rows"]:
-        name = r["row"] if r["kind"] == "dense-finetuned" else f"{_label(r)}, {r['split']} split, {r['kind']}"
-        body.append([name, "—" if r["kind"] == "router" and "losses" not in r else r["kind"], ppl(r["ppl"]),
-                     ratio(r["ppl"] / dense), f"{r['train_seconds']:.0f}", f"{r['train_tokens']:,}"])
+        name = "dense" if r["kind"] == "dense-finetuned" else f"{_label(r)}, {r['split']} split"
+        body.append([name, trained[r["kind"]], ppl(r["ppl"]), ratio(r["ppl"] / dense), f"{r['train_seconds']:.0f}",
+                     f"{r['train_tokens']:,}"])
     return table(["model", "trained", "perplexity", "vs dense", "train s", "train tokens"], body)
 
 
@@ -175,3 +177,15 @@ def gpu_checks() -> str:
     checks = [c for c in load(GPU)["checks"] if "relative_error" in c]
     worst = max(c["relative_error"] for c in checks)
     return f"{len(checks)} checks, largest relative error {worst:.4f} (bf16)"
+
+
+@figure("factorize-finetune.summary")
+def finetune_summary() -> str:
+    data = load("factorize-finetune")
+    dense, parts = data["dense_ppl"], []
+    for stage_a in (r for r in data["rows"] if r["kind"] == "router"):
+        stage_b = [r for r in data["rows"] if r["kind"] == "router+experts" and r["row"].split()[0] == stage_a["row"].split()[0]]
+        after = ratio(stage_b[0]["ppl"] / dense) if stage_b else "not measured"
+        parts.append(f"{_label(stage_a)} {ratio(stage_a['ppl'] / dense)} → {after} dense")
+    tuned = [r for r in data["rows"] if r["kind"] == "dense-finetuned"]
+    return "; ".join(parts) + (f"; the fine-tuned dense model {ratio(tuned[0]['ppl'] / dense)}" if tuned else "")
