@@ -92,3 +92,13 @@ FIGURES["attention.kernel-checks"] = lambda: (
     f"{len(load(KERNELS)['checks'])} checks, largest output error "
     f"{max(c['output_error'] for c in load(KERNELS)['checks']):.1e}")
 
+
+
+@figure("attention-passkey")
+def attention_passkey() -> str:
+    body = []
+    for r in load("attention-passkey")["rows"]:
+        window = f", {r['sink']} sink + {r['recent']} recent inside T" if r["sink"] or r["recent"] else ""
+        body.append([r["length"], f"{r['mode']}, channels {r['channels']}, tokens {r['tokens']}{window}", r["trials"],
+                     pct(r["dense"]), pct(r["sparse"]), f"{r['seconds']:.0f}"])
+    return table(["prompt tokens", "Double Sparsity", "trials", "dense found", "sparse found", "seconds"], body)

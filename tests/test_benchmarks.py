@@ -39,6 +39,7 @@ SCRIPTS = {
     "cslt_transposed.py": ("--json", ["cslt-transposed-h200"], True),
     "eval_kernels.py": ("--json", ["eval-kernels-1b-h200"], True),
     "attention_quality.py": ("--out", ["attention-quality"], False),
+    "attention_passkey.py": ("--out", ["attention-passkey"], False),
     "attention_kernels.py": ("--json", ["attention-kernels-h200"], True),
 }
 NEEDS = {"graph_b3db.py": ("torch_geometric", "grakel", "ogb", "rdkit"), "graph_gpu_time.py": ("torch_geometric",)}
