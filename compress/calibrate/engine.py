@@ -18,7 +18,7 @@ from torch import nn
 
 from compress.model.placement import OffloadedLayer, execution_device, is_dispatched
 
-__all__ = ["LayerInputs", "LayerData", "capture_layer_inputs", "LayerStep", "walk_layers"]
+__all__ = ["LayerInputs", "LayerData", "capture_layer_inputs", "capture_calibration", "LayerStep", "walk_layers"]
 
 
 class _StopForward(Exception):
@@ -97,6 +97,13 @@ def capture_layer_inputs(model, layers: list[nn.Module], token_batches: list[tor
         for module, home in zip(outside, homes):
             module.to(home)
     return captured
+
+
+def capture_calibration(model, layers: list[tuple[str, nn.Module]], calibration: torch.Tensor, calib_batch: int,
+                        device: torch.device) -> LayerInputs:
+    """capture_layer_inputs over the calibration windows, `calib_batch` per forward (0: about 16k tokens)."""
+    per_batch = calib_batch or max(1, 16384 // calibration.shape[1])
+    return capture_layer_inputs(model, [layer for _, layer in layers], list(calibration.split(per_batch, 0)), device)
 
 
 def _hidden_of(output):

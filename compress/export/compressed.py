@@ -19,7 +19,7 @@ from compress.errors import BadInput
 from compress.export.atomic import atomic_directory
 from compress.export.hf import MANIFEST
 
-__all__ = ["save_compressed", "load", "COMPRESSED"]
+__all__ = ["save_compressed", "load", "COMPRESSED", "untied_state_dict", "write_tensor_checkpoint", "load_tensors_into"]
 
 COMPRESSED = "compressed.safetensors"
 FORMAT = {"name": "compress-nm", "version": 1, "file": COMPRESSED,
@@ -32,20 +32,12 @@ def save_compressed(model, tokenizer, out: str | Path, manifest: dict, pattern, 
                     extra_files: dict[str, str] | None = None) -> Path:
     """Write the compressed checkpoint. `permutations` are the indices still carried (the caller folds
     the foldable ones into the model first: compress.permute.fold_into_model)."""
-    from safetensors.torch import save_file
-
     from compress.kernels.nm_format import pack_nm
 
     if not pattern.is_nm:
         raise BadInput("the compressed export needs an N:M pattern", key="export.format")
     permutations = permutations or {}
-    tensors, seen = {}, set()
-    for key, tensor in model.state_dict().items():
-        ptr = tensor.data_ptr()
-        if ptr in seen:
-            continue  # tied to a tensor already stored; from_config ties it again
-        seen.add(ptr)
-        tensors[key] = tensor
+    tensors = untied_state_dict(model)
     for name in linears:
         weight = tensors.pop(f"{name}.weight")
         perm = permutations.get(name)
@@ -54,15 +46,46 @@ def save_compressed(model, tokenizer, out: str | Path, manifest: dict, pattern, 
         if perm is not None:
             tensors[f"{name}.nm_perm"] = perm.to(torch.int64).clone()  # stacked Linears share one index
     manifest = {**manifest, "format": {**FORMAT, "pattern": [pattern.n, pattern.m], "linears": linears}}
+    return write_tensor_checkpoint(model, tokenizer, out, COMPRESSED, tensors, manifest, force, extra_files)
+
+
+def untied_state_dict(model) -> dict[str, torch.Tensor]:
+    """The model's tensors, each storage once (a tied tensor is stored once; from_config ties it again)."""
+    tensors, seen = {}, set()
+    for key, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            tensors[key] = tensor
+    return tensors
+
+
+def write_tensor_checkpoint(model, tokenizer, out: str | Path, file: str, tensors: dict[str, torch.Tensor],
+                            manifest: dict, force: bool = False, extra_files: dict[str, str] | None = None) -> Path:
+    """config.json, tokenizer, `file` (safetensors) and the manifest, written atomically to `out`."""
+    from safetensors.torch import save_file
+
     with atomic_directory(out, force) as tmp:
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / COMPRESSED))
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / file))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
     return Path(out)
+
+
+def load_tensors_into(model, tensors: dict[str, torch.Tensor], path: Path, replaced: tuple[str, ...] = ()):
+    """Load `tensors` into the model built from its config; only tied weights and the tensors of the
+    `replaced` modules may be absent. BadInput on any other mismatch; the model in eval mode."""
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = {k for k in missing if k.endswith(".weight") and getattr(model.config, "tie_word_embeddings", False)}
+    swapped = {k for k in missing if any(k.startswith(f"{name}.") for name in replaced)}
+    if unexpected or set(missing) - tied - swapped:
+        raise BadInput(f"{path}: tensors do not match the config (missing {sorted(set(missing) - tied - swapped)[:3]}, "
+                       f"unexpected {sorted(unexpected)[:3]})")
+    model.tie_weights()
+    return model.eval()
 
 
 def load(path: str | Path, dtype=None, trust_remote_code: bool = False):
@@ -92,11 +115,4 @@ def load(path: str | Path, dtype=None, trust_remote_code: bool = False):
         sparse = SparseLinear(tensors.pop(f"{name}.nm_values").to(dtype), tensors.pop(f"{name}.nm_mask"), linear.in_features,
                               n, m, None if bias is None else bias.to(dtype), tensors.pop(f"{name}.nm_perm", None))
         setattr(model.get_submodule(parent_name), child, sparse)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    tied = {k for k in missing if k.endswith(".weight") and getattr(config, "tie_word_embeddings", False)}
-    sparse_keys = {k for k in missing if any(k.startswith(f"{name}.") for name in fmt["linears"])}
-    if unexpected or set(missing) - tied - sparse_keys:
-        raise BadInput(f"{path}: tensors do not match the config (missing {sorted(set(missing) - tied - sparse_keys)[:3]}, "
-                       f"unexpected {sorted(unexpected)[:3]})")
-    model.tie_weights()
-    return model.eval()
+    return load_tensors_into(model, tensors, path, tuple(fmt["linears"]))

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from compress.calibrate.engine import LayerStep, capture_layer_inputs, walk_layers
+from compress.calibrate.engine import LayerStep, capture_calibration, walk_layers
 from compress.errors import BadInput
 from compress.factorize.config import FactorizeConfig
 from compress.factorize.finetune import EndToEndTraining, teacher_targets, train_experts
@@ -101,9 +101,7 @@ def factorize_model(model: nn.Module, config: FactorizeConfig, calibration: torc
                            "calibration data", key="calibrate")
         if config.train == "router+experts":
             teacher = teacher_targets(model, calibration, config.distill_top, device, config.expert_batch)
-        per_batch = config.calib_batch or max(1, 16384 // calibration.shape[1])
-        inputs = capture_layer_inputs(model, [layer for _, layer in layers], list(calibration.split(per_batch, 0)),
-                                      device)
+        inputs = capture_calibration(model, layers, calibration, config.calib_batch, device)
         result.capture_seconds = time.perf_counter() - started
         result.tokens = calibration.numel()
     training = RouterTraining(steps=config.steps, lr=config.lr, batch_tokens=config.batch_tokens,

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from compress.errors import BadInput
-from compress.export.atomic import MANIFEST, atomic_directory
+from compress.export.atomic import MANIFEST
+from compress.export.compressed import load_tensors_into, untied_state_dict, write_tensor_checkpoint
 from compress.factorize.mlp import find_gated_mlp
 from compress.factorize.moe import FactorizedMLP
 
@@ -27,31 +28,16 @@ TENSORS = "factorized.safetensors"
 
 def save_factorized(model, tokenizer, out: str | Path, manifest: dict, force: bool = False,
                     extra_files: dict[str, str] | None = None) -> Path:
-    from safetensors.torch import save_file
-
     mlps = {name: {"experts": m.num_experts, "top_k": m.top_k, "fold": m.fold, "width": m.down.shape[2]}
             for name, m in model.named_modules() if isinstance(m, FactorizedMLP)}
     if not mlps:
         raise BadInput("the model has no factorized MLPs to save")
-    tensors, seen = {}, set()
-    for key, tensor in model.state_dict().items():
-        if tensor.data_ptr() in seen:
-            continue  # tied to a tensor already stored; from_config ties it again
-        seen.add(tensor.data_ptr())
-        tensors[key] = tensor.detach().contiguous().cpu()
+    tensors = untied_state_dict(model)
     for name, moe in model.named_modules():
         if isinstance(moe, FactorizedMLP):
-            tensors[f"{name}.groups"] = moe.groups.cpu().contiguous()
+            tensors[f"{name}.groups"] = moe.groups
     manifest = {**manifest, "format": {**FORMAT, "mlps": mlps}}
-    with atomic_directory(out, force) as tmp:
-        model.config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        save_file(tensors, str(tmp / TENSORS))
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-    return Path(out)
+    return write_tensor_checkpoint(model, tokenizer, out, TENSORS, tensors, manifest, force, extra_files)
 
 
 def load_factorized(path: str | Path, dtype=None, trust_remote_code: bool = False):
@@ -75,10 +61,4 @@ def load_factorized(path: str | Path, dtype=None, trust_remote_code: bool = Fals
         moe = FactorizedMLP(torch.zeros(experts, 2 * width, hidden, dtype=dtype), torch.zeros(experts, hidden, width, dtype=dtype),
                             mlp.act_fn, spec["top_k"], tensors.pop(f"{name}.groups"), spec["fold"])
         setattr(mlp.parent, mlp.attribute, moe)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    tied = {k for k in missing if k.endswith(".weight") and getattr(config, "tie_word_embeddings", False)}
-    if unexpected or set(missing) - tied:
-        raise BadInput(f"{path}: tensors do not match the config (missing {sorted(set(missing) - tied)[:3]}, "
-                       f"unexpected {sorted(unexpected)[:3]})")
-    model.tie_weights()
-    return model.eval()
+    return load_tensors_into(model, tensors, path)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.calibrate.collectors import COLLECTORS
-from compress.calibrate.engine import LayerStep, capture_layer_inputs, walk_layers
+from compress.calibrate.engine import LayerStep, capture_calibration, walk_layers
 from compress.errors import BadInput
 from compress.factorize.moe import FactorizedMLP, route
 from compress.model.layers import decoder_layers
@@ -68,9 +68,7 @@ def prune_experts(model: nn.Module, config: PruneConfig, calibration: torch.Tens
     if method.collector is not None:
         if calibration is None:
             raise BadInput(f"method {method.name} needs calibration data", key="calibrate")
-        per_batch = config.calib_batch or max(1, 16384 // calibration.shape[1])
-        inputs = capture_layer_inputs(model, [layer for _, layer in layers], list(calibration.split(per_batch, 0)),
-                                      device)
+        inputs = capture_calibration(model, layers, calibration, config.calib_batch, device)
         capture_seconds = time.perf_counter() - started
     result = PruneResult([], {}, 0.0, capture_seconds)
 

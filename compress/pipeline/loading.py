@@ -7,7 +7,7 @@ from pathlib import Path
 
 from compress.errors import BadInput
 
-__all__ = ["load_any", "Loaded", "load_placed"]
+__all__ = ["load_any", "load_export", "Loaded", "load_placed"]
 
 
 @dataclass
@@ -34,6 +34,18 @@ def load_placed(config, source: str | None) -> Loaded:
     return Loaded(model, tokenizer, resolved, device, placement)
 
 
+def load_export(path, dtype=None, trust_remote_code: bool = False):
+    """A directory this tool wrote in its own format: the compressed N:M export (SparseLinear modules) or the
+    factorized checkpoint of a family without a stock MoE (FactorizedMLP modules)."""
+    from compress.factorize.checkpoint import TENSORS, load_factorized
+
+    if (Path(path) / TENSORS).is_file():
+        return load_factorized(path, dtype, trust_remote_code)
+    from compress.export.compressed import load
+
+    return load(path, dtype, trust_remote_code)
+
+
 def load_any(source: str | None, dtype="auto", device: str = "cpu", trust_remote_code: bool = False,
              device_map=None):
     """(model, tokenizer, resolved source); a compressed export comes with SparseLinear modules, a factorized
@@ -45,16 +57,11 @@ def load_any(source: str | None, dtype="auto", device: str = "cpu", trust_remote
         return load_model(source, dtype, device, trust_remote_code, device_map)
     from transformers import AutoConfig, AutoTokenizer
 
-    from compress.export.compressed import load
-    from compress.factorize.checkpoint import TENSORS, load_factorized
-
-    if (path / TENSORS).is_file():
-        load = load_factorized  # noqa: F811  (a factorized model of a family without a stock MoE)
     if device_map is not None:
         raise BadInput(f"{source}: a compressed export loads whole; device_map applies to plain checkpoints",
                        key="device_map")
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     torch_dtype = resolve_dtype(dtype, device, config) if isinstance(dtype, str) else dtype
-    model = load(path, torch_dtype, trust_remote_code)
+    model = load_export(path, torch_dtype, trust_remote_code)
     model.config.use_cache = False
     return model, AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code), str(path)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from compress.calibrate.collectors import collect_inputs
-from compress.calibrate.engine import LayerStep, capture_layer_inputs, walk_layers
+from compress.calibrate.engine import LayerStep, capture_calibration, walk_layers
 from compress.errors import BadInput
 from compress.model.layers import decoder_layers, target_linears
 from compress.model.roles import HeadLayout
@@ -153,9 +153,7 @@ def prune_model(
     if method.collector is not None:
         if calibration is None:
             raise BadInput(f"method {method.name} needs calibration data", key="calibrate")
-        per_batch = config.calib_batch or max(1, 16384 // calibration.shape[1])
-        batches = list(calibration.split(per_batch, 0))
-        inputs = capture_layer_inputs(model, [layer for _, layer in layers], batches, device)
+        inputs = capture_calibration(model, layers, calibration, config.calib_batch, device)
         capture_seconds = time.perf_counter() - started
     linear_report: dict[str, dict] = {}
     heads = HeadLayout.of(model.config)

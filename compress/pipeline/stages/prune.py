@@ -88,18 +88,18 @@ def _permute_report(config: PruneStage) -> dict:
 def _run(session, config: PruneStage) -> PruneResultReport:
     import torch
 
+    from compress.factorize.prune import prune_experts
     from compress.prune.apply import prune_model
 
     factorized = _factorize_before(session, config) is not None
-    if factorized:  # the experts of a factorized model, each with the statistics of its own tokens
-        from compress.factorize.prune import prune_experts as prune_model
+    prune = prune_experts if factorized else prune_model  # experts: each with the statistics of its own tokens
     calibration = session.calibration() if _needs_calibration(config) else None
     gpu = session.device.startswith("cuda")
     if gpu:
         torch.cuda.init()  # the allocator's statistics refuse every device until CUDA is initialised
         for index in range(torch.cuda.device_count()):
             torch.cuda.reset_peak_memory_stats(index)
-    result = prune_model(session.model, config, calibration, session.device, on_layer=session.progress.layer)
+    result = prune(session.model, config, calibration, session.device, on_layer=session.progress.layer)
     session.record_pruning(result, config.parsed_pattern)
     summary = result.to_dict()
     report = PruneResultReport(
