@@ -14,13 +14,12 @@ import argparse
 import copy
 import json
 import os
-import tempfile
 import time
 
 import torch
 
 from _meta import meta
-from _tiny import tiny_model
+from _tiny import add_text_arguments, model_and_text
 
 ROWS = ["4:1:1:contiguous:0", "4:1:1:contiguous:200", "4:2:1:contiguous:200", "4:1:1:random:200",
         "4:1:1:cluster:200", "4:2:1:cluster:200", "4:1:1:coactivation:200", "4:2:1:coactivation:200",
@@ -36,35 +35,23 @@ def ffn_share(experts: int, top_k: int, granularity: int, hidden: int, intermedi
 
 
 def main() -> None:
-    from compress.calibrate.data import TextSource, calibration_tokens, evaluation_tokens, window_bos
     from compress.evaluate import perplexity
     from compress.factorize import FactorizeConfig, factorize_model
-    from compress.model.loading import load_model
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", nargs="+", default=None, help="E:k:G:split:steps[:scale]")
-    parser.add_argument("--nsamples", type=int, default=16)
-    parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--eval-tokens", type=int, default=4096)
-    parser.add_argument("--context", type=int, default=1024)
-    parser.add_argument("--tiny", action="store_true")
+    add_text_arguments(parser)
     args = parser.parse_args()
     run_meta = meta()
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir, text = tiny_model(tmp) if args.tiny else (None, None)
-        model, tokenizer, source = load_model(model_dir, "float32", "cpu")
-        calib_source, eval_source = TextSource(path=text), TextSource(path=text)
-        nsamples, seqlen = (8, 64) if args.tiny else (args.nsamples, args.seqlen)
-        calibration = calibration_tokens(tokenizer, calib_source, nsamples, seqlen, 0)
-        eval_ids = evaluation_tokens(tokenizer, eval_source, args.eval_tokens)
+    assets = model_and_text(args)
+    model, calibration, eval_ids, context, bos = (assets[k] for k in ("model", "calibration", "eval_ids", "context", "bos"))
+    nsamples, seqlen = assets["nsamples"], assets["seqlen"]
     rows = args.rows or (TINY_ROWS if args.tiny else ROWS)
-    context = min(args.context, eval_ids.numel() // 2) if args.tiny else args.context
-    bos = window_bos(tokenizer)
     started = time.perf_counter()
     dense = perplexity(model, eval_ids, context, bos_id=bos).to_dict()
-    result = {"meta": run_meta, "model": "tiny random Llama" if args.tiny else source,
+    result = {"meta": run_meta, "model": assets["source"],
               "model_note": None if args.tiny else "SmolLM2-135M-Instruct dequantized from its Q4_1 GGUF",
               "dtype": "float32", "threads": torch.get_num_threads(), "calibration_tokens": calibration.numel(),
               "nsamples": nsamples, "seqlen": seqlen, "eval_tokens": dense["tokens"], "context": context,
