@@ -1,7 +1,7 @@
 """BENCHMARKS.md's Double Sparsity tables and figures, from benchmarks/results/attention-*.json (see render.py)."""
 from __future__ import annotations
 
-from figures import FIGURES, figure, load, pct, table, verdict
+from figures import FIGURES, RESULTS, figure, load, pct, table, verdict
 
 QUALITY = "attention-quality"
 KERNELS = "attention-kernels-h200"
@@ -102,3 +102,41 @@ def attention_passkey() -> str:
         body.append([r["length"], f"{r['mode']}, channels {r['channels']}, tokens {r['tokens']}{window}", r["trials"],
                      pct(r["dense"]), pct(r["sparse"]), f"{r['seconds']:.0f}"])
     return table(["prompt tokens", "Double Sparsity", "trials", "dense found", "sparse found", "seconds"], body)
+
+
+DECODE = "attention-decode-h200"  # benchmarks/attention_decode.py; "not yet measured" until its result is stored
+DECODE_COMMAND = "python benchmarks/attention_decode.py --json benchmarks/results/attention-decode-h200.json"
+
+
+def _decode_measured() -> bool:
+    return (RESULTS / f"{DECODE}.json").exists()
+
+
+@figure("attention-decode")
+def attention_decode() -> str:
+    if not _decode_measured():
+        return "_Not yet measured: the command below writes `results/attention-decode-h200.json`._"
+    body = [[r["dtype"], r["batch"], r["context"], r["budget"], f"{r['dense_ms']:.3f}", f"{r['sparse_ms']:.3f}",
+             f"{r['skip_attention_ms']:.3f}", f"{r['dense_tokens_per_s']:,.0f}", f"{r['sparse_tokens_per_s']:,.0f}",
+             f"**{r['speedup']:.2f}x**", pct(r["attention_share_dense"]),
+             "n/a" if r["attention_speedup"] is None else f"{r['attention_speedup']:.2f}x",
+             "yes" if r["graph"] else "no (eager)"] for r in load(DECODE)["rows"]]
+    return table(["dtype", "batch", "context", "T", "dense step ms", "Double Sparsity step ms",
+                  "step without attention ms", "dense tokens/s", "Double Sparsity tokens/s", "end-to-end speedup",
+                  "attention share of the dense step", "attention speedup", "one CUDA graph"], body)
+
+
+def _decode_checks() -> str:
+    if not _decode_measured():
+        return "not yet measured"
+    data = load(DECODE)
+    rows = data["generation"]
+    return (f"{data['checks']['generation_passed']} of {data['checks']['generation_total']} generation checks passed "
+            f"(prompt {rows[0]['prompt']}, {rows[0]['new_tokens']} new tokens; largest logit error vs dense "
+            f"{max(r['dense_logit_error'] for r in rows):.1e}, vs the evaluation mode "
+            f"{max(r['sparse_logit_error_vs_evaluation'] for r in rows):.1e})")
+
+
+FIGURES["attention.decode-checks"] = _decode_checks
+FIGURES.setdefault(f"meta/{DECODE}", lambda: "not yet measured")
+FIGURES.setdefault(f"cmd/{DECODE}", lambda: f"```bash\n{DECODE_COMMAND}\n```")

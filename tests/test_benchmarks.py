@@ -41,7 +41,9 @@ SCRIPTS = {
     "attention_quality.py": ("--out", ["attention-quality"], False),
     "attention_passkey.py": ("--out", ["attention-passkey"], False),
     "attention_kernels.py": ("--json", ["attention-kernels-h200"], True),
+    "attention_decode.py": ("--json", ["attention-decode-h200"], False),  # its tiny mode runs on the CPU
 }
+NOT_YET_MEASURED = {"attention-decode-h200"}  # GPU results still to be stored: their keys are checked once they are
 NEEDS = {"graph_b3db.py": ("torch_geometric", "grakel", "ogb", "rdkit"), "graph_gpu_time.py": ("torch_geometric",)}
 
 
@@ -76,6 +78,8 @@ def test_every_stored_result_is_claimed_by_a_script():
 def check_keys(written: dict, stems: list[str]) -> None:
     assert set(_meta.KEYS) <= set(written["meta"])
     for stem in stems:
+        if stem in NOT_YET_MEASURED and not (RESULTS / f"{stem}.json").exists():
+            continue
         stored = json.loads((RESULTS / f"{stem}.json").read_text())
         assert differences(written, stored) == stored["meta"].get("differs_from_script", []), stem
 

@@ -1,0 +1,78 @@
+"""Checks of Double Sparsity decoding inside a model (compress.attention.generate) against independent paths:
+dense decoding through transformers' own cache, and the evaluation mode (compress.attention.runtime: the
+PyTorch sparse attention with transformers' cache) after the same dense prefill. Used by the tests (CPU,
+Triton's interpreter, GPU) and by benchmarks/attention_decode.py.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from compress.attention.generate import Decoder, decoder_from_settings, greedy_generate
+
+__all__ = ["random_channel_file", "cache_logits", "compare_decoding"]
+
+
+def random_channel_file(model, path: str | Path, seed: int = 0) -> Path:
+    """A channel file of random rankings for `model` (timing and equivalence checks need no calibration)."""
+    from compress.attention.calibrate import attention_parts
+    from compress.attention.channels import write_channel_file
+    from compress.model.roles import HeadLayout
+
+    layout = HeadLayout.of(model.config)
+    generator = torch.Generator().manual_seed(seed)
+
+    def rows(count: int) -> torch.Tensor:
+        return torch.stack([torch.randperm(layout.head_dim, generator=generator) for _ in range(count)])
+
+    layers = len(attention_parts(model))
+    return write_channel_file(path, "qk", model.config, [rows(layout.num_heads) for _ in range(layers)],
+                              [rows(layout.num_kv_heads) for _ in range(layers)], windows=0, tokens=0)
+
+
+@torch.no_grad()
+def cache_logits(model, prompt: torch.Tensor, forced: torch.Tensor, settings=None, context: int = 0) -> torch.Tensor:
+    """(b, steps, vocab) float32 logits of a dense prefill then decode steps fed `forced` (b, steps) through
+    transformers' DynamicCache; the steps run in the evaluation mode's sparse attention when `settings`."""
+    from contextlib import nullcontext
+
+    from transformers import DynamicCache
+
+    from compress.attention.measure import _cache_argument
+    from compress.attention.runtime import sparse_attention
+
+    cache = {_cache_argument(model): DynamicCache()}
+    logits = [model(input_ids=prompt, use_cache=True, **cache).logits[:, -1].float()]
+    with sparse_attention(model, settings, context) if settings is not None else nullcontext():
+        for step in range(forced.shape[1] - 1):
+            logits.append(model(input_ids=forced[:, step:step + 1], use_cache=True, **cache).logits[:, -1].float())
+    return torch.stack(logits, 1)
+
+
+def _error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest logit difference relative to the largest |logit|."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def compare_decoding(model, prompt: torch.Tensor, new_tokens: int, settings, selection: str = "threshold") -> dict:
+    """The decoder vs dense decoding (T ≥ every step's context) and vs the evaluation mode (T fixed by
+    prompt + new tokens, as the evaluation mode fixes it): greedy tokens and teacher-forced logits."""
+    context = prompt.shape[1] + new_tokens
+    dense_tokens, dense_logits = greedy_generate(model, prompt, new_tokens, Decoder(
+        decoder_from_settings(model, settings, selection=selection).heavy, lambda n: n, settings.label_bits, selection))
+    reference = cache_logits(model, prompt, dense_tokens)
+    sparse = decoder_from_settings(model, settings, context, selection)
+    tokens, _ = greedy_generate(model, prompt, new_tokens, sparse, reserve=False)  # buffers grow while decoding
+    evaluation = cache_logits(model, prompt, tokens, settings, context)
+    forced = decoder_from_settings(model, settings, context, selection)
+    _, logits = greedy_generate(model, prompt, new_tokens, forced, forced=tokens)
+    budget = settings.token_count(context)
+    return {"prompt": prompt.shape[1], "batch": prompt.shape[0], "new_tokens": new_tokens, "budget": budget,
+            "selection": selection, "label_bits": settings.label_bits,
+            "dense_tokens_equal": bool(torch.equal(dense_tokens, reference.argmax(-1))),
+            "dense_logit_error": _error(dense_logits, reference),
+            "sparse_tokens_equal_evaluation": bool(torch.equal(tokens, evaluation.argmax(-1))),
+            "sparse_logit_error_vs_evaluation": _error(logits, evaluation),
+            "sparse_logit_change_vs_dense": _error(evaluation, cache_logits(model, prompt, tokens)),
+            "sparse_steps": sparse.steps, "kept_per_step": sparse.kept / max(1, sparse.steps)}

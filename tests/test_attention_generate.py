@@ -1,0 +1,142 @@
+"""Double Sparsity inside real decoding (compress.attention.generate): greedy decoding with the label cache
+equals dense decoding through transformers' cache when T covers the context, and the evaluation mode
+(compress.attention.runtime) with the same settings otherwise; the Triton kernels in Triton's interpreter
+(GQA group 3, head_dim 64, as the default model) and on a GPU."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from compress.attention.generate_check import compare_decoding, random_channel_file  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_model(device="cpu", layers=3):
+    """A random float16 Llama with the default model's head layout: 9 query heads on 3 KV heads of 64."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=320, hidden_size=72, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=1024,
+                         tie_word_embeddings=False)
+    config._attn_implementation = "sdpa"
+    return LlamaForCausalLM(config).eval().to(device, torch.float16)
+
+
+def settings(path, bits, tokens="1/8"):
+    from compress.attention.config import DoubleSparsity
+
+    return DoubleSparsity(channel_file=str(path), channels="1/16", tokens=tokens, dense_layers=1, label_bits=bits)
+
+
+CASES = [(16, "topk"), (4, "threshold")]
+
+
+def check(row: dict, sparse_layers: int) -> None:
+    assert row["dense_tokens_equal"] and row["dense_logit_error"] < 5e-3
+    assert row["sparse_tokens_equal_evaluation"]
+    # 16-bit labels and float32 scores (topk): the evaluation mode's scores; float16 scores (threshold,
+    # topk-half) or 4-bit labels (min and step rounded to float16) may swap a token at the budget's edge
+    exact = row["label_bits"] == 16 and row["selection"] == "topk"
+    assert row["sparse_logit_error_vs_evaluation"] < (5e-3 if exact else 0.1)
+    assert row["sparse_logit_change_vs_dense"] > 0.05  # the budget does change the logits
+    assert row["sparse_steps"] == sparse_layers * (row["new_tokens"] - 1) and row["kept_per_step"] == row["budget"]
+
+
+@pytest.mark.parametrize("bits,selection", CASES)
+def test_pytorch_path_matches_dense_and_evaluation_mode(bits, selection, tmp_path):
+    model = tiny_model()
+    path = random_channel_file(model, tmp_path / "channels.json")
+    prompt = torch.randint(0, 320, (2, 120), generator=torch.Generator().manual_seed(bits))
+    check(compare_decoding(model, prompt, 8, settings(path, bits), selection), sparse_layers=2)
+
+
+INTERPRETED = f"""
+import json, sys, tempfile
+import torch
+sys.path.insert(0, {str(ROOT)!r})
+from compress.attention.generate_check import random_channel_file, compare_decoding
+from tests.test_attention_generate import settings, tiny_model
+model = tiny_model()
+rows = []
+with tempfile.TemporaryDirectory() as tmp:
+    path = random_channel_file(model, tmp + "/channels.json")
+    for bits, selection in [(16, "topk"), (4, "threshold")]:
+        prompt = torch.randint(0, 320, (2, 120), generator=torch.Generator().manual_seed(bits))
+        rows.append(compare_decoding(model, prompt, 6, settings(path, bits), selection))
+print(json.dumps(rows))
+"""
+
+
+def test_triton_kernels_in_the_interpreter_match():
+    # T = 16 of 128 tokens: the threshold select samples (its capacity, 32, is below the context)
+    env = {**os.environ, "TRITON_INTERPRET": "1"}  # chosen when the kernels are defined: a fresh process
+    done = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for row in json.loads(done.stdout.strip().splitlines()[-1]):
+        check(row, sparse_layers=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits,selection", CASES + [(16, "threshold"), (4, "topk-half")])
+def test_gpu_kernels_match(bits, selection, tmp_path):
+    model = tiny_model("cuda", layers=4)
+    path = random_channel_file(model, tmp_path / "channels.json")
+    prompt = torch.randint(0, 320, (2, 700), generator=torch.Generator().manual_seed(bits)).cuda()
+    check(compare_decoding(model, prompt, 8, settings(path, bits, "1/16"), selection), sparse_layers=3)
+
+
+def test_caches_grow_by_appending(tmp_path):
+    """Keys and values match transformers' cache; labels appended step by step equal labels built over the
+    whole key cache; the buffers grew past their first size."""
+    from transformers import DynamicCache
+
+    from compress.attention.generate import decoder_from_settings, greedy_generate
+    from compress.attention.labels import label_cache
+    from compress.attention.measure import _cache_argument
+
+    model = tiny_model(layers=2)
+    decoder = decoder_from_settings(model, settings(random_channel_file(model, tmp_path / "c.json"), 4))
+    prompt = torch.randint(0, 320, (1, 5), generator=torch.Generator().manual_seed(0))
+    tokens, _ = greedy_generate(model, prompt, 12, decoder, reserve=False)
+    cache = DynamicCache()
+    with torch.no_grad():
+        model(input_ids=torch.cat([prompt, tokens[:, :-1]], 1), use_cache=True, **{_cache_argument(model): cache})
+    store = decoder.stores[1]
+    keys, values, labels = store.cached()
+    assert store.length == 16 and store.keys.shape[2] > 10  # 2 x the prompt at first, then doubled
+    expected_keys = cache.layers[1].keys if hasattr(cache, "layers") else cache.key_cache[1]
+    torch.testing.assert_close(keys, expected_keys, rtol=2e-3, atol=2e-3)
+    assert torch.equal(labels, label_cache(keys, decoder.heavy[1], 4))
+
+
+def test_unsupported_settings_are_refused(tmp_path):
+    from compress.attention.generate import decoder_from_settings
+    from compress.errors import BadInput
+
+    model = tiny_model(layers=2)
+    path = random_channel_file(model, tmp_path / "c.json")
+    for change in ({"tokens": "top-p:0.9"}, {"sink": 4}, {"label_bits": 8}, {"per_kv_head": False}):
+        with pytest.raises(BadInput):
+            decoder_from_settings(model, settings(path, 4).model_copy(update=change))
+
+
+def test_benchmark_architecture_is_the_default_models():
+    from compress.defaults.assets import MODEL_NAME, cache_dir
+
+    stored = cache_dir() / "models" / MODEL_NAME / "config.json"
+    if not stored.is_file():
+        pytest.skip("the default model is not cached here")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import attention_decode
+
+    config = json.loads(stored.read_text())
+    for key, value in attention_decode.ARCHITECTURE.items():
+        assert config[key] == pytest.approx(value) if isinstance(value, float) else config[key] == value, key
