@@ -131,7 +131,8 @@ def generation_checks(model, settings_for, prompt_length: int, batches: list[int
             prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_length), device=model.device)
             began = time.perf_counter()
             row = compare_decoding(model, prompt, new_tokens, settings_for(bits), selection)
-            rows.append({**row, "dtype": str(model.dtype).replace("torch.", ""), "seconds": time.perf_counter() - began})
+            seconds = time.perf_counter() - began
+            rows.append({**row, "dtype": str(model.dtype).replace("torch.", ""), "seconds": seconds})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -170,7 +171,10 @@ def main() -> None:
             dtype = getattr(torch, name)
             model = build_model(architecture, dtype, device)
             channel_file = random_channel_file(model, f"{tmp}/channels.json")
-            settings_for = lambda bits: DoubleSparsity(channel_file=str(channel_file), **{**SETTINGS, "label_bits": bits})  # noqa: E731
+
+            def settings_for(bits: int, path=str(channel_file)) -> DoubleSparsity:
+                return DoubleSparsity(channel_file=path, **{**SETTINGS, "label_bits": bits})
+
             decoder = decoder_from_settings(model, settings_for(4))  # T = 1/16 of each step's context
             grid = [(b, n) for b in args.batches for n in args.contexts] if index == 0 else \
                 [(max(args.batches), max(args.contexts))]

@@ -140,3 +140,25 @@ def test_benchmark_architecture_is_the_default_models():
     config = json.loads(stored.read_text())
     for key, value in attention_decode.ARCHITECTURE.items():
         assert config[key] == pytest.approx(value) if isinstance(value, float) else config[key] == value, key
+
+
+def test_generate_command(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from compress.cli import app
+
+    channels = random_channel_file(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "c.json")
+    base = ["attention", "generate", str(tiny_model_dir), "--double-sparsity", str(channels), "--device", "cpu",
+            "--new-tokens", "5", "--dense-layers", "1", "--prompt", "It is a truth universally acknowledged, that a"]
+    runner = CliRunner()
+    done = runner.invoke(app, base + ["--tokens", "4", "--json"])
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)
+    assert result["new_tokens"] == 5 and result["kept_per_step"] == 4 and not result["kernels"]
+    everything = json.loads(runner.invoke(app, base + ["--tokens", "1000", "--json"]).stdout)
+    assert everything["agreement"] == 1.0 and everything["dense"] == everything["sparse"]  # T ≥ context: dense
+    for bad in (["--tokens", "top-p:0.9"], ["--label-bits", "8"], ["--prompt-file", str(tmp_path / "none.txt")],
+                ["--channels", "99"], ["--tokens", "0"]):
+        done = runner.invoke(app, base + bad)
+        assert done.exit_code == 2 and len(done.output.strip().splitlines()) == 1, (bad, done.output)

@@ -10,5 +10,7 @@ matter; attention then reads only the top tokens.
   select.py     top-T tokens: torch.topk, or an exact threshold select over float16 scores (Triton)
   decode.py     Triton decode: scoring + selection + attention over the selected tokens
   bench.py      kernels vs the PyTorch reference, and timed against dense SDPA decode
+  generate.py   decoding with the kernels inside the model (each layer's KV and label caches, appended per
+                step); generate_check.py checks it against dense decoding and the evaluation mode
   jobs.py, config.py  the calibration job; typed settings
 """

@@ -21,8 +21,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Decoder", "decoder_from_settings", "installed", "greedy_generate", "step_inputs", "reference_decode",
-           "MODES", "SELECTIONS"]
+__all__ = ["Decoder", "decoder_from_settings", "installed", "greedy_generate", "continue_text", "step_inputs",
+           "reference_decode", "MODES", "SELECTIONS"]
 
 NAME = "compress_double_sparsity_decode"
 MODES = ("sparse", "dense", "skip")  # skip: attention returns zeros (timing the rest of the step)
@@ -242,3 +242,28 @@ def greedy_generate(model, prompt: torch.Tensor, new_tokens: int, decoder: Decod
                 inputs = step_inputs(prompt.shape[0], decoder.length, prompt.device)
                 out = model(input_ids=tokens[-1][:, None], **inputs).logits[:, -1].float()
     return torch.stack(tokens, 1), torch.stack(logits, 1)
+
+
+def continue_text(model, tokenizer, text: str, new_tokens: int, settings, selection: str = "threshold") -> dict:
+    """Greedy continuations of `text`: dense (every cached token) and with Double Sparsity decode steps (T
+    from each step's context), both through the decoder's own caches; the texts, agreement, wall seconds."""
+    import time
+
+    from compress.errors import BadInput
+
+    ids = tokenizer(text)["input_ids"]
+    if not ids:
+        raise BadInput("the prompt holds no tokens", key="prompt")
+    ids = torch.tensor([ids], device=next(model.parameters()).device)
+    sparse = decoder_from_settings(model, settings, selection=selection)
+    dense = Decoder(sparse.heavy, sparse.budget, sparse.label_bits, selection, mode="dense")
+    runs = {}
+    for name, decoder in (("dense", dense), ("sparse", sparse)):
+        began = time.perf_counter()
+        runs[name] = greedy_generate(model, ids, new_tokens, decoder)[0][0], time.perf_counter() - began
+    same = (runs["dense"][0] == runs["sparse"][0]).tolist()
+    return {"prompt_tokens": ids.shape[1], "new_tokens": new_tokens, "kernels": kernels_available(ids),
+            **{name: tokenizer.decode(tokens.tolist()) for name, (tokens, _) in runs.items()},
+            "agreement": sum(same) / len(same), "common_prefix": same.index(False) if False in same else len(same),
+            "kept_per_step": sparse.kept / sparse.steps if sparse.steps else None,
+            "dense_seconds": runs["dense"][1], "sparse_seconds": runs["sparse"][1]}

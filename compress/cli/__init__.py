@@ -5,6 +5,7 @@ import typer
 
 from compress.version import __version__
 from compress.cli.attention import attention_app
+import compress.cli.attention_generate  # noqa: F401,E402  (registers `compress attention generate`)
 from compress.cli.bench import bench_app
 from compress.cli.evaluate import EXAMPLES as EVAL_EXAMPLES
 from compress.cli.evaluate import evaluate
