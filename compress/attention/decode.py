@@ -8,7 +8,7 @@
                  scoring kernel gathers (compress.attention.select), or torch.topk (n ≤ T keeps them all)
   sparse_decode  exact softmax attention over the selected tokens, split over chunks of the selection
                  (every query head of a KV head in one program, so each K/V row is read once), the splits'
-                 partial softmaxes merged by a second small kernel
+                 partial softmaxes merged by a second small kernel (no split when the rows alone fill the GPU)
 `double_sparse_decode` runs all three. Shapes: query (b, heads, d); key/value (b, kv_heads, n, d).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ SELECTIONS = ("threshold", "topk-half", "topk")
 def _sparse_attention_kernel(Q, K, V, IDX, M, L, ACC, T, scale, stride_qb, stride_qh, stride_kb, stride_kh,
                              stride_kn, stride_vb, stride_vh, stride_vn, stride_ib, stride_ih,
                              KVH: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr,
-                             BLOCK_T: tl.constexpr, SPLITS, CHUNK: tl.constexpr):
+                             BLOCK_T: tl.constexpr, SPLITS: tl.constexpr, CHUNK: tl.constexpr):
     pid = tl.program_id(0)
     split = tl.program_id(1)
     b = (pid // KVH).to(tl.int64)  # a large cache's offsets pass 2^31 elements
@@ -57,10 +57,14 @@ def _sparse_attention_kernel(Q, K, V, IDX, M, L, ACC, T, scale, stride_qb, strid
         v = tl.load(V + b * stride_vb + kv * stride_vh + idx[:, None] * stride_vn + d[None, :], mask=t_ok[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m = m_new
-    row = (b * KVH * GROUP + kv * GROUP + h) * SPLITS + split  # partials laid out (b, heads, splits)
-    tl.store(M + row, m, mask=h_ok)
-    tl.store(L + row, l, mask=h_ok)
-    tl.store(ACC + row[:, None] * D + d[None, :], acc, mask=h_ok[:, None])
+    head = b * KVH * GROUP + kv * GROUP + h
+    if SPLITS == 1:  # no partials to merge: the output (ACC) directly
+        tl.store(ACC + head[:, None] * D + d[None, :], (acc / l[:, None]).to(ACC.dtype.element_ty), mask=h_ok[:, None])
+    else:
+        row = head * SPLITS + split  # partials laid out (b, heads, splits)
+        tl.store(M + row, m, mask=h_ok)
+        tl.store(L + row, l, mask=h_ok)
+        tl.store(ACC + row[:, None] * D + d[None, :], acc, mask=h_ok[:, None])
 
 
 @triton.jit
@@ -76,31 +80,34 @@ def _merge_kernel(M, L, ACC, OUT, SPLITS, SPLITS_PAD: tl.constexpr, D: tl.conste
     tl.store(OUT + row * D + d, (tl.sum(acc * weight[:, None], axis=0) / total).to(OUT.dtype.element_ty))
 
 
-def _splits(programs: int, selected: int, block_t: int, target: int = 528) -> tuple[int, int]:
-    """(splits, chunk): enough programs to fill the GPU, every split non-empty, chunks whole blocks."""
+def _splits(programs: int, selected: int, block_t: int, target: int = 512) -> tuple[int, int]:
+    """(splits, chunk): enough programs to fill the GPU, every split non-empty, chunks whole blocks. With
+    `target` programs or more unsplit, the partials and their merge are skipped (measured faster on one H200
+    at batch 16, 32 heads: 0.249 vs 0.266 ms at 64K)."""
     splits = max(1, min(triton.cdiv(selected, block_t), triton.cdiv(target, programs)))
     chunk = triton.cdiv(triton.cdiv(selected, splits), block_t) * block_t
     return triton.cdiv(selected, chunk), chunk
 
 
 def sparse_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, index: torch.Tensor, scale: float,
-                  block_t: int = 64, target: int = 528, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+                  block_t: int = 64, target: int = 512, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
     """(b, heads, d): softmax attention of each query head over the tokens `index` (b, kv_heads, T) keeps."""
     b, h, d = query.shape
     kvh, selected = key.shape[1], index.shape[-1]
     group = h // kvh
     index = index.contiguous()
     splits, chunk = _splits(b * kvh, selected, block_t, target)
-    m = torch.empty(b, h, splits, device=query.device, dtype=torch.float32)
+    out = torch.empty(b, h, d, device=query.device, dtype=query.dtype)
+    m = torch.empty(b, h, splits if splits > 1 else 0, device=query.device, dtype=torch.float32)
     l = torch.empty_like(m)
-    acc = torch.empty(b, h, splits, d, device=query.device, dtype=torch.float32)
+    acc = torch.empty(b, h, splits, d, device=query.device, dtype=torch.float32) if splits > 1 else out
     _sparse_attention_kernel[(b * kvh, splits)](
         query, key, value, index, m, l, acc, selected, scale, query.stride(0), query.stride(1),
         key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
         index.stride(0), index.stride(1), KVH=kvh, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
         D=d, BLOCK_T=block_t, SPLITS=splits, CHUNK=chunk, num_warps=num_warps, num_stages=num_stages)
-    out = torch.empty(b, h, d, device=query.device, dtype=query.dtype)
-    _merge_kernel[(b * h,)](m, l, acc, out, SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=d)
+    if splits > 1:
+        _merge_kernel[(b * h,)](m, l, acc, out, SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=d)
     return out
 
 
