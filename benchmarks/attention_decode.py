@@ -190,7 +190,8 @@ def main() -> None:
     result = {"meta": run_meta, "device": torch.cuda.get_device_name() if cuda else "cpu",
               "model": {"architecture": architecture, "weights": "random (the architecture of the default model, "
                         "SmolLM2-135M-Instruct; its checkpoint is not loaded)" if not args.tiny else "random (tiny)"},
-              "settings": {**SETTINGS, "selection": "threshold", "budget": "1/16 of the step's context"},
+              "settings": {**SETTINGS, "selection": "threshold", "budget": "1/16 of the step's context",
+                           "label_append": "one Triton launch per layer and step (compress/attention/append.py)"},
               "rows": rows, "generation": generation,
               "checks": {"generation_passed": sum(passed(r) for r in generation), "generation_total": len(generation)}}
     with open(args.json, "w") as f:

@@ -12,5 +12,6 @@ matter; attention then reads only the top tokens.
   bench.py      kernels vs the PyTorch reference, and timed against dense SDPA decode
   generate.py   decoding with the kernels inside the model (each layer's KV and label caches, appended per
                 step); generate_check.py checks it against dense decoding and the evaluation mode
+  append.py     new keys' labels written into the label cache in place (one Triton launch)
   jobs.py, config.py  the calibration job; typed settings
 """

@@ -141,8 +141,13 @@ class Decoder:
         elif store.length + key.shape[2] > store.keys.shape[2]:
             store.grow(2 * (store.length + key.shape[2]))
         heavy = self.heavy[layer]
-        labels = None if heavy is None else label_cache(key, heavy, self.label_bits)
-        store.write(key, value, labels)
+        start = store.length
+        fused = heavy is not None and key.shape[2] == 1 and kernels_available(key)
+        store.write(key, value, None if heavy is None or fused else label_cache(key, heavy, self.label_bits))
+        if fused:  # one launch instead of label_cache's many small ops (they would dominate a graphed step)
+            from compress.attention.append import append_labels
+
+            append_labels(store.labels, key, heavy, start)
         return store
 
     def attention(self, module, inner, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
