@@ -195,3 +195,19 @@ def test_generate_command(tiny_model_dir, tmp_path):
                 ["--channels", "99"], ["--tokens", "0"]):
         done = runner.invoke(app, base + bad)
         assert done.exit_code == 2 and len(done.output.strip().splitlines()) == 1, (bad, done.output)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma3"])
+def test_other_families_decode(family, tmp_path):
+    """Qwen2 (q/k biases) and Gemma3 (q/k norms, its own scaling, sliding-window layers kept dense over their
+    window): the same equalities; only Gemma3's global layers run sparse."""
+    from compress.attention.config import DoubleSparsity
+    from tests.test_attention_families import family_model
+
+    layers = dict(num_hidden_layers=4, layer_types=["sliding_attention", "full_attention"] * 2)
+    model = family_model(family, **layers) if family == "gemma3" else family_model(family)
+    settings = DoubleSparsity(channel_file=str(random_channel_file(model, tmp_path / "c.json")), channels="1/4",
+                              tokens="1/8", dense_layers=0, label_bits=16)
+    row = compare_decoding(model, torch.randint(0, 320, (2, 60), generator=torch.Generator().manual_seed(3)), 6,
+                           settings, "topk")
+    check(row, sparse_layers=2)

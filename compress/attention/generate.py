@@ -207,6 +207,8 @@ def decoder_from_settings(model, settings, context: int | None = None, selection
             getattr(settings, "labels", "channels") != "channels":
         raise BadInput("the decode kernels take a fixed token budget, 4- or 16-bit channel labels, no sink or "
                        "recent window", key="tokens")
+    if getattr(model.config, "attn_logit_softcapping", None):
+        raise BadInput("the decode kernels have no attention logit softcap (this model caps its logits)")
     layout = HeadLayout.of(model.config)
     if not settings.per_kv_head and layout.num_kv_heads < layout.num_heads:
         raise BadInput("the decode kernels read one channel set per KV head (per_kv_head)", key="per_kv_head")
