@@ -96,7 +96,7 @@ class Decoder:
     budget: Callable[[int], int]
     label_bits: int = 4
     selection: str = "threshold"
-    mode: str = "sparse"
+    mode: str = "sparse"  # labels are appended in this mode only (a decoder switched mid-way has stale ones)
     capacity: int = 0  # buffers hold at least this many tokens (no growth inside a captured step)
     layers: dict[int, int] = field(default_factory=dict)  # id(attention module) -> layer index
     stores: dict[int, LayerStore] = field(default_factory=dict)
@@ -140,7 +140,7 @@ class Decoder:
             store = self.start(key, value, layer)
         elif store.length + key.shape[2] > store.keys.shape[2]:
             store.grow(2 * (store.length + key.shape[2]))
-        heavy = self.heavy[layer]
+        heavy = self.heavy[layer] if self.mode == "sparse" else None  # labels: only sparse steps read them
         start = store.length
         fused = heavy is not None and key.shape[2] == 1 and kernels_available(key)
         store.write(key, value, None if heavy is None or fused else label_cache(key, heavy, self.label_bits))
