@@ -17,9 +17,9 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def brute_force(query, key, value, heavy, bits, budget, scaling, sink=0, recent=0, top_p=None):
-    """One query at a time, written from the definitions: label scores over each head's heavy channels,
-    summed over the query heads of a KV head; keep sink/recent keys, then the best-scoring ones up to T
+def brute_force(query, key, value, heavy, bits, budget, scaling, sink=0, recent=0, top_p=None, bias=None):
+    """One query at a time, written from the definitions: label scores over each head's heavy channels
+    (plus bias(kv head, query, key) when given), summed over the query heads of a KV head; keep sink/recent keys, then the best-scoring ones up to T
     (or, for top-p, the fewest whose mean approximate softmax mass reaches p); softmax over the kept keys."""
     b, h, n, d = query.shape
     kvh = key.shape[1]
@@ -36,6 +36,8 @@ def brute_force(query, key, value, heavy, bits, budget, scaling, sink=0, recent=
                     ch = heavy[hh].tolist()
                     labels = sparse.quantize_labels(key[bi, g, : i + 1][:, ch], bits)
                     s = (labels @ query[bi, hh, i, ch]).tolist()
+                    if bias is not None:
+                        s = [s[j] + bias(g, i, j) for j in past]
                     p = torch.softmax(torch.tensor(s) * scaling, 0).tolist()
                     for j in past:
                         scores[j] += s[j]

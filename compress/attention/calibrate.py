@@ -4,6 +4,8 @@ qk  mean |q ⊙ k| per head and channel after RoPE (k of the key/value head the 
     through transformers' attention-function registry (compress.calibrate.attention), not by patching;
 q/k mean |q| / |k| per channel of the q_proj / k_proj outputs (before RoPE), as the reference defines them.
 Sums run over all windows (the reference keeps only the last block of its qk statistic).
+The same pass accumulates the position prior (compress.attention.prior) and, with `projection`, the
+post-RoPE q/k moments projected labels are fitted from (compress.attention.projection).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from compress.errors import BadInput
 from compress.model.layers import decoder_layers, target_linears
 from compress.model.roles import HeadLayout, role_of
 
-__all__ = ["AttentionParts", "attention_parts", "ChannelStatistics", "channel_statistics", "rank_channels"]
+__all__ = ["AttentionParts", "attention_parts", "ChannelStatistics", "channel_statistics", "rank_channels",
+           "write_statistics"]
 
 
 @dataclass
@@ -47,6 +50,8 @@ class ChannelStatistics:
     sums: list[torch.Tensor]  # per layer: (rows, head_dim) float64 sums of the statistic
     tokens: int
     windows: int
+    moments: list | None = None  # per layer: projection.QKMoments, when asked for
+    prior: list | None = None  # per layer: prior.PriorSums
 
     def means(self) -> list[torch.Tensor]:
         return [s / max(self.tokens, 1) for s in self.sums]
@@ -54,8 +59,11 @@ class ChannelStatistics:
 
 @torch.no_grad()
 def channel_statistics(model, windows: torch.Tensor, mode: str, device: str | torch.device = "cpu",
-                       progress=None) -> ChannelStatistics:
-    """Accumulate the `mode` statistic over every window of `windows` (n, seqlen), one forward each."""
+                       progress=None, projection: bool = False) -> ChannelStatistics:
+    """Accumulate the `mode` statistic over every window of `windows` (n, seqlen), one forward each;
+    the position prior's sums too, and with `projection` the q/k moments."""
+    from compress.attention.prior import PriorSums
+    from compress.attention.projection import QKMoments
     from compress.calibrate.attention import capture_attention
     from compress.evaluate import on_device
 
@@ -64,12 +72,19 @@ def channel_statistics(model, windows: torch.Tensor, mode: str, device: str | to
     index = {p.name: i for i, p in enumerate(parts)}
     sums: list[torch.Tensor | None] = [None] * len(parts)
     kv_of_head = layout.kv_of_head()
+    moments = [QKMoments() for _ in parts] if projection else None
+    prior = [PriorSums() for _ in parts]
 
     def add(i: int, value: torch.Tensor) -> None:
         value = value.double().cpu()
         sums[i] = value if sums[i] is None else sums[i] + value
 
     def on_qk(name, query, key):
+        prior[index[name]].update(query, key)
+        if moments is not None:
+            moments[index[name]].update(query, key)
+        if mode != "qk":
+            return
         q = query.float()
         k = key.float()[:, kv_of_head.to(key.device)]
         add(index[name], (q * k).abs().sum(dim=(0, 2)))
@@ -81,9 +96,8 @@ def channel_statistics(model, windows: torch.Tensor, mode: str, device: str | to
 
     tokens = 0
     with ExitStack() as stack:
-        if mode == "qk":
-            stack.enter_context(capture_attention({p.name: p.module for p in parts}, on_qk))
-        else:
+        stack.enter_context(capture_attention({p.name: p.module for p in parts}, on_qk))
+        if mode != "qk":
             for i, p in enumerate(parts):
                 proj, heads = (p.q_proj, layout.num_heads) if mode == "q" else (p.k_proj, layout.num_kv_heads)
                 handle = proj.register_forward_hook(on_output(i, heads))
@@ -94,7 +108,7 @@ def channel_statistics(model, windows: torch.Tensor, mode: str, device: str | to
             tokens += window.numel()
             if progress:
                 progress(n + 1, len(windows))
-    return ChannelStatistics([s for s in sums], tokens, len(windows))
+    return ChannelStatistics([s for s in sums], tokens, len(windows), moments, prior)
 
 
 def rank_channels(statistics: ChannelStatistics, mode: str, layout: HeadLayout):
@@ -109,3 +123,16 @@ def rank_channels(statistics: ChannelStatistics, mode: str, layout: HeadLayout):
         kv = mean if mode == "k" else mean.view(layout.num_kv_heads, group, layout.head_dim).sum(1)
         kv_rows.append(ranking(kv))
     return rows, kv_rows
+
+
+def write_statistics(out, statistics: ChannelStatistics, mode: str, config) -> int:
+    """Rank, fit the prior (and the projection when its moments were accumulated) and write the channel file
+    `out`; returns the number of layers."""
+    from compress.attention.channels import write_channel_file
+    from compress.attention.projection import fit_layer
+
+    rows, kv_rows = rank_channels(statistics, mode, HeadLayout.of(config))
+    maps = None if statistics.moments is None else [fit_layer(m) for m in statistics.moments]
+    prior = None if statistics.prior is None else [p.fit() for p in statistics.prior]
+    write_channel_file(out, mode, config, rows, kv_rows, statistics.windows, statistics.tokens, maps, prior)
+    return len(rows)

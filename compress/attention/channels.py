@@ -16,6 +16,10 @@ Extra key (ignored by readers that look up layer keys only): "compress" holds
   kv_heads    {layer key: one permutation per key/value head}: the GQA-aware selection, ranked by the
               statistic summed over the query heads that share that key/value head
   windows, tokens  calibration windows and tokens the statistics were accumulated over
+  position_prior  {"buckets", "exact", "layers": {layer key: one row of bucket values per key/value head}}:
+              the position prior (compress.attention.prior), read by eval --position-prior
+  projection  (files calibrated with --projection) {"file": the safetensors beside this file holding the
+              projected labels' maps (compress.attention.projection), "method": "whitened-svd"}
 """
 from __future__ import annotations
 
@@ -54,6 +58,9 @@ class ChannelFile:
     model_type: str
     rows: list[torch.Tensor]  # per layer: (heads or kv heads, head_dim) permutations
     kv_rows: list[torch.Tensor]  # per layer: (kv heads, head_dim) permutations
+    projection_file: Path | None = None  # the projected labels' maps, when the file names them
+    prior: list[torch.Tensor] | None = None  # per layer: (kv heads, buckets) position prior, when recorded
+    source: str = ""
 
     def heavy(self, layer: int, channels: int, per_kv_head: bool) -> torch.Tensor:
         """(heads, channels) heavy channel indices each query head reads its labels with: its own row
@@ -64,6 +71,16 @@ class ChannelFile:
             return rows[layout.kv_of_head(), :channels]
         return self.rows[layer][:, :channels]
 
+    def projection(self, rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (A, B), each (kv_heads, head_dim, rank): the projected labels' maps at `rank`."""
+        from compress.attention.projection import read_projection
+
+        if self.projection_file is None:
+            raise BadInput(f"{self.source}: has no projected labels (calibrate it with --projection)", key="labels")
+        maps = read_projection(self.projection_file, len(self.rows), self.layout.num_kv_heads, self.layout.head_dim,
+                               self.source)
+        return [(a[..., :rank].contiguous(), b[..., :rank].contiguous()) for a, b in maps]
+
 
 def _fingerprint(config, layers: int) -> dict:
     layout = HeadLayout.of(config)
@@ -72,26 +89,51 @@ def _fingerprint(config, layers: int) -> dict:
 
 
 def write_channel_file(path: str | Path, mode: str, config, rows: list[torch.Tensor], kv_rows: list[torch.Tensor],
-                       windows: int, tokens: int) -> Path:
-    """Write the file atomically (a temporary file beside it, then renamed)."""
+                       windows: int, tokens: int, projection: list | None = None,
+                       prior: list[torch.Tensor] | None = None) -> Path:
+    """Write the file atomically (a temporary file beside it, then renamed); `projection` (per layer (A, B)):
+    the projected labels' maps, written beside it first and named in the extra key; `prior` (per layer
+    (kv heads, buckets)): the position prior."""
+    from compress.attention.prior import BUCKETS, EXACT
+    from compress.attention.projection import METHOD, projection_path, write_projection
+
     data: dict = {layer_key(i, mode): r.tolist() for i, r in enumerate(rows)}
     data[EXTRA] = {"format": FORMAT, "mode": mode, "model": _fingerprint(config, len(rows)),
                    "kv_heads": {layer_key(i, mode): r.tolist() for i, r in enumerate(kv_rows)},
                    "windows": windows, "tokens": tokens}
+    if prior is not None:
+        data[EXTRA]["position_prior"] = {"buckets": BUCKETS, "exact": EXACT, "layers": {
+            layer_key(i, mode): p.tolist() for i, p in enumerate(prior)}}
     path = Path(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as f:
+    if projection is not None:
+        target = projection_path(path)
+        _atomic(target, lambda tmp: write_projection(tmp, projection))
+        data[EXTRA]["projection"] = {"file": target.name, "method": METHOD}
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "w") as f:
             json.dump(data, f)
+
+    _atomic(path, dump)
+    return path
+
+
+def _atomic(path: Path, write) -> None:
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(handle)
+    try:
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
-def check_output_file(out: str | Path, force: bool) -> Path:
-    """Refuse an output that exists unless `force` and it is a channel file this tool wrote."""
+def check_output_file(out: str | Path, force: bool, projection: bool = False) -> Path:
+    """Refuse an output that exists unless `force` and it is a channel file this tool wrote; `projection`:
+    the same for the projection file beside it."""
+    from compress.attention.projection import is_projection_file, projection_path
+
     path = user_path(out).absolute()
     if path.is_symlink() or path.is_dir():
         raise BadInput(f"{out} is a directory or a symbolic link", key="out")
@@ -106,6 +148,12 @@ def check_output_file(out: str | Path, force: bool) -> Path:
             ours = False
         if not ours:
             raise BadInput(f"{out} is not a channel file compress wrote; not replacing it", key="out")
+    beside = projection_path(path)
+    if projection and (beside.exists() or beside.is_symlink()):
+        if not force:
+            raise BadInput(f"{beside} already exists (--force replaces a projection file compress wrote)", key="out")
+        if beside.is_symlink() or not is_projection_file(beside):
+            raise BadInput(f"{beside} is not a projection file compress wrote; not replacing it", key="out")
     return path
 
 
@@ -165,4 +213,29 @@ def read_channel_file(path: str | Path, config, num_layers: int, mode: str | Non
             kv_rows.append(rows[-1][:: layout.num_heads // layout.num_kv_heads])
     if len([k for k in data if k.startswith("model.layers.") and k.endswith(f".{mode}_proj")]) != num_layers:
         raise BadInput(f"{source}: holds a different number of layers than this model's {num_layers}")
-    return ChannelFile(mode, layout, str(expected["model_type"]), rows, kv_rows)
+    named = (extra.get("projection") or {}).get("file") if isinstance(extra.get("projection"), dict) else None
+    if named is not None and (not isinstance(named, str) or Path(named).name != named):
+        raise BadInput(f"{source}: {EXTRA}.projection.file must name a file beside the channel file")
+    projection = p.absolute().parent / named if named else None
+    return ChannelFile(mode, layout, str(expected["model_type"]), rows, kv_rows, projection,
+                       _prior(extra.get("position_prior"), mode, num_layers, layout.num_kv_heads, source), source)
+
+
+def _prior(value, mode: str, num_layers: int, kv_heads: int, source: str) -> list[torch.Tensor] | None:
+    from compress.attention.prior import BUCKETS, EXACT
+
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("buckets") != BUCKETS or value.get("exact") != EXACT:
+        raise BadInput(f"{source}: {EXTRA}.position_prior is not in this version's buckets ({BUCKETS}, exact {EXACT})")
+    rows = []
+    for i in range(num_layers):
+        try:
+            row = torch.tensor(value["layers"][layer_key(i, mode)], dtype=torch.float32)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadInput(f"{source}: {EXTRA}.position_prior has no valid row for layer {i}") from exc
+        if row.shape != (kv_heads, BUCKETS):
+            raise BadInput(f"{source}: {EXTRA}.position_prior layer {i} has shape {tuple(row.shape)}, this model "
+                           f"needs ({kv_heads}, {BUCKETS})")
+        rows.append(row)
+    return rows

@@ -22,6 +22,8 @@ class ChannelCalibration(LoadConfig, CalibrateConfig):
     """The channel file (JSON) to write."""
     mode: Literal["qk", "q", "k"] = "qk"
     """qk: mean |q ⊙ k| after RoPE; q / k: mean |q| / |k| of the projections' outputs."""
+    projection: bool = False
+    """Also fit projected labels (compress.attention.projection), written beside the channel file."""
     force: bool = False
     nsamples: int = Field(16, ge=1)
     seqlen: int = Field(2048, ge=2)
@@ -54,6 +56,12 @@ class DoubleSparsity(StrictConfig):
     dense_layers: int = Field(2, ge=0)
     """The first layers keep dense attention."""
     label_bits: Literal[4, 8, 16] = 4
+    labels: Literal["channels", "projection"] = "channels"
+    """channels: q·k over the heavy channels (the paper); projection: (q A)·(k B) of rank `channels` from the
+    file's projected labels (calibrated with --projection)."""
+    position_prior: bool = False
+    """Add the file's position prior (compress.attention.prior: the mean logit per query-key distance) to the
+    label scores before choosing tokens."""
     sink: int = Field(0, ge=0)
     """First tokens always kept (inside the budget)."""
     recent: int = Field(0, ge=0)

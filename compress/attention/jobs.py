@@ -12,13 +12,12 @@ def calibrate_channel_file(config: ChannelCalibration, stage: Callable[[str], No
                            step: Callable[[int, int], None] | None = None) -> dict:
     """Load the model, accumulate the channel statistic over the calibration windows, write the file;
     returns a summary. The output is checked before anything is loaded."""
-    from compress.attention.calibrate import attention_parts, channel_statistics, rank_channels
-    from compress.attention.channels import check_output_file, write_channel_file
+    from compress.attention.calibrate import attention_parts, channel_statistics, write_statistics
+    from compress.attention.channels import check_output_file
     from compress.calibrate.data import calibration_tokens
     from compress.model.loading import load_model, resolve_device
-    from compress.model.roles import HeadLayout
 
-    out = check_output_file(config.out, config.force)
+    out = check_output_file(config.out, config.force, config.projection)
     device = resolve_device(config.device)
     stage(f"loading {config.model or 'the default model'}")
     model, tokenizer, source = load_model(config.model, config.dtype, device, config.trust_remote_code)
@@ -26,8 +25,7 @@ def calibrate_channel_file(config: ChannelCalibration, stage: Callable[[str], No
     seqlen = min(config.seqlen, getattr(model.config, "max_position_embeddings", None) or config.seqlen)
     windows = calibration_tokens(tokenizer, config.source(), config.nsamples, seqlen, config.seed, config.bos)
     stage(f"accumulating {config.mode} statistics over {len(windows)} windows of {seqlen} tokens")
-    statistics = channel_statistics(model, windows, config.mode, device, step)
-    rows, kv_rows = rank_channels(statistics, config.mode, HeadLayout.of(model.config))
-    write_channel_file(out, config.mode, model.config, rows, kv_rows, statistics.windows, statistics.tokens)
-    return {"out": str(out), "model": source, "mode": config.mode, "layers": len(rows),
-            "windows": statistics.windows, "tokens": statistics.tokens}
+    statistics = channel_statistics(model, windows, config.mode, device, step, config.projection)
+    layers = write_statistics(out, statistics, config.mode, model.config)
+    return {"out": str(out), "model": source, "mode": config.mode, "layers": layers,
+            "windows": statistics.windows, "tokens": statistics.tokens, "projection": config.projection}

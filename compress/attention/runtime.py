@@ -15,6 +15,7 @@ import torch
 from compress.attention.calibrate import attention_parts
 from compress.attention.channels import read_channel_file
 from compress.attention.config import DoubleSparsity
+from compress.attention.prior import prior_scores
 from compress.attention import sparse
 from compress.errors import BadInput
 from compress.model.roles import HeadLayout
@@ -33,6 +34,8 @@ class SparseAttention:
     layout: HeadLayout
     layers: dict[int, int]  # id(attention module) -> layer index
     heavy: list[torch.Tensor | None]  # per layer: (heads, channels), None = exact scores (oracle)
+    maps: list[tuple[torch.Tensor, torch.Tensor]] | None  # per layer (A, B) of projected labels, or None
+    prior: list[torch.Tensor] | None  # per layer (kv heads, buckets) position prior, or None
     budget: int | None  # fixed T, or None under top-p
     top_p: float | None
     kept: float = 0.0  # tokens kept, summed over sparse (query, KV head, layer) rows
@@ -40,7 +43,8 @@ class SparseAttention:
     rows: int = 0
 
     def summary(self) -> dict:
-        return {"budget": self.budget, "top_p": self.top_p, "channels": None if self.heavy[-1] is None
+        return {"budget": self.budget, "top_p": self.top_p, "labels": self.settings.labels,
+                "position_prior": self.settings.position_prior, "channels": None if self.heavy[-1] is None
                 else int(self.heavy[-1].shape[-1]),  # None below: no sparse layer ran
                 "kept_per_query": self.kept / self.rows if self.rows else None,
                 "kept_share": self.kept / self.allowed if self.rows else None}
@@ -58,7 +62,14 @@ class SparseAttention:
             k, v = key[:, :, :end], value[:, :, :end]
             chunk_mask = None if mask is None else mask[..., start:start + q.shape[-2], :end]
             allowed = sparse.allowed_keys(q.shape[-2], end, chunk_mask, query.device)
-            scores = sparse.label_scores(q, k, heavy, self.settings.label_bits, kv_of_head)
+            if self.maps is not None:
+                a, b = self.maps[self.layers[id(module)]]
+                scores = sparse.projected_scores(q, k, a, b, self.settings.label_bits, kv_of_head)
+            else:
+                scores = sparse.label_scores(q, k, heavy, self.settings.label_bits, kv_of_head)
+            if self.prior is not None:
+                scores = scores + prior_scores(self.prior[self.layers[id(module)]].to(q.device), kv_of_head,
+                                               q.shape[-2], end)
             s = self.settings
             if self.top_p is not None:
                 keep = sparse.select_top_p(scores, allowed, self.top_p, self.layout.num_kv_heads, scaling, s.sink, s.recent)
@@ -79,13 +90,21 @@ def build(model, settings: DoubleSparsity, context: int, oracle: bool = False) -
     budget = settings.token_count(context)
     if budget is not None and settings.sink + settings.recent > budget:
         raise BadInput(f"sink {settings.sink} + recent {settings.recent} exceed the token budget {budget}", key="sink")
+    maps = prior = None
     if oracle:
         heavy = [None] * len(parts)
     else:
         file = read_channel_file(settings.channel_file, model.config, len(parts), settings.mode)
         per_kv = settings.per_kv_head and layout.num_kv_heads < layout.num_heads
         heavy = [file.heavy(i, channels, per_kv) for i in range(len(parts))]
-    return SparseAttention(settings, layout, {id(p.module): i for i, p in enumerate(parts)}, heavy, budget,
+        if settings.labels == "projection":
+            maps = file.projection(channels)
+        if settings.position_prior:
+            if file.prior is None:
+                raise BadInput(f"{settings.channel_file}: has no position prior (calibrate it again with this "
+                               "version)", key="position_prior")
+            prior = file.prior
+    return SparseAttention(settings, layout, {id(p.module): i for i, p in enumerate(parts)}, heavy, maps, prior, budget,
                            settings.top_p())
 
 

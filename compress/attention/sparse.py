@@ -6,12 +6,15 @@ queries are the last `queries` positions of the `keys` (a causal prefill or one 
 Under GQA one token set per KV head: label scores are summed over the query heads that share it.
 Labels: each key's heavy channels, quantised per key and head to `bits` (asymmetric min/max, round to
 nearest); 16 keeps them in float16.
+Projected labels (compress.attention.projection): `project_labels` maps queries by A and keys by B; the
+label scores over those are `label_scores(q A, k B, heavy=arange(r))`, as the decode kernels would score a
+label cache built from k B with pre-projected queries.
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["label_codes", "quantize_labels", "label_scores", "allowed_keys", "select_fixed", "select_top_p",
+__all__ = ["label_codes", "quantize_labels", "label_scores", "project_labels", "projected_scores", "allowed_keys", "select_fixed", "select_top_p",
            "masked_attention"]
 
 
@@ -46,6 +49,23 @@ def label_scores(query: torch.Tensor, key: torch.Tensor, heavy: torch.Tensor | N
     if heavy is None:
         return query @ key.transpose(-1, -2)
     return _gather_channels(query, heavy) @ quantize_labels(_gather_channels(key, heavy), bits).transpose(-1, -2)
+
+
+def project_labels(query: torch.Tensor, key: torch.Tensor, query_map: torch.Tensor, key_map: torch.Tensor,
+                   kv_of_head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q A (b, heads, queries, r), k B (b, kv_heads, keys, r)): query_map/key_map (kv_heads, head_dim, r);
+    each query head uses its KV head's A. k B is what a label cache stores (before quantisation)."""
+    a = query_map.to(query.device)[kv_of_head.to(query.device)]
+    return query.float() @ a[None], key.float() @ key_map.to(key.device)[None]
+
+
+def projected_scores(query: torch.Tensor, key: torch.Tensor, query_map: torch.Tensor, key_map: torch.Tensor,
+                     bits: int, kv_of_head: torch.Tensor) -> torch.Tensor:
+    """Approximate logits from projected labels, (b, heads, queries, keys): the channel scoring of
+    `label_scores` over the projected query and key labels, every one of their r dims heavy."""
+    projected_query, projected_key = project_labels(query, key, query_map, key_map, kv_of_head)
+    heavy = torch.arange(query_map.shape[-1]).expand(query.shape[1], -1)
+    return label_scores(projected_query, projected_key, heavy, bits, kv_of_head)
 
 
 def allowed_keys(queries: int, keys: int, mask: torch.Tensor | None, device) -> torch.Tensor:

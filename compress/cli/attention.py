@@ -16,13 +16,18 @@ Examples:
 
   compress attention calibrate ./Llama-3-8B --out ch.json --mode qk --nsamples 32
 
+  compress attention calibrate --out ch.json --projection       # + ch.projection.safetensors
+
   compress eval --double-sparsity channels.json --channels 1/16 --tokens 1/16 --context 4096
+
+  compress eval --double-sparsity ch.json --labels projection --channels 1/16 --tokens 1/16
 """
 
 attention_app = typer.Typer(help="Double Sparsity: heavy channels of Q·K pick the past tokens attention reads.",
                             no_args_is_help=True)
 
-FLAGS = {"out": "--out", "mode": "--mode", "force": "--force", "nsamples": "--nsamples", "seqlen": "--seqlen",
+FLAGS = {"out": "--out", "mode": "--mode", "projection": "--projection", "force": "--force", "nsamples": "--nsamples",
+         "seqlen": "--seqlen",
          "seed": "--seed", "text": "--text", "dataset": "--dataset", "text_field": "--text-field", "dtype": "--dtype",
          "device": "--device", "model": "MODEL", "bos": "--no-bos", "trust_remote_code": "--trust-remote-code"}
 
@@ -32,6 +37,9 @@ def calibrate(
     model: Optional[str] = typer.Argument(None, help="HF model directory, .gguf file or hub id; default SmolLM2-135M-Instruct (dequantized Q4_1 GGUF)."),
     out_file: str = typer.Option(..., "--out", help="The channel file (JSON) to write."),
     mode: str = typer.Option("qk", help="qk: mean |q*k| after RoPE | q: mean |q| | k: mean |k| (projection outputs)."),
+    projection: bool = typer.Option(False, "--projection", help="Also fit projected labels (rank-r maps of q and k, "
+                                    "the best approximation of q·k on the calibration windows), written beside --out "
+                                    "as NAME.projection.safetensors; eval reads them with --labels projection."),
     text: Optional[str] = typer.Option(None, help="Calibration text: a .txt/.md file or .jsonl (see --text-field)."),
     dataset: Optional[str] = typer.Option(None, help="Calibration dataset NAME[:CONFIG][:SPLIT] (needs compress[datasets])."),
     text_field: str = typer.Option("text", help="Field holding the text in .jsonl records or dataset rows."),
@@ -54,7 +62,8 @@ def calibrate(
         from compress.pipeline.recipe import validate_config
 
         config = validate_config(ChannelCalibration, {
-            "model": model, "out": out_file, "mode": mode, "text": text, "dataset": dataset, "text_field": text_field,
+            "model": model, "out": out_file, "mode": mode, "projection": projection, "text": text, "dataset": dataset,
+            "text_field": text_field,
             "nsamples": nsamples, "seqlen": seqlen, "seed": seed, "bos": bos, "dtype": dtype, "device": device,
             "force": force, "trust_remote_code": trust_remote_code}, label=lambda path: FLAGS.get(path[0], ".".join(map(str, path))))
         stage = (lambda message: None) if quiet or as_json else (lambda message: err.print(f"• {message}"))
@@ -62,5 +71,6 @@ def calibrate(
         if as_json:
             print_json(summary)
         else:
-            out.print(f"wrote {summary['out']}: {summary['layers']} layers, mode {summary['mode']}, "
+            out.print(f"wrote {summary['out']}: {summary['layers']} layers, mode {summary['mode']}"
+                      f"{' with projected labels' if summary['projection'] else ''}, "
                       f"{summary['windows']} windows ({summary['tokens']} tokens)")

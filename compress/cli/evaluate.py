@@ -18,19 +18,24 @@ Examples:
   compress eval ./dense ./pruned --json           # side by side
 
   compress eval --double-sparsity channels.json --channels 1/16 --tokens 1/16 --context 4096
+
+  compress eval --double-sparsity ch.json --labels projection --sink 4 --recent 16 --context 4096
 """
 
 
 DS_FLAGS = {"channel_file": "--double-sparsity", "channels": "--channels", "tokens": "--tokens",
-            "dense_layers": "--dense-layers", "label_bits": "--label-bits", "sink": "--sink", "recent": "--recent"}
+            "dense_layers": "--dense-layers", "label_bits": "--label-bits", "sink": "--sink", "recent": "--recent",
+            "labels": "--labels", "position_prior": "--position-prior"}
 
 
-def _double_sparsity(ctx, channel_file, channels, tokens, dense_layers, label_bits, sink, recent):
+def _double_sparsity(ctx, channel_file, channels, tokens, dense_layers, label_bits, sink, recent, labels,
+                     position_prior):
     """The Double Sparsity settings, or None; its options without --double-sparsity are refused."""
     from compress.errors import BadInput
     from compress.pipeline.recipe import validate_config
 
-    given = [DS_FLAGS[key] for key in ("channels", "tokens", "dense_layers", "label_bits", "sink", "recent")
+    given = [DS_FLAGS[key] for key in ("channels", "tokens", "dense_layers", "label_bits", "sink", "recent", "labels",
+                                       "position_prior")
              if ctx.get_parameter_source("ds_tokens" if key == "tokens" else key).name != "DEFAULT"]
     if channel_file is None:
         if given:
@@ -40,7 +45,8 @@ def _double_sparsity(ctx, channel_file, channels, tokens, dense_layers, label_bi
 
     return validate_config(DoubleSparsity, {
         "channel_file": channel_file, "channels": channels, "tokens": tokens, "dense_layers": dense_layers,
-        "label_bits": label_bits, "sink": sink, "recent": recent}, label=lambda path: DS_FLAGS.get(path[0], str(path[0])))
+        "label_bits": label_bits, "sink": sink, "recent": recent, "labels": labels,
+        "position_prior": position_prior}, label=lambda path: DS_FLAGS.get(path[0], str(path[0])))
 
 
 def evaluate(
@@ -71,6 +77,10 @@ def evaluate(
     label_bits: int = typer.Option(4, help="With --double-sparsity: key label bits, 4 | 8 | 16."),
     sink: int = typer.Option(0, help="With --double-sparsity: first tokens always kept (inside the budget)."),
     recent: int = typer.Option(0, help="With --double-sparsity: most recent tokens always kept (inside the budget)."),
+    labels: str = typer.Option("channels", help="With --double-sparsity: channels (q·k over the heavy channels) | "
+                               "projection (rank --channels projected labels; calibrate with --projection)."),
+    position_prior: bool = typer.Option(False, "--position-prior", help="With --double-sparsity: add the channel "
+                                        "file's mean logit per query-key distance to the label scores."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -88,7 +98,8 @@ def evaluate(
             "context": context, "tokens": max_tokens, "dtype": dtype, "device": device, "device_map": device_map,
             "max_memory": max_memory, "offload_folder": offload_folder, "trust_remote_code": trust_remote_code,
             "kernels": kernels, "allow_fallback": allow_fallback, "bos": bos}, label=label_for_cli)
-        settings = _double_sparsity(ctx, double_sparsity, channels, ds_tokens, dense_layers, label_bits, sink, recent)
+        settings = _double_sparsity(ctx, double_sparsity, channels, ds_tokens, dense_layers, label_bits, sink, recent,
+                                    labels, position_prior)
         with progress(quiet or as_json) as hooks:
             try:
                 if settings is not None:

@@ -19,6 +19,8 @@ class AttentionStage(StrictConfig):
     channel_file: str
     """The channel file (JSON) to write."""
     mode: Literal["qk", "q", "k"] = "qk"
+    projection: bool = False
+    """Also fit projected labels (compress.attention.projection), written beside the channel file."""
     force: bool = False
     """Replace channel_file if it is a channel file compress wrote."""
 
@@ -35,25 +37,24 @@ def _check(session, config: AttentionStage) -> None:
     from compress.attention.calibrate import attention_parts
     from compress.attention.channels import check_output_file
 
-    check_output_file(config.channel_file, config.force)
+    check_output_file(config.channel_file, config.force, config.projection)
     attention_parts(session.model)
 
 
 def _run(session, config: AttentionStage) -> AttentionResult:
-    from compress.attention.calibrate import channel_statistics, rank_channels
-    from compress.attention.channels import check_output_file, write_channel_file
-    from compress.model.roles import HeadLayout
+    from compress.attention.calibrate import channel_statistics, write_statistics
+    from compress.attention.channels import check_output_file
 
-    out = check_output_file(config.channel_file, config.force)
-    statistics = channel_statistics(session.model, session.calibration(), config.mode, session.device)
-    rows, kv_rows = rank_channels(statistics, config.mode, HeadLayout.of(session.model.config))
-    write_channel_file(out, config.mode, session.model.config, rows, kv_rows, statistics.windows, statistics.tokens)
-    return AttentionResult(channel_file=str(out), mode=config.mode, layers=len(rows), windows=statistics.windows,
+    out = check_output_file(config.channel_file, config.force, config.projection)
+    statistics = channel_statistics(session.model, session.calibration(), config.mode, session.device,
+                                    projection=config.projection)
+    layers = write_statistics(out, statistics, config.mode, session.model.config)
+    return AttentionResult(channel_file=str(out), mode=config.mode, layers=layers, windows=statistics.windows,
                            tokens=statistics.tokens)
 
 
 SPEC = register(StageSpec(
     kind="attention", config=AttentionStage, run=_run, check=_check, needs_calibration=lambda config: True,
     summary="Double Sparsity channel file from the calibration windows (model unchanged)",
-    flags={"channel_file": "--out", "mode": "--mode", "force": "--force"},
+    flags={"channel_file": "--out", "mode": "--mode", "projection": "--projection", "force": "--force"},
 ))
