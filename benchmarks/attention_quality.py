@@ -2,7 +2,9 @@
 greedy agreement with dense over generated tokens, passkey retrieval.
 
 Channel files are calibrated first (modes qk, q, k) on the calibration novels; perplexity is on Persuasion
-(held out). Perplexity applies the sparse attention to every query (each position as a decode step would see
+(held out). The qk file also carries projected labels (--projection), fitted on windows as long as the
+longest context measured (they do not carry over to positions beyond their calibration windows), and the
+position prior every file records. Perplexity applies the sparse attention to every query (each position as a decode step would see
 it); generation prefills densely and decodes sparsely, as the reference and SGLang run it.
 Usage: python benchmarks/attention_quality.py --out benchmarks/results/attention-quality.json
        python benchmarks/attention_quality.py --tiny --out /tmp/tiny.json   # tiny random model: a quick check
@@ -23,7 +25,8 @@ from _tiny import tiny_model
 
 def grid(fraction: str, sink: int = 4, recent: int = 16) -> list[dict]:
     """The rows measured at one context: (channels, tokens) budgets, modes, label bits, per-head channel sets,
-    a recent window inside T, the oracle and sink+recent at the same T."""
+    a recent window inside T, the oracle and sink+recent at the same T; then the position prior and projected
+    labels (alone, with the window, with the prior; the last at three budgets)."""
     rows = [dict(mode="qk", channels=f, tokens=f) for f in ("1/8", "1/16", "1/32")]
     rows += [dict(mode="qk", channels=fraction, tokens="top-p:0.95"),
              dict(mode="q", channels=fraction, tokens=fraction), dict(mode="k", channels=fraction, tokens=fraction),
@@ -32,7 +35,19 @@ def grid(fraction: str, sink: int = 4, recent: int = 16) -> list[dict]:
              dict(mode="qk", channels=fraction, tokens=fraction, sink=sink, recent=recent),
              dict(mode="qk", channels="1", tokens=fraction, selection="oracle"),
              dict(mode="qk", channels="1", tokens=fraction, selection="sink+recent")]
+    rows += [dict(mode="qk", channels=fraction, tokens=fraction, position_prior=True),
+             dict(mode="qk", channels=fraction, tokens=fraction, labels="projection"),
+             dict(mode="qk", channels=fraction, tokens=fraction, labels="projection", sink=sink, recent=recent)]
+    rows += [dict(mode="qk", channels=f, tokens=f, labels="projection", position_prior=True) for f in ("1/8", "1/16", "1/32")]
     return rows
+
+
+LONG_ROWS = [dict(mode="qk", channels="1/16", tokens="1/16"),
+             dict(mode="qk", channels="1/16", tokens="1/16", sink=4, recent=16),
+             dict(mode="qk", channels="1/16", tokens="1/16", position_prior=True),
+             dict(mode="qk", channels="1/16", tokens="1/16", labels="projection"),
+             dict(mode="qk", channels="1/16", tokens="1/16", labels="projection", position_prior=True)]
+BEST = dict(mode="qk", channels="1/16", tokens="1/16", labels="projection", position_prior=True)
 
 
 def settings_for(row: dict, files: dict, context: int, dense_layers: int = 2):
@@ -42,7 +57,8 @@ def settings_for(row: dict, files: dict, context: int, dense_layers: int = 2):
 
     values = dict(channel_file=files[row["mode"]], channels=row["channels"], tokens=row["tokens"],
                   label_bits=row.get("label_bits", 4), dense_layers=dense_layers, sink=row.get("sink", 0),
-                  recent=row.get("recent", 0), per_kv_head=row.get("per_kv_head", True))
+                  recent=row.get("recent", 0), per_kv_head=row.get("per_kv_head", True),
+                  labels=row.get("labels", "channels"), position_prior=row.get("position_prior", False))
     if row.get("selection") == "sink+recent":  # the same T, all of it sink (4) and the most recent tokens
         budget = max(1, round(Fraction(row["tokens"]) * context))
         values.update(tokens=str(budget), sink=4, recent=budget - 4)
@@ -63,7 +79,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=1)
     parser.add_argument("--long-context", type=int, default=4096, help="dense and qk 1/16 (plain, and with a recent window)")
     parser.add_argument("--calib-nsamples", type=int, default=4)
-    parser.add_argument("--calib-seqlen", type=int, default=2048)
+    parser.add_argument("--calib-seqlen", type=int, default=2048, help="modes q and k; qk: the longer of this "
+                        "and --long-context")
     parser.add_argument("--prompts", type=int, default=2, help="greedy agreement prompts (of --context tokens)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--passkey", type=int, nargs="*", default=[4096])
@@ -88,9 +105,10 @@ def main() -> None:
         for mode in ("qk", "q", "k"):
             files[mode] = str(Path(tmp) / f"{mode}.json")
             started = time.perf_counter()
+            seqlen = max(args.calib_seqlen, args.long_context) if mode == "qk" else args.calib_seqlen
             calibration[mode] = calibrate_channel_file(ChannelCalibration(
                 model=model_dir, out=files[mode], mode=mode, text=text, nsamples=args.calib_nsamples,
-                seqlen=args.calib_seqlen, device="cpu"))
+                seqlen=seqlen, device="cpu", projection=mode == "qk"))
             calibration[mode]["seconds"] = time.perf_counter() - started
             print(calibration[mode], flush=True)
         ids = evaluation_tokens(tokenizer, source)
@@ -105,7 +123,8 @@ def main() -> None:
             asked = {} if row is None else {"mode": row["mode"], "channels_asked": row["channels"],
                                             "tokens_asked": row["tokens"], "label_bits": row.get("label_bits", 4),
                                             "sink": settings.sink, "recent": settings.recent,
-                                            "per_kv_head": settings.per_kv_head}
+                                            "per_kv_head": settings.per_kv_head, "labels": settings.labels,
+                                            "position_prior": settings.position_prior}
             entry = {"context": context, "windows": windows, "selection": "dense" if row is None else
                      row.get("selection", "labels"), **asked, **result}
             rows.append(entry)
@@ -115,29 +134,34 @@ def main() -> None:
         for row in grid("1/16", args.sink, args.recent):
             measure(args.context, args.windows, row)
         measure(args.long_context, 1, None)
-        for row in (dict(mode="qk", channels="1/16", tokens="1/16"),
-                    dict(mode="qk", channels="1/16", tokens="1/16", sink=args.sink, recent=args.recent)):
-            measure(args.long_context, 1, row)
+        for row in LONG_ROWS:
+            measure(args.long_context, 1, {**row, **({"sink": args.sink, "recent": args.recent} if row.get("sink") else {})})
 
         qk = settings_for(dict(mode="qk", channels="1/16", tokens="1/16"), files, 0, args.dense_layers)
         recent = qk.model_copy(update={"sink": args.sink, "recent": args.recent})
+        best = settings_for(BEST, files, 0, args.dense_layers)
         agreement = []
         for p in range(args.prompts):
             prompt = ids[p * args.context: (p + 1) * args.context]
-            for settings in (qk, recent):
+            for settings in (qk, recent, best):
                 agreement.append({"prompt_tokens": args.context, "sink": settings.sink, "recent": settings.recent,
+                                  "labels": settings.labels, "position_prior": settings.position_prior,
                                   **greedy_agreement(model, prompt, args.new_tokens, settings)})
                 print(agreement[-1], flush=True)
         passkey = []
         for length in args.passkey:
-            passkey.append(passkey_accuracy(model, tokenizer, length, args.passkey_trials, qk))
-            print(passkey[-1], flush=True)
+            for settings in (qk, best):
+                passkey.append({"labels": settings.labels, "position_prior": settings.position_prior,
+                                **passkey_accuracy(model, tokenizer, length, args.passkey_trials, settings)})
+                print(passkey[-1], flush=True)
     result = {"meta": run_meta, "model": "tiny random Llama" if args.tiny else name,
               "text": "tests' text" if args.tiny else "Austen: calibration on five novels, evaluation on Persuasion",
               "calibration": calibration, "perplexity": rows,
               "dense_layers": args.dense_layers,
-              "greedy": {"settings": "qk, 1/16 channels, 1/16 tokens, 4-bit labels", "rows": agreement},
-              "passkey": {"settings": "qk, 1/16 channels, 1/16 tokens, 4-bit labels", "rows": passkey}}
+              "greedy": {"settings": "qk, 1/16 channels, 1/16 tokens, 4-bit labels; rows: sink/recent, labels "
+                                     "(channels or projection), position prior", "rows": agreement},
+              "passkey": {"settings": "qk, 1/16 channels, 1/16 tokens, 4-bit labels; rows: labels, position prior",
+                          "rows": passkey}}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
 
