@@ -3,6 +3,8 @@ matter; attention then reads only the top tokens.
 
   channels.py   the channel file (the reference's/SGLang's JSON, plus a GQA-aware selection)
   calibrate.py  channel statistics over calibration windows (post-RoPE q/k through the attention registry)
+  prior.py      the position prior: the mean logit per query-key distance, added to label scores
+  projection.py projected labels: rank-r maps of q and k fitted to q·k (beyond the paper)
   sparse.py     the tensor math: label quantisation, token selection, attention over the selected tokens
   runtime.py    the sparse attention installed through transformers' AttentionInterface
   measure.py    perplexity, greedy agreement and passkey retrieval, dense vs sparse
