@@ -146,7 +146,7 @@ def passed(row: dict) -> bool:
 def main() -> None:
     from compress.attention.config import DoubleSparsity
     from compress.attention.generate import decoder_from_settings
-    from compress.attention.generate_check import random_channel_file
+    from compress.attention.generate_check import appended_labels_exact, random_channel_file
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", required=True)
@@ -165,6 +165,8 @@ def main() -> None:
     if args.tiny:
         args.contexts, args.batches, args.dtypes, args.prompt, args.new_tokens = [64, 160], [1, 2], ["float16"], 48, 6
     began = time.perf_counter()
+    append_exact = all(appended_labels_exact("cuda")) if cuda else None  # the label-append kernel (CUDA only)
+    print(f"label append kernel bit-equal to label_cache: {append_exact}", flush=True)
     rows, generation = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for index, name in enumerate(args.dtypes):
@@ -193,7 +195,8 @@ def main() -> None:
               "settings": {**SETTINGS, "selection": "threshold", "budget": "1/16 of the step's context",
                            "label_append": "one Triton launch per layer and step (compress/attention/append.py)"},
               "rows": rows, "generation": generation,
-              "checks": {"generation_passed": sum(passed(r) for r in generation), "generation_total": len(generation)}}
+              "checks": {"generation_passed": sum(passed(r) for r in generation), "generation_total": len(generation),
+                         "append_labels_exact": append_exact}}
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
     print(f"{'dtype':<9}{'B':>3}{'context':>8}{'dense ms':>10}{'sparse ms':>10}{'rest ms':>9}{'dense tok/s':>12}"

@@ -167,7 +167,8 @@ def _decode_checks() -> str:
     return (f"{data['checks']['generation_passed']} of {data['checks']['generation_total']} generation checks passed "
             f"(prompt {rows[0]['prompt']}, {rows[0]['new_tokens']} new tokens; largest logit error vs dense "
             f"{max(r['dense_logit_error'] for r in rows):.1e}, vs the evaluation mode "
-            f"{max(r['sparse_logit_error_vs_evaluation'] for r in rows):.1e})")
+            f"{max(r['sparse_logit_error_vs_evaluation'] for r in rows):.1e}); label append kernel bit-equal to "
+            f"label_cache: {'yes' if data['checks']['append_labels_exact'] else 'no'}")
 
 
 FIGURES["attention.decode-checks"] = _decode_checks

@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from compress.attention.generate_check import compare_decoding, random_channel_file  # noqa: E402
+from compress.attention.generate_check import appended_labels_exact, compare_decoding, random_channel_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,8 @@ import json, sys, tempfile
 import torch
 sys.path.insert(0, {str(ROOT)!r})
 from compress.attention.generate_check import random_channel_file, compare_decoding
-from tests.test_attention_generate import appended_labels_exact, settings, tiny_model
+from compress.attention.generate_check import appended_labels_exact
+from tests.test_attention_generate import settings, tiny_model
 model = tiny_model()
 rows = []
 with tempfile.TemporaryDirectory() as tmp:
@@ -73,32 +74,6 @@ with tempfile.TemporaryDirectory() as tmp:
         rows.append(compare_decoding(model, prompt, 6, settings(path, bits), selection))
 print(json.dumps({{"rows": rows, "append": appended_labels_exact("cpu")}}))
 """
-
-
-def appended_labels_exact(device: str) -> list[bool]:
-    """append_labels (one token or several at a time, keys with transformers' strides) writes exactly what
-    label_cache builds over the whole cache, 4- and 16-bit; with flat keys and exact half-step ties."""
-    from compress.attention.append import append_labels
-    from compress.attention.labels import label_cache
-
-    generator = torch.Generator().manual_seed(0)
-    found = []
-    for r, bits, dtype in [(4, 4, torch.float16), (12, 4, torch.bfloat16), (8, 16, torch.float16),
-                           (3, 4, torch.float32), (4, 16, torch.float32)]:
-        key = (torch.randn(2, 7, 3, 64, generator=generator) * 3).to(dtype).transpose(1, 2)  # (b, kv, n, d)
-        key[0, 0, 0] = 1.0  # max = min: the step's floor
-        key[1, 2, 3, :8] = torch.tensor([0.0, 15.0, 7.5, 2.5, 1.0, 3.5, 4.5, 0.5])  # codes exactly half-way
-        heavy = torch.stack([torch.randperm(64, generator=generator)[:r] for _ in range(3)])
-        heavy[2, :min(r, 8)] = torch.arange(min(r, 8))
-        key, heavy = key.to(device), heavy.to(device)
-        full = label_cache(key, heavy, bits)
-        one, split = torch.zeros_like(full), torch.zeros_like(full)
-        for t in range(7):
-            append_labels(one, key[:, :, t:t + 1], heavy, t)
-        append_labels(split, key[:, :, 2:], heavy, 2)
-        append_labels(split, key[:, :, :2], heavy, 0)
-        found.append(torch.equal(one, full) and torch.equal(split, full))
-    return found
 
 
 def test_triton_kernels_in_the_interpreter_match():
@@ -156,7 +131,8 @@ def test_unsupported_settings_are_refused(tmp_path):
 
     model = tiny_model(layers=2)
     path = random_channel_file(model, tmp_path / "c.json")
-    for change in ({"tokens": "top-p:0.9"}, {"sink": 4}, {"label_bits": 8}, {"per_kv_head": False}):
+    for change in ({"tokens": "top-p:0.9"}, {"sink": 4}, {"label_bits": 8}, {"per_kv_head": False},
+                   {"position_prior": True}, {"labels": "projection"}):
         with pytest.raises(BadInput):
             decoder_from_settings(model, settings(path, 4).model_copy(update=change))
 

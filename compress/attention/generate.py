@@ -204,9 +204,9 @@ def decoder_from_settings(model, settings, context: int | None = None, selection
     from compress.model.roles import HeadLayout
 
     if settings.top_p() is not None or settings.sink or settings.recent or settings.label_bits == 8 or \
-            getattr(settings, "labels", "channels") != "channels":
-        raise BadInput("the decode kernels take a fixed token budget, 4- or 16-bit channel labels, no sink or "
-                       "recent window", key="tokens")
+            settings.labels != "channels" or settings.position_prior:
+        raise BadInput("the decode kernels take a fixed token budget and 4- or 16-bit channel labels (no sink or "
+                       "recent window, position prior or projected labels)", key="tokens")
     if getattr(model.config, "attn_logit_softcapping", None):
         raise BadInput("the decode kernels have no attention logit softcap (this model caps its logits)")
     layout = HeadLayout.of(model.config)

@@ -11,7 +11,7 @@ import torch
 
 from compress.attention.generate import Decoder, decoder_from_settings, greedy_generate
 
-__all__ = ["random_channel_file", "cache_logits", "compare_decoding"]
+__all__ = ["random_channel_file", "cache_logits", "compare_decoding", "appended_labels_exact"]
 
 
 def random_channel_file(model, path: str | Path, seed: int = 0) -> Path:
@@ -85,3 +85,29 @@ def compare_decoding(model, prompt: torch.Tensor, new_tokens: int, settings, sel
             "sparse_logit_error_vs_evaluation": _error(logits, evaluation),
             "sparse_logit_change_vs_dense": _error(evaluation, cache_logits(model, prompt, tokens)),
             "sparse_steps": sparse.steps, "kept_per_step": sparse.kept / max(1, sparse.steps)}
+
+
+def appended_labels_exact(device: str) -> list[bool]:
+    """append_labels (one token or several at a time, keys with transformers' strides) writes exactly what
+    label_cache builds over the whole cache, 4- and 16-bit; with flat keys and exact half-step ties."""
+    from compress.attention.append import append_labels
+    from compress.attention.labels import label_cache
+
+    generator = torch.Generator().manual_seed(0)
+    found = []
+    for r, bits, dtype in [(4, 4, torch.float16), (12, 4, torch.bfloat16), (8, 16, torch.float16),
+                           (3, 4, torch.float32), (4, 16, torch.float32)]:
+        key = (torch.randn(2, 7, 3, 64, generator=generator) * 3).to(dtype).transpose(1, 2)  # (b, kv, n, d)
+        key[0, 0, 0] = 1.0  # max = min: the step's floor
+        key[1, 2, 3, :8] = torch.tensor([0.0, 15.0, 7.5, 2.5, 1.0, 3.5, 4.5, 0.5])  # codes exactly half-way
+        heavy = torch.stack([torch.randperm(64, generator=generator)[:r] for _ in range(3)])
+        heavy[2, :min(r, 8)] = torch.arange(min(r, 8))
+        key, heavy = key.to(device), heavy.to(device)
+        full = label_cache(key, heavy, bits)
+        one, split = torch.zeros_like(full), torch.zeros_like(full)
+        for t in range(7):
+            append_labels(one, key[:, :, t:t + 1], heavy, t)
+        append_labels(split, key[:, :, 2:], heavy, 2)
+        append_labels(split, key[:, :, :2], heavy, 0)
+        found.append(torch.equal(one, full) and torch.equal(split, full))
+    return found
