@@ -146,7 +146,7 @@ def passed(row: dict) -> bool:
 def main() -> None:
     from compress.attention.config import DoubleSparsity
     from compress.attention.generate import decoder_from_settings
-    from compress.attention.generate_check import appended_labels_exact, random_channel_file
+    from compress.attention.generate_check import appended_labels_exact, host_syncs, random_channel_file
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", required=True)
@@ -167,7 +167,7 @@ def main() -> None:
     began = time.perf_counter()
     append_exact = all(appended_labels_exact("cuda")) if cuda else None  # the label-append kernel (CUDA only)
     print(f"label append kernel bit-equal to label_cache: {append_exact}", flush=True)
-    rows, generation = [], []
+    rows, generation, syncs = [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for index, name in enumerate(args.dtypes):
             dtype = getattr(torch, name)
@@ -178,6 +178,9 @@ def main() -> None:
                 return DoubleSparsity(channel_file=path, **{**SETTINGS, "label_bits": bits})
 
             decoder = decoder_from_settings(model, settings_for(4))  # T = 1/16 of each step's context
+            if index == 0:  # what would keep a step out of a CUDA graph: host reads of tensor values
+                syncs = host_syncs(model, decoder, 2, min(args.contexts))
+                print(f"host reads of tensor values in one decode step, per mode: {syncs}", flush=True)
             grid = [(b, n) for b in args.batches for n in args.contexts] if index == 0 else \
                 [(max(args.batches), max(args.contexts))]
             for batch, context in grid:
@@ -196,7 +199,7 @@ def main() -> None:
                            "label_append": "one Triton launch per layer and step (compress/attention/append.py)"},
               "rows": rows, "generation": generation,
               "checks": {"generation_passed": sum(passed(r) for r in generation), "generation_total": len(generation),
-                         "append_labels_exact": append_exact}}
+                         "append_labels_exact": append_exact, "host_syncs_per_step": syncs}}
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
     print(f"{'dtype':<9}{'B':>3}{'context':>8}{'dense ms':>10}{'sparse ms':>10}{'rest ms':>9}{'dense tok/s':>12}"

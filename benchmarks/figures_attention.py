@@ -168,7 +168,8 @@ def _decode_checks() -> str:
             f"(prompt {rows[0]['prompt']}, {rows[0]['new_tokens']} new tokens; largest logit error vs dense "
             f"{max(r['dense_logit_error'] for r in rows):.1e}, vs the evaluation mode "
             f"{max(r['sparse_logit_error_vs_evaluation'] for r in rows):.1e}); label append kernel bit-equal to "
-            f"label_cache: {'yes' if data['checks']['append_labels_exact'] else 'no'}")
+            f"label_cache: {({True: 'yes', False: 'no', None: 'not checked'})[data['checks']['append_labels_exact']]}; host reads of tensor values "
+            f"in a decode step: {sum(data['checks']['host_syncs_per_step'].values())}")
 
 
 FIGURES["attention.decode-checks"] = _decode_checks

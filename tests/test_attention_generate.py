@@ -13,7 +13,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from compress.attention.generate_check import appended_labels_exact, compare_decoding, random_channel_file  # noqa: E402
+from compress.attention.generate_check import (appended_labels_exact, compare_decoding, host_syncs,  # noqa: E402
+                                               random_channel_file)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +64,8 @@ import json, sys, tempfile
 import torch
 sys.path.insert(0, {str(ROOT)!r})
 from compress.attention.generate_check import random_channel_file, compare_decoding
-from compress.attention.generate_check import appended_labels_exact
+from compress.attention.generate import decoder_from_settings
+from compress.attention.generate_check import appended_labels_exact, host_syncs
 from tests.test_attention_generate import settings, tiny_model
 model = tiny_model()
 rows = []
@@ -72,7 +74,8 @@ with tempfile.TemporaryDirectory() as tmp:
     for bits, selection in [(16, "topk"), (4, "threshold")]:
         prompt = torch.randint(0, 320, (2, 120), generator=torch.Generator().manual_seed(bits))
         rows.append(compare_decoding(model, prompt, 6, settings(path, bits), selection))
-print(json.dumps({{"rows": rows, "append": appended_labels_exact("cpu")}}))
+    syncs = host_syncs(model, decoder_from_settings(model, settings(path, 4)), 2, 300)
+print(json.dumps({{"rows": rows, "append": appended_labels_exact("cpu"), "syncs": syncs}}))
 """
 
 
@@ -83,6 +86,7 @@ def test_triton_kernels_in_the_interpreter_match():
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert all(result["append"])
+    assert result["syncs"] == {"sparse": 0, "dense": 0, "skip": 0}  # the kernels' launch code reads no values
     for row in result["rows"]:
         check(row, sparse_layers=2)
 
@@ -187,3 +191,13 @@ def test_other_families_decode(family, tmp_path):
     row = compare_decoding(model, torch.randint(0, 320, (2, 60), generator=torch.Generator().manual_seed(3)), 6,
                            settings, "topk")
     check(row, sparse_layers=2)
+
+
+def test_a_decode_step_reads_no_tensor_value_on_the_host(tmp_path):
+    """No .item() / bool(tensor) in a decode step (transformers' forward included: the prepared 4D mask keeps
+    its mask code from inspecting position_ids), so one CUDA graph can hold the step."""
+    from compress.attention.generate import decoder_from_settings
+
+    model = tiny_model()
+    decoder = decoder_from_settings(model, settings(random_channel_file(model, tmp_path / "c.json"), 4))
+    assert host_syncs(model, decoder, 2, 300) == {"sparse": 0, "dense": 0, "skip": 0}

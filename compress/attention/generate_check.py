@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from compress.attention.generate import Decoder, decoder_from_settings, greedy_generate
+from compress.attention.generate import MODES, Decoder, decoder_from_settings, greedy_generate
 
-__all__ = ["random_channel_file", "cache_logits", "compare_decoding", "appended_labels_exact"]
+__all__ = ["random_channel_file", "cache_logits", "compare_decoding", "appended_labels_exact", "host_syncs"]
 
 
 def random_channel_file(model, path: str | Path, seed: int = 0) -> Path:
@@ -110,4 +110,42 @@ def appended_labels_exact(device: str) -> list[bool]:
         append_labels(split, key[:, :, 2:], heavy, 2)
         append_labels(split, key[:, :, :2], heavy, 0)
         found.append(torch.equal(one, full) and torch.equal(split, full))
+    return found
+
+
+@torch.no_grad()
+def host_syncs(model, decoder: Decoder, batch: int, length: int) -> dict[str, int]:
+    """Host reads of tensor values (what .item() or bool(tensor) do: a CUDA graph cannot hold them) during
+    one decode step after `length` random cached tokens, per mode; seen at the dispatcher, so on any device."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from compress.attention.generate import installed, step_inputs
+
+    reads = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default)
+
+    class Count(TorchDispatchMode):
+        found = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.found += func in reads
+            return func(*args, **(kwargs or {}))
+
+    config, device = model.config, next(model.parameters()).device
+    decoder.stores.clear()
+    decoder.capacity = length + 1
+    for layer in range(len(decoder.heavy)):
+        shape = (batch, config.num_key_value_heads, length, config.head_dim)
+        decoder.append(layer, torch.randn(shape, device=device, dtype=model.dtype),
+                       torch.randn(shape, device=device, dtype=model.dtype))
+    ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    inputs = step_inputs(batch, length, device)
+    found = {}
+    with installed(model, decoder):
+        for mode in MODES:
+            decoder.mode = mode
+            decoder.rewind(length)
+            with Count() as count:
+                model(input_ids=ids, **inputs)
+            found[mode] = count.found
+    decoder.mode = "sparse"
     return found
