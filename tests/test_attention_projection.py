@@ -218,3 +218,22 @@ def test_cli_round_trip_and_bad_inputs(tmp_path, text_file):
         assert needle in result.output and len(result.output.strip().splitlines()) == 1, (args, result.output)
     assert foreign.read_text() == "mine" and not (tmp_path / "f.json").exists()
     assert invoke(*base, model_dir, "--double-sparsity", moved, "--labels", "projection").exit_code == 0
+
+
+def test_recipe_stage_writes_the_projection(tiny_model_dir, text_file, tmp_path):
+    """The attention stage with projection: true writes the same projected labels as the command."""
+    from safetensors.torch import load_file
+
+    staged = tmp_path / "staged.json"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"calibrate: {{nsamples: 2, seqlen: 32, text: {text_file}}}\n"
+                      f"stages:\n  - attention: {{channel_file: {staged}, projection: true}}\n")
+    assert invoke("run", recipe, tiny_model_dir, "--quiet", "--set", "device=cpu").exit_code == 0
+    direct = tmp_path / "direct.json"
+    assert invoke("attention", "calibrate", tiny_model_dir, "--out", direct, "--text", text_file, "--nsamples", 2,
+                  "--seqlen", 32, "--device", "cpu", "-q", "--projection").exit_code == 0
+    a, b = (load_file(str(tmp_path / f"{name}.projection.safetensors")) for name in ("staged", "direct"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    assert json.loads(staged.read_text())["compress"]["projection"]["file"] == "staged.projection.safetensors"
