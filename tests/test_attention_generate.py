@@ -59,6 +59,18 @@ def test_pytorch_path_matches_dense_and_evaluation_mode(bits, selection, tmp_pat
     check(compare_decoding(model, prompt, 8, settings(path, bits), selection), sparse_layers=2)
 
 
+def test_position_prior_decodes_as_the_evaluation_mode(tmp_path):
+    """With the channel file's position prior, decode steps choose as eval --position-prior does, and the
+    prior changes what they choose."""
+    model = tiny_model()
+    path = random_channel_file(model, tmp_path / "channels.json", prior=True)
+    prompt = torch.randint(0, 320, (2, 120), generator=torch.Generator().manual_seed(3))
+    plain = compare_decoding(model, prompt, 8, settings(path, 16), "topk")
+    row = compare_decoding(model, prompt, 8, settings(path, 16).model_copy(update={"position_prior": True}), "topk")
+    check(row, sparse_layers=2)
+    assert abs(row["sparse_logit_change_vs_dense"] - plain["sparse_logit_change_vs_dense"]) > 1e-3
+
+
 INTERPRETED = f"""
 import json, sys, tempfile
 import torch
@@ -74,6 +86,10 @@ with tempfile.TemporaryDirectory() as tmp:
     for bits, selection in [(16, "topk"), (4, "threshold")]:
         prompt = torch.randint(0, 320, (2, 120), generator=torch.Generator().manual_seed(bits))
         rows.append(compare_decoding(model, prompt, 6, settings(path, bits), selection))
+    with_prior = random_channel_file(model, tmp + "/prior.json", prior=True)
+    prompt = torch.randint(0, 320, (2, 120), generator=torch.Generator().manual_seed(5))
+    rows.append(compare_decoding(model, prompt, 6, settings(with_prior, 4).model_copy(update={{"position_prior": True}}),
+                                 "threshold"))
     syncs = host_syncs(model, decoder_from_settings(model, settings(path, 4)), 2, 300)
 print(json.dumps({{"rows": rows, "append": appended_labels_exact("cpu"), "syncs": syncs}}))
 """
@@ -103,6 +119,16 @@ def test_gpu_kernels_match(bits, selection, tmp_path):
     path = random_channel_file(model, tmp_path / "channels.json")
     prompt = torch.randint(0, 320, (2, 700), generator=torch.Generator().manual_seed(bits)).cuda()
     check(compare_decoding(model, prompt, 8, settings(path, bits, "1/16"), selection), sparse_layers=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits,selection", [(4, "threshold"), (16, "topk")])
+def test_gpu_kernels_with_position_prior_match(bits, selection, tmp_path):
+    model = tiny_model("cuda", layers=4)
+    path = random_channel_file(model, tmp_path / "channels.json", prior=True)
+    prompt = torch.randint(0, 320, (2, 700), generator=torch.Generator().manual_seed(bits)).cuda()
+    with_prior = settings(path, bits, "1/16").model_copy(update={"position_prior": True})
+    check(compare_decoding(model, prompt, 8, with_prior, selection), sparse_layers=3)
 
 
 def test_caches_grow_by_appending(tmp_path):
@@ -136,7 +162,8 @@ def test_unsupported_settings_are_refused(tmp_path):
     model = tiny_model(layers=2)
     path = random_channel_file(model, tmp_path / "c.json")
     for change in ({"tokens": "top-p:0.9"}, {"sink": 4}, {"label_bits": 8}, {"per_kv_head": False},
-                   {"position_prior": True}, {"labels": "projection"}):
+                   {"position_prior": True},  # a file without a prior
+                   {"labels": "projection"}):
         with pytest.raises(BadInput):
             decoder_from_settings(model, settings(path, 4).model_copy(update=change))
 
@@ -172,7 +199,7 @@ def test_generate_command(tiny_model_dir, tmp_path):
     everything = json.loads(runner.invoke(app, base + ["--tokens", "1000", "--json"]).stdout)
     assert everything["agreement"] == 1.0 and everything["dense"] == everything["sparse"]  # T ≥ context: dense
     for bad in (["--tokens", "top-p:0.9"], ["--label-bits", "8"], ["--prompt-file", str(tmp_path / "none.txt")],
-                ["--channels", "99"], ["--tokens", "0"]):
+                ["--channels", "99"], ["--tokens", "0"], ["--position-prior"]):  # a file without a prior
         done = runner.invoke(app, base + bad)
         assert done.exit_code == 2 and len(done.output.strip().splitlines()) == 1, (bad, done.output)
 

@@ -53,3 +53,45 @@ def test_packed_labels_hold_the_evaluation_codes(channels):
     error = (labels.dequantize_labels(packed, channels) - sparse.quantize_labels(gathered, 4)).abs().max()
     assert error <= 2e-3 * gathered.abs().max()
     assert labels.label_bytes(channels, 4) == 4 * packed.shape[2]
+
+
+PRIOR_SCRIPT = """
+import json, torch
+from compress.attention import decode, labels, prior as position
+from compress.attention.bench import random_decode_inputs
+rows = []
+for bits, selection, (b, h, kv, n, d, r, T) in [(4, "threshold", (2, 8, 2, 3000, 32, 4, 200)),
+                                               (16, "topk", (1, 6, 3, 700, 64, 8, 50)),
+                                               (4, "topk-half", (1, 4, 4, 2500, 32, 8, 300))]:
+    q, k, v, heavy = random_decode_inputs(b, h, kv, n, d, r, torch.float16, device="cpu", seed=n)
+    table = torch.randn(kv, position.BUCKETS, generator=torch.Generator().manual_seed(n)) * 3
+    cache = decode.label_cache(k, heavy, bits)
+    group = h // kv
+    kv_of_head = torch.arange(h) // group
+    stored = labels.dequantize_labels(cache, r) if bits == 4 else cache.float()
+    gathered = torch.gather(q.float(), -1, heavy[kv_of_head][None].expand(b, h, r)).view(b, kv, group, r).sum(2)
+    # the evaluation path's prior for the decode query at n - 1, summed over each KV head's query heads
+    added = position.prior_scores(table, kv_of_head, 1, n)[0, :, 0].view(kv, group, n).sum(1)
+    reference = torch.einsum("bkr,bknr->bkn", gathered, stored) + added[None]
+    scores = labels.score_labels(q, cache, heavy, torch.float32, prior=table)
+    own = labels.score_labels(q, cache, heavy, torch.float32 if selection == "topk" else torch.float16,
+                              prior=table).float()
+    index = decode.select_tokens(q, cache, heavy, T, selection, prior=table)[1]
+    chosen = torch.zeros_like(own, dtype=torch.bool).scatter_(-1, index.long(), True)
+    plain = torch.zeros_like(own, dtype=torch.bool).scatter_(
+        -1, decode.select_tokens(q, cache, heavy, T, selection)[1].long(), True)
+    rows.append({"error": float((scores - reference).abs().max() / reference.abs().max()),
+                 "top_of_own": bool((own.masked_fill(~chosen, float("inf")).amin(-1)
+                                     >= own.masked_fill(chosen, float("-inf")).amax(-1)).all()),
+                 "prior_changed_the_set": bool((chosen != plain).any())})
+print(json.dumps(rows))
+"""
+
+
+def test_interpreted_position_prior_matches_evaluation_path():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", PRIOR_SCRIPT], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for row in json.loads(done.stdout.strip().splitlines()[-1]):
+        assert row["error"] < 1e-5  # float32 scores: label dot products plus the prior, as the evaluation path adds it
+        assert row["top_of_own"] and row["prior_changed_the_set"]

@@ -112,22 +112,25 @@ def sparse_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, i
 
 
 def select_tokens(query: torch.Tensor, labels: torch.Tensor, heavy: torch.Tensor, budget: int,
-                  selection: str = "threshold") -> tuple[torch.Tensor, torch.Tensor]:
+                  selection: str = "threshold", prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, index): label scores and the top `budget` tokens per KV head (all of them if n ≤ budget).
-    threshold and topk-half score in float16 (which may tie where float32 would not); topk in float32."""
+    threshold and topk-half score in float16 (which may tie where float32 would not); topk in float32.
+    `prior`: a position prior (kv_heads, buckets) added to the scores (labels.score_labels)."""
     if selection not in SELECTIONS:
         raise ValueError(f"unknown selection {selection!r}: choose from {', '.join(SELECTIONS)}")
     b, kvh, n = query.shape[0], labels.shape[1], labels.shape[-1 if labels.dtype == torch.int32 else 2]
     if selection == "threshold" and n > budget:
         plan = threshold_plan(b * kvh, n, budget, query.device)
-        scores = score_labels(query, labels, heavy, torch.float16, plan)
+        scores = score_labels(query, labels, heavy, torch.float16, plan, prior=prior)
         return scores, threshold_top(scores, plan, budget)
-    scores = score_labels(query, labels, heavy, torch.float32 if selection == "topk" else torch.float16)
+    scores = score_labels(query, labels, heavy, torch.float32 if selection == "topk" else torch.float16, prior=prior)
     return scores, select_top(scores, budget)
 
 
 def double_sparse_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, labels: torch.Tensor,
-                         heavy: torch.Tensor, budget: int, scale: float, selection: str = "threshold") -> torch.Tensor:
+                         heavy: torch.Tensor, budget: int, scale: float, selection: str = "threshold",
+                         prior: torch.Tensor | None = None) -> torch.Tensor:
     """Score with labels (label_cache, 16- or 4-bit), keep the top `budget` tokens per KV head, attend exactly
-    over them: (b, heads, d). selection: threshold (the fastest measured on one H200) | topk-half | topk."""
-    return sparse_decode(query, key, value, select_tokens(query, labels, heavy, budget, selection)[1], scale)
+    over them: (b, heads, d). selection: threshold (the fastest measured on one H200) | topk-half | topk.
+    `prior`: the layer's position prior (kv_heads, buckets), added to the label scores."""
+    return sparse_decode(query, key, value, select_tokens(query, labels, heavy, budget, selection, prior)[1], scale)

@@ -33,7 +33,8 @@ def kernels_available(tensor: torch.Tensor) -> bool:
     return tensor.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def reference_decode(query, key, value, labels, heavy, budget: int, scale: float, bits: int) -> torch.Tensor:
+def reference_decode(query, key, value, labels, heavy, budget: int, scale: float, bits: int,
+                     prior: torch.Tensor | None = None) -> torch.Tensor:
     """double_sparse_decode's math in PyTorch (float32 scores, torch.topk): (b, heads, d)."""
     from compress.attention.labels import dequantize_labels
     from compress.attention.select import select_top
@@ -45,6 +46,11 @@ def reference_decode(query, key, value, labels, heavy, budget: int, scale: float
     index = heavy.long()[None].expand(b, kv_heads, r)
     q = torch.gather(query.float().view(b, kv_heads, group, d), -1, index[:, :, None].expand(b, kv_heads, group, r))
     scores = torch.einsum("bkr,bknr->bkn", q.sum(2), cached)
+    if prior is not None:  # each query head's prior for the query at n - 1, summed over the group
+        from compress.attention.prior import distance_buckets
+
+        n = scores.shape[-1]
+        scores = scores + group * prior.to(scores.device)[:, distance_buckets(torch.tensor([n - 1]), n)[0]]
     chosen = select_top(scores, budget).long()[..., None].expand(-1, -1, -1, d)
     k, v = torch.gather(key, 2, chosen).float(), torch.gather(value, 2, chosen).float()
     logits = query.float().view(b, kv_heads, group, d) @ k.transpose(-1, -2) * scale
@@ -102,6 +108,7 @@ class Decoder:
     stores: dict[int, LayerStore] = field(default_factory=dict)
     steps: int = 0  # sparse layer-steps run
     kept: float = 0.0  # tokens those steps kept per KV head, summed
+    prior: list[torch.Tensor | None] | None = None  # per layer: (kv heads, buckets) position prior
 
     def __post_init__(self) -> None:
         if self.label_bits not in (4, 16):
@@ -169,12 +176,14 @@ class Decoder:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         budget = self.budget(keys.shape[2])
         heavy = self.heavy[layer]
+        prior = None if self.prior is None else self.prior[layer]
         if kernels_available(query):
             from compress.attention.decode import double_sparse_decode
 
-            out = double_sparse_decode(query[:, :, 0], keys, values, labels, heavy, budget, scale, self.selection)
+            out = double_sparse_decode(query[:, :, 0], keys, values, labels, heavy, budget, scale, self.selection,
+                                       prior)
         else:
-            out = reference_decode(query[:, :, 0], keys, values, labels, heavy, budget, scale, self.label_bits)
+            out = reference_decode(query[:, :, 0], keys, values, labels, heavy, budget, scale, self.label_bits, prior)
         self.steps += 1
         self.kept += min(budget, keys.shape[2])
         return out[:, None], None
@@ -204,9 +213,9 @@ def decoder_from_settings(model, settings, context: int | None = None, selection
     from compress.model.roles import HeadLayout
 
     if settings.top_p() is not None or settings.sink or settings.recent or settings.label_bits == 8 or \
-            settings.labels != "channels" or settings.position_prior:
+            settings.labels != "channels":
         raise BadInput("the decode kernels take a fixed token budget and 4- or 16-bit channel labels (no sink or "
-                       "recent window, position prior or projected labels)", key="tokens")
+                       "recent window or projected labels)", key="tokens")
     if getattr(model.config, "attn_logit_softcapping", None):
         raise BadInput("the decode kernels have no attention logit softcap (this model caps its logits)")
     layout = HeadLayout.of(model.config)
@@ -218,7 +227,13 @@ def decoder_from_settings(model, settings, context: int | None = None, selection
     device = next(model.parameters()).device
     heavy = [None if i < settings.dense_layers else file.kv_rows[i][:, :channels].to(device, torch.int32)
              for i in range(layers)]
-    return Decoder(heavy, lambda n: settings.token_count(context or n), settings.label_bits, selection)
+    prior = None
+    if settings.position_prior:
+        if file.prior is None:
+            raise BadInput(f"{settings.channel_file}: has no position prior (calibrate it again with this version)",
+                           key="position_prior")
+        prior = [p.to(device, torch.float32).contiguous() for p in file.prior]
+    return Decoder(heavy, lambda n: settings.token_count(context or n), settings.label_bits, selection, prior=prior)
 
 
 def step_inputs(batch: int, length: int, device) -> dict:

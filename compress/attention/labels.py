@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from compress.attention.prior import BUCKETS, EXACT
 from compress.attention.select import MAX_PROGRAMS, ThresholdPlan, kth_largest_key, order_key, stretch
 
 __all__ = ["label_cache", "dequantize_labels", "label_bytes", "score_labels"]
@@ -104,9 +105,22 @@ def _scores_at(LAB, n, n_ok, q, c, stride_plane, R: tl.constexpr, PACKED: tl.con
 
 
 @triton.jit
-def _score_kernel(Q, LAB, HEAVY, S, STATE, COUNTS, CAND, N, stride_qb, stride_qh, stride_lb, stride_lh,
+def _prior_at(PRIOR, kv, n, n_ok, N, GROUP: tl.constexpr, BUCKETS: tl.constexpr, EXACT: tl.constexpr,
+              EXACT_LOG: tl.constexpr):
+    """GROUP x the position prior (compress.attention.prior: a value per distance bucket and KV head) of tokens
+    n for the query at N - 1, as the evaluation path adds it to each query head's label score."""
+    delta = N - 1 - n
+    log2 = ((tl.maximum(delta, 1).to(tl.float32).to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127  # exact < 2^24
+    bucket = tl.where(delta < EXACT, delta, tl.minimum(EXACT + log2 - EXACT_LOG, BUCKETS - 2))
+    bucket = tl.where(n == 0, BUCKETS - 1, bucket)  # the first key: the sink bucket
+    return GROUP * tl.load(PRIOR + kv * BUCKETS + bucket, mask=n_ok, other=0.0)
+
+
+@triton.jit
+def _score_kernel(Q, LAB, HEAVY, PRIOR, S, STATE, COUNTS, CAND, N, stride_qb, stride_qh, stride_lb, stride_lh,
                   stride_plane, stride_sb, stride_sh, KVH: tl.constexpr, GROUP: tl.constexpr, R: tl.constexpr,
-                  R_PAD: tl.constexpr, PACKED: tl.constexpr, WORDS: tl.constexpr, ROWS: tl.constexpr,
+                  R_PAD: tl.constexpr, PACKED: tl.constexpr, WORDS: tl.constexpr, HAS_PRIOR: tl.constexpr,
+                  BUCKETS: tl.constexpr, EXACT: tl.constexpr, EXACT_LOG: tl.constexpr, ROWS: tl.constexpr,
                   WIDTH: tl.constexpr, CHUNK, FILTER: tl.constexpr):
     """Blocks of ROWS x WIDTH tokens (ROWS = the warps when FILTER: one tile row a warp)."""
     row = tl.program_id(0)
@@ -126,6 +140,8 @@ def _score_kernel(Q, LAB, HEAVY, S, STATE, COUNTS, CAND, N, stride_qb, stride_qh
         n = tl.multiple_of(start, ROWS * WIDTH) + g[:, None] * WIDTH + tl.arange(0, WIDTH)[None, :]
         n_ok = n < N
         score = _scores_at(base, n, n_ok, q, c, stride_plane, R, PACKED, WORDS)
+        if HAS_PRIOR:
+            score += _prior_at(PRIOR, kv, n, n_ok, N, GROUP, BUCKETS, EXACT, EXACT_LOG)
         tl.store(S + b * stride_sb + kv * stride_sh + n, score, mask=n_ok)
         if FILTER:  # the candidates of select.threshold_top: float16 keys reaching the row's threshold
             key = order_key(score)
@@ -140,9 +156,10 @@ def _score_kernel(Q, LAB, HEAVY, S, STATE, COUNTS, CAND, N, stride_qb, stride_qh
 
 
 @triton.jit
-def _threshold_kernel(Q, LAB, HEAVY, STATE, N, RUN_STRIDE, K, stride_qb, stride_qh, stride_lb, stride_lh,
+def _threshold_kernel(Q, LAB, HEAVY, PRIOR, STATE, N, RUN_STRIDE, K, stride_qb, stride_qh, stride_lb, stride_lh,
                       stride_plane, KVH: tl.constexpr, GROUP: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr,
-                      PACKED: tl.constexpr, WORDS: tl.constexpr, SAMPLE: tl.constexpr, RUN: tl.constexpr):
+                      PACKED: tl.constexpr, WORDS: tl.constexpr, HAS_PRIOR: tl.constexpr, BUCKETS: tl.constexpr,
+                      EXACT: tl.constexpr, EXACT_LOG: tl.constexpr, SAMPLE: tl.constexpr, RUN: tl.constexpr):
     row = tl.program_id(0)
     b = (row // KVH).to(tl.int64)
     kv = row % KVH
@@ -151,39 +168,44 @@ def _threshold_kernel(Q, LAB, HEAVY, STATE, N, RUN_STRIDE, K, stride_qb, stride_
     n = ((i // RUN) * RUN_STRIDE + i % RUN)[None, :]  # runs of RUN neighbours: whole sectors of the label planes
     n_ok = n < N
     score = _scores_at(LAB + b * stride_lb + kv * stride_lh, n, n_ok, q, c, stride_plane, R, PACKED, WORDS)
+    if HAS_PRIOR:
+        score += _prior_at(PRIOR, kv, n, n_ok, N, GROUP, BUCKETS, EXACT, EXACT_LOG)
     tl.store(STATE + row * 2, kth_largest_key(tl.reshape(tl.where(n_ok, order_key(score), -1), [SAMPLE]), K))
 
 
-def _launch_args(query, labels, heavy):
+def _launch_args(query, labels, heavy, prior):
     b, h, _ = query.shape
     kvh = labels.shape[1]
     r = heavy.shape[-1]
     return dict(KVH=kvh, GROUP=h // kvh, R=r, R_PAD=max(triton.next_power_of_2(r), 2),
-                PACKED=labels.dtype == torch.int32, WORDS=triton.cdiv(r, 8))
+                PACKED=labels.dtype == torch.int32, WORDS=triton.cdiv(r, 8), HAS_PRIOR=prior is not None,
+                BUCKETS=BUCKETS, EXACT=EXACT, EXACT_LOG=EXACT.bit_length() - 1)
 
 
 def score_labels(query: torch.Tensor, labels: torch.Tensor, heavy: torch.Tensor, dtype=torch.float32,
                  plan: ThresholdPlan | None = None, block_n: int = 1024, programs: int = 4096,
-                 num_warps: int = 4) -> torch.Tensor:
+                 num_warps: int = 4, prior: torch.Tensor | None = None) -> torch.Tensor:
     """(b, kv_heads, n) label scores (accumulated in float32, stored as `dtype`), summed over the query heads
     of each KV head; `labels` in either format of label_cache. `plan` (select.ThresholdPlan; float16 scores):
-    also estimate each row's threshold from a sample and count the tokens reaching it, per program."""
+    also estimate each row's threshold from a sample and count the tokens reaching it, per program. `prior`
+    (kv_heads, BUCKETS) float32: add each query head's position prior for the query at position n - 1."""
     b = query.shape[0]
     labels = labels.contiguous()
     kvh, n = labels.shape[1], labels.shape[-1 if labels.dtype == torch.int32 else 2]
     heavy = heavy.to(query.device, torch.int32).contiguous()
     scores = torch.empty(b, kvh, n, device=query.device, dtype=dtype)
     strides = (query.stride(0), query.stride(1), labels.stride(0), labels.stride(1), labels.stride(2))
-    meta = _launch_args(query, labels, heavy)
+    meta = _launch_args(query, labels, heavy, prior)
+    prior = heavy if prior is None else prior.to(query.device, torch.float32).contiguous()  # unread when None
     if plan is not None and plan.sample:
-        _threshold_kernel[(b * kvh,)](query, labels, heavy, plan.state, n, plan.run_stride, plan.rank, *strides,
+        _threshold_kernel[(b * kvh,)](query, labels, heavy, prior, plan.state, n, plan.run_stride, plan.rank, *strides,
                                       **meta, SAMPLE=plan.sample, RUN=plan.run, num_warps=4)
     per_row, chunk = stretch(b * kvh, n, block_n, programs, None if plan is None else MAX_PROGRAMS)
     rows = num_warps if plan is not None else 1
     if plan is not None:  # a tile row a warp: its candidates at most chunk / warps, its own slots
         plan.counts = torch.empty(b * kvh, per_row * rows, device=query.device, dtype=torch.int32)
         plan.candidates = torch.empty(b * kvh, per_row, 2, chunk, device=query.device, dtype=torch.int32)
-    _score_kernel[(b * kvh, per_row)](query, labels, heavy, scores, *((scores,) * 3 if plan is None else
+    _score_kernel[(b * kvh, per_row)](query, labels, heavy, prior, scores, *((scores,) * 3 if plan is None else
                                                                      (plan.state, plan.counts, plan.candidates)),
                                       n, *strides, scores.stride(0), scores.stride(1), **meta, ROWS=rows,
                                       WIDTH=block_n // rows, CHUNK=chunk, FILTER=plan is not None,
