@@ -100,11 +100,12 @@ def attention_kernels() -> str:
     others = ("sparse_threshold_16bit_ms", "sparse_topk_half_4bit_ms", "sparse_topk_half_ms", "sparse_topk_ms")
     body = [[r["shape"], r["dtype"], r["batch"], r["context"], f"{r['dense_ms']:.4f}", f"{r['sparse_ms']:.4f}",
              f"{r['score_ms']:.4f} / {r['select_ms']:.4f} / {r['attend_ms']:.4f}", f"**{r['speedup']:.2f}x**",
+             f"{r['dense_ms'] / r['sparse_prior_ms']:.2f}x" if "sparse_prior_ms" in r else "—",
              " / ".join(f"{r['dense_ms'] / r[key]:.2f}x" for key in others),
              f"{r['bytes_limit_speedup']:.2f}x", pct(r["share_of_limit"]), f"{r['dense_tb_per_s']:.2f}"]
             for r in load(KERNELS)["rows"]]
     return table(["shape", "dtype", "batch", "context", "dense SDPA ms", "Double Sparsity ms",
-                  "score / select / attend ms (each alone)", "speedup",
+                  "score / select / attend ms (each alone)", "speedup", "speedup with the position prior",
                   "speedup of the other paths: threshold, 16-bit labels / topk float16, 4-bit / topk float16, "
                   "16-bit / topk float32, 16-bit", "bytes-read limit (4-bit labels)", "share of limit", "dense TB/s"],
                  body)

@@ -161,6 +161,11 @@ def time_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: i
 
     dense_ms = _graph_time(lambda: dense_decode(query, key, value, scale))
     times = {name: _graph_time(path(*how)) for name, how in PATHS.items()}
+    from compress.attention.prior import BUCKETS
+
+    prior = torch.randn(kv_heads, BUCKETS, device=query.device)  # the default path plus a position prior
+    times["sparse_prior_ms"] = _graph_time(lambda: decode.double_sparse_decode(query, key, value, caches[4], heavy,
+                                                                               budget, scale, "threshold", prior))
     parts = {"score_ms": _graph_time(score(4)), "score_16bit_ms": _graph_time(score(16)),
              "score_alone_ms": _graph_time(score(4, False)),
              "select_ms": _graph_time(lambda: select.threshold_top(scores, plan, budget)),
