@@ -30,7 +30,8 @@ def distance_buckets(positions: torch.Tensor, keys: int) -> torch.Tensor:
     j = torch.arange(keys, device=positions.device)
     delta = (positions[:, None] - j[None, :]).clamp_min(0)
     shift = EXACT.bit_length() - 1
-    far = EXACT + torch.log2(delta.clamp_min(EXACT).double()).floor().long() - shift
+    # floor(log2 δ) from the float's exponent: exact (a CUDA log2 put δ = 64 one bucket low)
+    far = EXACT + torch.frexp(delta.clamp_min(EXACT).double()).exponent.long() - 1 - shift
     bucket = torch.where(delta < EXACT, delta, far).clamp_max(BUCKETS - 2)
     return torch.where(j[None, :] == 0, torch.full_like(bucket, SINK), bucket)
 
