@@ -71,6 +71,19 @@ def test_position_prior_decodes_as_the_evaluation_mode(tmp_path):
     assert abs(row["sparse_logit_change_vs_dense"] - plain["sparse_logit_change_vs_dense"]) > 1e-3
 
 
+@pytest.mark.parametrize("bits,selection", CASES)
+def test_projected_labels_decode_as_the_evaluation_mode(bits, selection, tmp_path):
+    """Projected labels (eval --labels projection): the label cache holds k B, the query scored is q A."""
+    model = tiny_model()
+    path = random_channel_file(model, tmp_path / "channels.json", projection=True)
+    prompt = torch.randint(0, 320, (2, 120), generator=torch.Generator().manual_seed(4))
+    plain = compare_decoding(model, prompt, 8, settings(path, bits), selection)
+    row = compare_decoding(model, prompt, 8, settings(path, bits).model_copy(update={"labels": "projection"}),
+                           selection)
+    check(row, sparse_layers=2)
+    assert abs(row["sparse_logit_change_vs_dense"] - plain["sparse_logit_change_vs_dense"]) > 1e-3
+
+
 INTERPRETED = f"""
 import json, sys, tempfile
 import torch
@@ -90,6 +103,9 @@ with tempfile.TemporaryDirectory() as tmp:
     prompt = torch.randint(0, 320, (2, 120), generator=torch.Generator().manual_seed(5))
     rows.append(compare_decoding(model, prompt, 6, settings(with_prior, 4).model_copy(update={{"position_prior": True}}),
                                  "threshold"))
+    projected = random_channel_file(model, tmp + "/projected.json", projection=True, prior=True)
+    rows.append(compare_decoding(model, prompt, 6, settings(projected, 4).model_copy(
+        update={{"labels": "projection", "position_prior": True}}), "threshold"))
     syncs = host_syncs(model, decoder_from_settings(model, settings(path, 4)), 2, 300)
 print(json.dumps({{"rows": rows, "append": appended_labels_exact("cpu"), "syncs": syncs}}))
 """
@@ -123,11 +139,12 @@ def test_gpu_kernels_match(bits, selection, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits,selection", [(4, "threshold"), (16, "topk")])
-def test_gpu_kernels_with_position_prior_match(bits, selection, tmp_path):
+@pytest.mark.parametrize("labels", ["channels", "projection"])
+def test_gpu_kernels_with_position_prior_match(bits, selection, labels, tmp_path):
     model = tiny_model("cuda", layers=4)
-    path = random_channel_file(model, tmp_path / "channels.json", prior=True)
+    path = random_channel_file(model, tmp_path / "channels.json", prior=True, projection=True)
     prompt = torch.randint(0, 320, (2, 700), generator=torch.Generator().manual_seed(bits)).cuda()
-    with_prior = settings(path, bits, "1/16").model_copy(update={"position_prior": True})
+    with_prior = settings(path, bits, "1/16").model_copy(update={"position_prior": True, "labels": labels})
     check(compare_decoding(model, prompt, 8, with_prior, selection), sparse_layers=3)
 
 
@@ -163,7 +180,7 @@ def test_unsupported_settings_are_refused(tmp_path):
     path = random_channel_file(model, tmp_path / "c.json")
     for change in ({"tokens": "top-p:0.9"}, {"sink": 4}, {"label_bits": 8}, {"per_kv_head": False},
                    {"position_prior": True},  # a file without a prior
-                   {"labels": "projection"}):
+                   {"labels": "projection"}):  # a file without projected labels
         with pytest.raises(BadInput):
             decoder_from_settings(model, settings(path, 4).model_copy(update=change))
 
@@ -199,7 +216,8 @@ def test_generate_command(tiny_model_dir, tmp_path):
     everything = json.loads(runner.invoke(app, base + ["--tokens", "1000", "--json"]).stdout)
     assert everything["agreement"] == 1.0 and everything["dense"] == everything["sparse"]  # T ≥ context: dense
     for bad in (["--tokens", "top-p:0.9"], ["--label-bits", "8"], ["--prompt-file", str(tmp_path / "none.txt")],
-                ["--channels", "99"], ["--tokens", "0"], ["--position-prior"]):  # a file without a prior
+                ["--channels", "99"], ["--tokens", "0"], ["--position-prior"],  # a file without a prior
+                ["--labels", "projection"], ["--labels", "pca"]):
         done = runner.invoke(app, base + bad)
         assert done.exit_code == 2 and len(done.output.strip().splitlines()) == 1, (bad, done.output)
 

@@ -34,8 +34,9 @@ def kernels_available(tensor: torch.Tensor) -> bool:
 
 
 def reference_decode(query, key, value, labels, heavy, budget: int, scale: float, bits: int,
-                     prior: torch.Tensor | None = None) -> torch.Tensor:
-    """double_sparse_decode's math in PyTorch (float32 scores, torch.topk): (b, heads, d)."""
+                     prior: torch.Tensor | None = None, scored: torch.Tensor | None = None) -> torch.Tensor:
+    """double_sparse_decode's math in PyTorch (float32 scores, torch.topk): (b, heads, d); `scored`: the
+    query the labels are scored with (projected labels), when not the query itself."""
     from compress.attention.labels import dequantize_labels
     from compress.attention.select import select_top
 
@@ -44,7 +45,8 @@ def reference_decode(query, key, value, labels, heavy, budget: int, scale: float
     group = heads // kv_heads
     cached = dequantize_labels(labels, r) if bits == 4 else labels.float()  # (b, kv_heads, n, r)
     index = heavy.long()[None].expand(b, kv_heads, r)
-    q = torch.gather(query.float().view(b, kv_heads, group, d), -1, index[:, :, None].expand(b, kv_heads, group, r))
+    scored = query if scored is None else scored
+    q = torch.gather(scored.float().view(b, kv_heads, group, -1), -1, index[:, :, None].expand(b, kv_heads, group, r))
     scores = torch.einsum("bkr,bknr->bkn", q.sum(2), cached)
     if prior is not None:  # each query head's prior for the query at n - 1, summed over the group
         from compress.attention.prior import distance_buckets
@@ -109,6 +111,18 @@ class Decoder:
     steps: int = 0  # sparse layer-steps run
     kept: float = 0.0  # tokens those steps kept per KV head, summed
     prior: list[torch.Tensor | None] | None = None  # per layer: (kv heads, buckets) position prior
+    maps: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (A, B) (kv heads, head_dim, r):
+    # projected labels; the label cache then holds k B and the kernels score q A (`heavy` = every one of r dims)
+
+    def label_source(self, layer: int, states: torch.Tensor, query: bool = False) -> torch.Tensor:
+        """What the labels are taken from: the states themselves, or their projection (float32) under maps."""
+        if self.maps is None:
+            return states
+        a, b = self.maps[layer]
+        if not query:
+            return states.float() @ b[None]
+        kv_of_head = torch.arange(states.shape[1], device=states.device) // (states.shape[1] // a.shape[0])
+        return (states.float()[:, :, None] @ a[kv_of_head][None])[:, :, 0]
 
     def __post_init__(self) -> None:
         if self.label_bits not in (4, 16):
@@ -150,11 +164,12 @@ class Decoder:
         heavy = self.heavy[layer] if self.mode == "sparse" else None  # labels: only sparse steps read them
         start = store.length
         fused = heavy is not None and key.shape[2] == 1 and kernels_available(key)
-        store.write(key, value, None if heavy is None or fused else label_cache(key, heavy, self.label_bits))
+        source = None if heavy is None else self.label_source(layer, key)
+        store.write(key, value, None if heavy is None or fused else label_cache(source, heavy, self.label_bits))
         if fused:  # one launch instead of label_cache's many small ops (they would dominate a graphed step)
             from compress.attention.append import append_labels
 
-            append_labels(store.labels, key, heavy, start)
+            append_labels(store.labels, source, heavy, start)
         return store
 
     def attention(self, module, inner, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -177,13 +192,15 @@ class Decoder:
         budget = self.budget(keys.shape[2])
         heavy = self.heavy[layer]
         prior = None if self.prior is None else self.prior[layer]
+        scored = self.label_source(layer, query[:, :, 0], query=True)  # (b, heads, d or r)
         if kernels_available(query):
-            from compress.attention.decode import double_sparse_decode
+            from compress.attention.decode import select_tokens, sparse_decode
 
-            out = double_sparse_decode(query[:, :, 0], keys, values, labels, heavy, budget, scale, self.selection,
-                                       prior)
+            index = select_tokens(scored, labels, heavy, budget, self.selection, prior)[1]
+            out = sparse_decode(query[:, :, 0], keys, values, index, scale)
         else:
-            out = reference_decode(query[:, :, 0], keys, values, labels, heavy, budget, scale, self.label_bits, prior)
+            out = reference_decode(query[:, :, 0], keys, values, labels, heavy, budget, scale, self.label_bits, prior,
+                                   scored)
         self.steps += 1
         self.kept += min(budget, keys.shape[2])
         return out[:, None], None
@@ -212,10 +229,9 @@ def decoder_from_settings(model, settings, context: int | None = None, selection
     from compress.errors import BadInput
     from compress.model.roles import HeadLayout
 
-    if settings.top_p() is not None or settings.sink or settings.recent or settings.label_bits == 8 or \
-            settings.labels != "channels":
-        raise BadInput("the decode kernels take a fixed token budget and 4- or 16-bit channel labels (no sink or "
-                       "recent window or projected labels)", key="tokens")
+    if settings.top_p() is not None or settings.sink or settings.recent or settings.label_bits == 8:
+        raise BadInput("the decode kernels take a fixed token budget and 4- or 16-bit labels (no sink or recent "
+                       "window)", key="tokens")
     if getattr(model.config, "attn_logit_softcapping", None):
         raise BadInput("the decode kernels have no attention logit softcap (this model caps its logits)")
     layout = HeadLayout.of(model.config)
@@ -227,13 +243,19 @@ def decoder_from_settings(model, settings, context: int | None = None, selection
     device = next(model.parameters()).device
     heavy = [None if i < settings.dense_layers else file.kv_rows[i][:, :channels].to(device, torch.int32)
              for i in range(layers)]
+    maps = None
+    if settings.labels == "projection":  # every one of the r projected dims is a label
+        maps = [(a.to(device, torch.float32), b.to(device, torch.float32)) for a, b in file.projection(channels)]
+        every = torch.arange(channels, device=device, dtype=torch.int32).expand(layout.num_kv_heads, channels)
+        heavy = [None if h is None else every.contiguous() for h in heavy]
     prior = None
     if settings.position_prior:
         if file.prior is None:
             raise BadInput(f"{settings.channel_file}: has no position prior (calibrate it again with this version)",
                            key="position_prior")
         prior = [p.to(device, torch.float32).contiguous() for p in file.prior]
-    return Decoder(heavy, lambda n: settings.token_count(context or n), settings.label_bits, selection, prior=prior)
+    return Decoder(heavy, lambda n: settings.token_count(context or n), settings.label_bits, selection, prior=prior,
+                   maps=maps)
 
 
 def step_inputs(batch: int, length: int, device) -> dict:

@@ -14,9 +14,9 @@ from compress.attention.generate import MODES, Decoder, decoder_from_settings, g
 __all__ = ["random_channel_file", "cache_logits", "compare_decoding", "appended_labels_exact", "host_syncs"]
 
 
-def random_channel_file(model, path: str | Path, seed: int = 0, prior: bool = False) -> Path:
+def random_channel_file(model, path: str | Path, seed: int = 0, prior: bool = False, projection: bool = False) -> Path:
     """A channel file of random rankings for `model` (timing and equivalence checks need no calibration);
-    `prior`: with a random position prior too."""
+    `prior` / `projection`: with a random position prior / random projected labels' maps too."""
     from compress.attention.calibrate import attention_parts
     from compress.attention.channels import write_channel_file
     from compress.model.roles import HeadLayout
@@ -33,8 +33,13 @@ def random_channel_file(model, path: str | Path, seed: int = 0, prior: bool = Fa
         from compress.attention.prior import BUCKETS
 
         priors = [torch.randn(layout.num_kv_heads, BUCKETS, generator=generator) * 4 for _ in range(layers)]
+    maps = None
+    if projection:
+        shape = (layout.num_kv_heads, layout.head_dim, layout.head_dim)
+        maps = [(torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)) for _ in range(layers)]
     return write_channel_file(path, "qk", model.config, [rows(layout.num_heads) for _ in range(layers)],
-                              [rows(layout.num_kv_heads) for _ in range(layers)], windows=0, tokens=0, prior=priors)
+                              [rows(layout.num_kv_heads) for _ in range(layers)], windows=0, tokens=0,
+                              projection=maps, prior=priors)
 
 
 @torch.no_grad()

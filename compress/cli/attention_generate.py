@@ -20,7 +20,7 @@ Examples:
 
 FLAGS = {"channel_file": "--double-sparsity", "channels": "--channels", "tokens": "--tokens",
          "dense_layers": "--dense-layers", "label_bits": "--label-bits", "prompt": "--prompt",
-         "position_prior": "--position-prior"}
+         "position_prior": "--position-prior", "labels": "--labels"}
 
 
 @attention_app.command("generate", epilog=EXAMPLES)
@@ -35,6 +35,7 @@ def generate(
     dense_layers: int = typer.Option(2, help="The first layers keep dense attention."),
     label_bits: int = typer.Option(4, help="Key label bits, 4 | 16."),
     position_prior: bool = typer.Option(False, "--position-prior", help="Add the channel file's position prior to the label scores."),
+    labels: str = typer.Option("channels", help="channels | projection (the file's projected labels, rank = --channels)."),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
     device: str = typer.Option("auto", help="auto | cuda | cpu (CUDA runs the Triton decode kernels)"),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -57,7 +58,7 @@ def generate(
             prompt = path.read_text(errors="replace")
         settings = validate_config(DoubleSparsity, {
             "channel_file": double_sparsity, "channels": channels, "tokens": tokens, "dense_layers": dense_layers,
-            "label_bits": label_bits, "position_prior": position_prior}, label=lambda path: FLAGS.get(path[0], str(path[0])))
+            "label_bits": label_bits, "position_prior": position_prior, "labels": labels}, label=lambda path: FLAGS.get(path[0], str(path[0])))
         where = resolve_device(device)
         loaded, tokenizer, _ = load_model(model, dtype, where)
         result = continue_text(loaded.to(where).eval(), tokenizer, prompt, new_tokens, settings)
