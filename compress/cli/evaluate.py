@@ -19,7 +19,7 @@ Examples:
 
   compress eval --double-sparsity channels.json --channels 1/16 --tokens 1/16 --context 4096
 
-  compress eval --double-sparsity ch.json --labels projection --sink 4 --recent 16 --context 4096
+  compress eval --double-sparsity ch.json --labels projection --position-prior --context 4096
 """
 
 
