@@ -80,7 +80,10 @@ for bits, selection, (b, h, kv, n, d, r, T) in [(4, "threshold", (2, 8, 2, 3000,
     chosen = torch.zeros_like(own, dtype=torch.bool).scatter_(-1, index.long(), True)
     plain = torch.zeros_like(own, dtype=torch.bool).scatter_(
         -1, decode.select_tokens(q, cache, heavy, T, selection)[1].long(), True)
-    rows.append({"error": float((scores - reference).abs().max() / reference.abs().max()),
+    longer = decode.label_cache(torch.cat([k, k[:, :, :37]], 2), heavy, bits)  # a cache with room to grow
+    view = longer.narrow(3 if bits == 4 else 2, 0, n)
+    rows.append({"view_equal": bool(torch.equal(labels.score_labels(q, view, heavy, torch.float32, prior=table), scores)),
+                 "error": float((scores - reference).abs().max() / reference.abs().max()),
                  "top_of_own": bool((own.masked_fill(~chosen, float("inf")).amin(-1)
                                      >= own.masked_fill(chosen, float("-inf")).amax(-1)).all()),
                  "prior_changed_the_set": bool((chosen != plain).any())})
@@ -95,6 +98,7 @@ def test_interpreted_position_prior_matches_evaluation_path():
     for row in json.loads(done.stdout.strip().splitlines()[-1]):
         assert row["error"] < 1e-5  # float32 scores: label dot products plus the prior, as the evaluation path adds it
         assert row["top_of_own"] and row["prior_changed_the_set"]
+        assert row["view_equal"]  # a view of a longer label cache (as decoding holds it) scores as a copy
 
 
 def test_distance_buckets_follow_their_definition():

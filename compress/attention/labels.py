@@ -190,7 +190,8 @@ def score_labels(query: torch.Tensor, labels: torch.Tensor, heavy: torch.Tensor,
     also estimate each row's threshold from a sample and count the tokens reaching it, per program. `prior`
     (kv_heads, BUCKETS) float32: add each query head's position prior for the query at position n - 1."""
     b = query.shape[0]
-    labels = labels.contiguous()
+    if labels.stride(-1) != 1 or (labels.dtype != torch.int32 and labels.stride(-2) != labels.shape[-1]):
+        labels = labels.contiguous()  # else a view of a longer cache (decoding) is read in place, not copied
     kvh, n = labels.shape[1], labels.shape[-1 if labels.dtype == torch.int32 else 2]
     heavy = heavy.to(query.device, torch.int32).contiguous()
     scores = torch.empty(b, kvh, n, device=query.device, dtype=dtype)
