@@ -7,8 +7,8 @@ Under GQA one token set per KV head: label scores are summed over the query head
 Labels: each key's heavy channels, quantised per key and head to `bits` (asymmetric min/max, round to
 nearest); 16 keeps them in float16.
 Projected labels (compress.attention.projection): `project_labels` maps queries by A and keys by B; the
-label scores over those are `label_scores(q A, k B, heavy=arange(r))`, as the decode kernels would score a
-label cache built from k B with pre-projected queries.
+label scores over those are `label_scores(q A, k B, heavy=arange(r))`, as the decode kernels score a label
+cache built from k B with pre-projected queries (compress.attention.generate).
 """
 from __future__ import annotations
 
