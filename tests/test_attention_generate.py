@@ -215,11 +215,15 @@ def test_generate_command(tiny_model_dir, tmp_path):
     assert result["new_tokens"] == 5 and result["kept_per_step"] == 4 and not result["kernels"]
     everything = json.loads(runner.invoke(app, base + ["--tokens", "1000", "--json"]).stdout)
     assert everything["agreement"] == 1.0 and everything["dense"] == everything["sparse"]  # T ≥ context: dense
-    for bad in (["--tokens", "top-p:0.9"], ["--label-bits", "8"], ["--prompt-file", str(tmp_path / "none.txt")],
-                ["--channels", "99"], ["--tokens", "0"], ["--position-prior"],  # a file without a prior
-                ["--labels", "projection"], ["--labels", "pca"]):
-        done = runner.invoke(app, base + bad)
-        assert done.exit_code == 2 and len(done.output.strip().splitlines()) == 1, (bad, done.output)
+    without_prompt = base[:-2]
+    for arguments, word in ((base + ["--tokens", "top-p:0.9"], "top-p"), (base + ["--label-bits", "8"], "label-bits"),
+                            (without_prompt + ["--prompt-file", str(tmp_path / "none.txt")], "no such file"),
+                            (base + ["--channels", "99"], "channels"), (base + ["--tokens", "0"], "tokens"),
+                            (base + ["--position-prior"], "position prior"),  # a file without a prior
+                            (base + ["--labels", "projection"], "projected labels"), (base + ["--labels", "pca"], "labels")):
+        done = runner.invoke(app, arguments)
+        assert done.exit_code == 2 and len(done.output.strip().splitlines()) == 1, (arguments, done.output)
+        assert word in done.output, (word, done.output)
 
 
 @pytest.mark.parametrize("family", ["qwen2", "gemma3"])

@@ -2,6 +2,7 @@
 optimum a gradient-descent solver finds, a planted low-rank q·k structure is found where no channel subset sees
 it, full rank scores the exact logits, the installed layer equals a brute force, the file round trip keeps the
 JSON readable the reference's way, bad inputs exit 2 with one line."""
+import hashlib
 import json
 import shutil
 
@@ -177,7 +178,9 @@ def test_cli_round_trip_and_bad_inputs(tmp_path, text_file):
     out = tmp_path / "ch.json"
     assert invoke(*calibrate, model_dir, "--out", out).exit_code == 0
     data = json.loads(out.read_text())
-    assert data["compress"]["projection"] == {"file": "ch.projection.safetensors", "method": "whitened-svd"}
+    digest = hashlib.sha256((tmp_path / "ch.projection.safetensors").read_bytes()).hexdigest()
+    assert data["compress"]["projection"] == {"file": "ch.projection.safetensors", "method": "whitened-svd",
+                                              "sha256": digest}
     assert sglang_style_rows(out, 1, "qk", 4).shape == (4, 4)  # the reference's reading is unchanged
     base = ["eval", "--text", text_file, "--context", 32, "--max-tokens", 64, "--device", "cpu", "--json"]
     result = invoke(*base, model_dir, "--double-sparsity", out, "--labels", "projection", "--channels", 2,
@@ -237,3 +240,45 @@ def test_recipe_stage_writes_the_projection(tiny_model_dir, text_file, tmp_path)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
     assert json.loads(staged.read_text())["compress"]["projection"]["file"] == "staged.projection.safetensors"
+
+
+def test_altered_projection_and_prior_are_refused(tmp_path):
+    """A projection file replaced after its channel file was written, non-finite maps or prior values, and
+    tensors named outside layers.N.query/key are refused with one line (BadInput), not used."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaForCausalLM
+
+    from compress.attention.channels import read_channel_file
+    from compress.attention.projection import projection_path
+    from compress.errors import BadInput
+
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(tiny_llama_config(num_key_value_heads=2)).eval()
+    path = _projected_file(model, tmp_path / "ch.json")
+    layers = model.config.num_hidden_layers
+    read_channel_file(path, model.config, layers).projection(3)  # as written: read
+    beside = projection_path(path)
+    tensors = load_file(str(beside))
+    metadata = {"compress": "projection"}
+
+    def refused(expected: str) -> None:
+        with pytest.raises(BadInput, match=expected):
+            read_channel_file(path, model.config, layers).projection(3)
+
+    save_file({name: t * 2 for name, t in tensors.items()}, str(beside), metadata=metadata)
+    refused("was replaced")
+    data = json.loads(path.read_text())
+    del data["compress"]["projection"]["sha256"]  # a file written before digests: the contents are checked
+    path.write_text(json.dumps(data))
+    save_file({**tensors, "layers.0.query": torch.full_like(tensors["layers.0.query"], float("nan"))}, str(beside),
+              metadata=metadata)
+    refused("not finite")
+    save_file({**tensors, "extra": tensors["layers.0.query"].clone()}, str(beside), metadata=metadata)
+    refused("other than layers")
+    data["compress"]["position_prior"] = {"buckets": 64, "exact": 16, "layers": {
+        key: [[float("nan")] * 64] * 2 for key in data if key.startswith("model.layers.")}}
+    path.write_text(json.dumps(data))
+    with pytest.raises(BadInput, match="not finite"):
+        read_channel_file(path, model.config, layers)

@@ -19,10 +19,12 @@ Extra key (ignored by readers that look up layer keys only): "compress" holds
   position_prior  {"buckets", "exact", "layers": {layer key: one row of bucket values per key/value head}}:
               the position prior (compress.attention.prior), read by eval --position-prior
   projection  (files calibrated with --projection) {"file": the safetensors beside this file holding the
-              projected labels' maps (compress.attention.projection), "method": "whitened-svd"}
+              projected labels' maps (compress.attention.projection), "method": "whitened-svd", "sha256": its
+              digest when written (a later, different file is refused)}
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -61,6 +63,7 @@ class ChannelFile:
     projection_file: Path | None = None  # the projected labels' maps, when the file names them
     prior: list[torch.Tensor] | None = None  # per layer: (kv heads, buckets) position prior, when recorded
     source: str = ""
+    projection_digest: str | None = None  # sha256 of the projection file as written with this file
 
     def heavy(self, layer: int, channels: int, per_kv_head: bool) -> torch.Tensor:
         """(heads, channels) heavy channel indices each query head reads its labels with: its own row
@@ -71,12 +74,23 @@ class ChannelFile:
             return rows[layout.kv_of_head(), :channels]
         return self.rows[layer][:, :channels]
 
+    def position_prior(self) -> list[torch.Tensor]:
+        """Per layer (kv heads, buckets): the recorded position prior; a file without one is refused."""
+        if self.prior is None:
+            raise BadInput(f"{self.source}: has no position prior (calibrate it again with this version)",
+                           key="position_prior")
+        return self.prior
+
     def projection(self, rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer (A, B), each (kv_heads, head_dim, rank): the projected labels' maps at `rank`."""
         from compress.attention.projection import read_projection
 
         if self.projection_file is None:
             raise BadInput(f"{self.source}: has no projected labels (calibrate it with --projection)", key="labels")
+        if self.projection_digest is not None and self.projection_file.is_file() and \
+                _digest(self.projection_file) != self.projection_digest:
+            raise BadInput(f"{self.source}: its projection file {self.projection_file} was replaced after it was "
+                           "written (calibrate again)", key="labels")
         maps = read_projection(self.projection_file, len(self.rows), self.layout.num_kv_heads, self.layout.head_dim,
                                self.source)
         return [(a[..., :rank].contiguous(), b[..., :rank].contiguous()) for a, b in maps]
@@ -108,7 +122,7 @@ def write_channel_file(path: str | Path, mode: str, config, rows: list[torch.Ten
     if projection is not None:
         target = projection_path(path)
         _atomic(target, lambda tmp: write_projection(tmp, projection))
-        data[EXTRA]["projection"] = {"file": target.name, "method": METHOD}
+        data[EXTRA]["projection"] = {"file": target.name, "method": METHOD, "sha256": _digest(target)}
 
     def dump(tmp: str) -> None:
         with open(tmp, "w") as f:
@@ -116,6 +130,10 @@ def write_channel_file(path: str | Path, mode: str, config, rows: list[torch.Ten
 
     _atomic(path, dump)
     return path
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _atomic(path: Path, write) -> None:
@@ -217,8 +235,10 @@ def read_channel_file(path: str | Path, config, num_layers: int, mode: str | Non
     if named is not None and (not isinstance(named, str) or Path(named).name != named):
         raise BadInput(f"{source}: {EXTRA}.projection.file must name a file beside the channel file")
     projection = p.absolute().parent / named if named else None
+    digest = extra["projection"].get("sha256") if named else None
     return ChannelFile(mode, layout, str(expected["model_type"]), rows, kv_rows, projection,
-                       _prior(extra.get("position_prior"), mode, num_layers, layout.num_kv_heads, source), source)
+                       _prior(extra.get("position_prior"), mode, num_layers, layout.num_kv_heads, source), source,
+                       digest if isinstance(digest, str) else None)
 
 
 def _prior(value, mode: str, num_layers: int, kv_heads: int, source: str) -> list[torch.Tensor] | None:
@@ -237,5 +257,7 @@ def _prior(value, mode: str, num_layers: int, kv_heads: int, source: str) -> lis
         if row.shape != (kv_heads, BUCKETS):
             raise BadInput(f"{source}: {EXTRA}.position_prior layer {i} has shape {tuple(row.shape)}, this model "
                            f"needs ({kv_heads}, {BUCKETS})")
+        if not bool(torch.isfinite(row).all()):
+            raise BadInput(f"{source}: {EXTRA}.position_prior layer {i} holds values that are not finite")
         rows.append(row)
     return rows

@@ -111,18 +111,18 @@ class Decoder:
     steps: int = 0  # sparse layer-steps run
     kept: float = 0.0  # tokens those steps kept per KV head, summed
     prior: list[torch.Tensor | None] | None = None  # per layer: (kv heads, buckets) position prior
-    maps: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (A, B) (kv heads, head_dim, r):
-    # projected labels; the label cache then holds k B and the kernels score q A (`heavy` = every one of r dims)
+    maps: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (A (heads, head_dim, r), B (kv
+    # heads, head_dim, r)): projected labels; the label cache holds k B, the kernels score q A (heavy: all r dims)
 
     def label_source(self, layer: int, states: torch.Tensor, query: bool = False) -> torch.Tensor:
-        """What the labels are taken from: the states themselves, or their projection (float32) under maps."""
+        """What the labels are taken from: the states themselves, or their projection (float32) under maps
+        (keys (b, kv heads, n, d) by B; queries (b, heads, d) by their KV head's A, expanded per head)."""
         if self.maps is None:
             return states
         a, b = self.maps[layer]
         if not query:
             return states.float() @ b[None]
-        kv_of_head = torch.arange(states.shape[1], device=states.device) // (states.shape[1] // a.shape[0])
-        return (states.float()[:, :, None] @ a[kv_of_head][None])[:, :, 0]
+        return (states.float()[:, :, None] @ a[None])[:, :, 0]
 
     def __post_init__(self) -> None:
         if self.label_bits not in (4, 16):
@@ -147,7 +147,7 @@ class Decoder:
         if heavy is not None:
             r = heavy.shape[-1]
             shape = (b, kvh, capacity, r) if self.label_bits == 16 else (b, kvh, (r + 7) // 8 + 1, capacity)
-            labels = key.new_empty(shape, dtype=key.dtype if self.label_bits == 16 else torch.int32)
+            labels = key.new_empty(shape, dtype=torch.float16 if self.label_bits == 16 else torch.int32)
         store = LayerStore(key.new_empty(b, kvh, capacity, d), value.new_empty(b, kvh, capacity, value.shape[-1]),
                            labels)
         self.stores[layer] = store
@@ -229,9 +229,12 @@ def decoder_from_settings(model, settings, context: int | None = None, selection
     from compress.errors import BadInput
     from compress.model.roles import HeadLayout
 
-    if settings.top_p() is not None or settings.sink or settings.recent or settings.label_bits == 8:
-        raise BadInput("the decode kernels take a fixed token budget and 4- or 16-bit labels (no sink or recent "
-                       "window)", key="tokens")
+    if settings.top_p() is not None:
+        raise BadInput("the decode kernels take a fixed token budget (a fraction or a count), not top-p", key="tokens")
+    if settings.sink or settings.recent:
+        raise BadInput("the decode kernels keep no sink or recent window", key="sink" if settings.sink else "recent")
+    if settings.label_bits == 8:
+        raise BadInput("the decode kernels read 4- or 16-bit labels", key="label_bits")
     if getattr(model.config, "attn_logit_softcapping", None):
         raise BadInput("the decode kernels have no attention logit softcap (this model caps its logits)")
     layout = HeadLayout.of(model.config)
@@ -245,15 +248,14 @@ def decoder_from_settings(model, settings, context: int | None = None, selection
              for i in range(layers)]
     maps = None
     if settings.labels == "projection":  # every one of the r projected dims is a label
-        maps = [(a.to(device, torch.float32), b.to(device, torch.float32)) for a, b in file.projection(channels)]
+        kv_of_head = layout.kv_of_head()
+        maps = [(a[kv_of_head].to(device, torch.float32), b.to(device, torch.float32))
+                for a, b in file.projection(channels)]
         every = torch.arange(channels, device=device, dtype=torch.int32).expand(layout.num_kv_heads, channels)
         heavy = [None if h is None else every.contiguous() for h in heavy]
     prior = None
     if settings.position_prior:
-        if file.prior is None:
-            raise BadInput(f"{settings.channel_file}: has no position prior (calibrate it again with this version)",
-                           key="position_prior")
-        prior = [p.to(device, torch.float32).contiguous() for p in file.prior]
+        prior = [p.to(device, torch.float32).contiguous() for p in file.position_prior()]
     return Decoder(heavy, lambda n: settings.token_count(context or n), settings.label_bits, selection, prior=prior,
                    maps=maps)
 

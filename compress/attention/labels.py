@@ -1,7 +1,7 @@
 """The label cache of Double Sparsity decode and the Triton kernel that scores every cached token with it.
 
 Two formats, per (sequence, KV head), built as keys are appended (not timed in the benchmark):
-  16 bits  (b, kv_heads, n, r) in the cache's dtype: each key's r heavy channels
+  16 bits  (b, kv_heads, n, r) float16: each key's r heavy channels
    4 bits  (b, kv_heads, words + 1, n) int32, one plane per word: words = ceil(r / 8) planes of 8 channels x
            4 bits (channel 8w + j in bits 4j..4j+3 of word w), then one plane holding the key's min (low 16
            bits) and step (high 16 bits) as float16. The codes are the evaluation path's
@@ -37,8 +37,8 @@ def label_cache(key: torch.Tensor, heavy: torch.Tensor, bits: int = 16) -> torch
     r = heavy.shape[-1]
     index = heavy.to(key.device, torch.long)[None, :, None, :].expand(b, kvh, n, r)
     labels = torch.gather(key, -1, index)
-    if bits == 16:
-        return labels.contiguous()
+    if bits == 16:  # float16 whatever the keys' dtype, as the evaluation path's --label-bits 16
+        return labels.to(torch.float16).contiguous()
     if bits != 4:
         raise ValueError(f"the decode kernels read 16- or 4-bit labels, not {bits}")
     from compress.attention.sparse import label_codes

@@ -17,6 +17,8 @@ and metadata {"compress": "projection", "format": "1", "method": "whitened-svd"}
 """
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import torch
@@ -114,6 +116,9 @@ def read_projection(path: Path, num_layers: int, kv_heads: int, head_dim: int, s
     if not is_projection_file(path):
         raise BadInput(f"{source}: {path} is not a projection file compress wrote")
     tensors = load_file(str(path))
+    names = [re.fullmatch(r"layers\.(\d+)\.(query|key)", name) for name in tensors]
+    if not all(names):
+        raise BadInput(f"{source}: {path} holds tensors other than layers.N.query / layers.N.key")
     maps = []
     for i in range(num_layers):
         pair = tuple(tensors.get(f"layers.{i}.{part}") for part in ("query", "key"))
@@ -122,7 +127,9 @@ def read_projection(path: Path, num_layers: int, kv_heads: int, head_dim: int, s
                 shape = None if t is None else tuple(t.shape)
                 raise BadInput(f"{source}: projection layers.{i}.{part} has shape {shape}, this model needs "
                                f"({kv_heads}, {head_dim}, {head_dim}) (a projection from another model?)")
+            if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+                raise BadInput(f"{source}: projection layers.{i}.{part} is not finite floating-point values")
         maps.append((pair[0].float(), pair[1].float()))
-    if len({k.split(".")[1] for k in tensors}) != num_layers:
+    if len({name.group(1) for name in names}) != num_layers:
         raise BadInput(f"{source}: the projection holds a different number of layers than this model's {num_layers}")
     return maps

@@ -100,10 +100,7 @@ def build(model, settings: DoubleSparsity, context: int, oracle: bool = False) -
         if settings.labels == "projection":
             maps = file.projection(channels)
         if settings.position_prior:
-            if file.prior is None:
-                raise BadInput(f"{settings.channel_file}: has no position prior (calibrate it again with this "
-                               "version)", key="position_prior")
-            prior = file.prior
+            prior = file.position_prior()
     return SparseAttention(settings, layout, {id(p.module): i for i, p in enumerate(parts)}, heavy, maps, prior, budget,
                            settings.top_p())
 
