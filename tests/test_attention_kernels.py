@@ -100,14 +100,3 @@ def test_interpreted_position_prior_matches_evaluation_path():
         assert row["top_of_own"] and row["prior_changed_the_set"]
         assert row["view_equal"]  # a view of a longer label cache (as decoding holds it) scores as a copy
 
-
-def test_distance_buckets_follow_their_definition():
-    from compress.attention import prior
-
-    delta = torch.arange(0, 1 << 17)
-    position = int(delta[-1])
-    bucket = prior.distance_buckets(torch.tensor([position]), position + 1)[0].flip(0)  # key j: δ = position − j
-    expected = [min(d if d < prior.EXACT else prior.EXACT + d.bit_length() - 1 - (prior.EXACT.bit_length() - 1),
-                    prior.BUCKETS - 2) for d in delta.tolist()]
-    expected[-1] = prior.SINK  # δ = position: the key at position 0
-    assert bucket.tolist() == expected

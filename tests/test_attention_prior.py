@@ -33,6 +33,10 @@ def test_buckets_follow_the_definition():
         for j in (0, 1, 2, i - 33, i - 32, i - 31, i - 17, i - 16, i - 15, i - 1, i):
             if 0 <= j <= i:
                 assert table[row, j].item() == bucket_of(i, j), (i, j)
+    last = 1 << 17  # every distance up to 2^17 from one query (powers of two are where a float log2 can slip)
+    row = distance_buckets(torch.tensor([last]), last + 1)[0]
+    expected = [SINK] + [bucket_of(last, j) for j in range(1, last + 1)]
+    assert row.tolist() == expected
     huge = distance_buckets(torch.tensor([2 ** 62]), 2)
     assert huge[0, 1].item() == BUCKETS - 2
 

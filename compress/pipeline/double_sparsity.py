@@ -19,8 +19,10 @@ def compare_double_sparsity(config, settings: DoubleSparsity, progress=None):
     def measure(loaded, ids, bos_id) -> list[dict]:
         sparse = sparse_perplexity(loaded.model, ids, config.context, loaded.device, settings, bos_id)  # checks first
         dense = sparse_perplexity(loaded.model, ids, config.context, loaded.device, None, bos_id)
+        extras = (", projected labels" if settings.labels == "projection" else "") + \
+            (", position prior" if settings.position_prior else "")
         label = (f"{loaded.source} (double sparsity: {settings.channels} channels, {settings.tokens} tokens, "
-                 f"{settings.label_bits}-bit labels)")
+                 f"{settings.label_bits}-bit labels{extras})")
         return [{"model": f"{loaded.source} (dense)", **dense}, {"model": label, **sparse}]
 
     return measure_each_model(config, measure, progress, what=": dense, then Double Sparsity")
