@@ -66,6 +66,34 @@ def test_fit_is_the_mean_over_pairs():
     torch.testing.assert_close(sums.fit().double(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_fit_samples_queries_of_long_windows():
+    """A window longer than QUERIES_PER_WINDOW (and a batch of two): the fit uses every (n // that)-th query,
+    from the first, and every sequence of the batch."""
+    from compress.attention.prior import QUERIES_PER_WINDOW
+
+    g = torch.Generator().manual_seed(1)
+    heads, kv, n, d = 4, 2, 600, 8
+    q, k = torch.randn(2, heads, n, d, generator=g), torch.randn(2, kv, n, d, generator=g)
+    sums = PriorSums()
+    sums.update(q, k)
+    queries = list(range(0, n, n // QUERIES_PER_WINDOW))
+    buckets = torch.tensor([[bucket_of(i, j) if j <= i else 0 for j in range(n)] for i in queries])
+    total = torch.zeros(kv, BUCKETS, dtype=torch.float64)
+    count = torch.zeros(BUCKETS, dtype=torch.float64)
+    for b in range(2):
+        for h in range(kv):
+            logits = (q[b, 2 * h:2 * h + 2, queries].double() @ k[b, h].double().T).mean(0)  # (queries, n)
+            for row, i in enumerate(queries):
+                centred = logits[row, :i + 1] - logits[row, :i + 1].mean()
+                total[h].index_add_(0, buckets[row, :i + 1], centred)
+                if h == 0:
+                    count.index_add_(0, buckets[row, :i + 1], torch.ones(i + 1, dtype=torch.float64))
+    expected = total / count.clamp_min(1)
+    reached = int(max(b for b in range(SINK) if count[b] > 0))
+    expected[:, reached + 1:SINK] = expected[:, reached:reached + 1]
+    torch.testing.assert_close(sums.fit().double(), expected, rtol=1e-5, atol=1e-6)
+
+
 def _file(model, path):
     from compress.attention.calibrate import channel_statistics, write_statistics
 
