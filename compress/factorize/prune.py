@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.calibrate.collectors import COLLECTORS
-from compress.calibrate.engine import LayerStep, capture_calibration, walk_layers
+from compress.calibrate.engine import LayerStep, walk_layers
 from compress.errors import BadInput
 from compress.factorize.moe import FactorizedMLP, route
 from compress.model.layers import decoder_layers
 from compress.prune import METHODS
-from compress.prune.apply import PruneResult
+from compress.prune.apply import PruneResult, method_inputs
 from compress.prune.config import PruneConfig
 
 __all__ = ["check_expert_pruning", "prune_experts"]
@@ -64,12 +64,7 @@ def prune_experts(model: nn.Module, config: PruneConfig, calibration: torch.Tens
     check_expert_pruning(config)
     method, pattern, options = METHODS[config.method], config.parsed_pattern, config.options
     layers = decoder_layers(model)
-    inputs, capture_seconds = None, 0.0
-    if method.collector is not None:
-        if calibration is None:
-            raise BadInput(f"method {method.name} needs calibration data", key="calibrate")
-        inputs = capture_calibration(model, layers, calibration, config.calib_batch, device)
-        capture_seconds = time.perf_counter() - started
+    inputs, capture_seconds = method_inputs(method, model, layers, calibration, config.calib_batch, device, started)
     result = PruneResult([], {}, 0.0, capture_seconds)
 
     def change_layer(index, name, layer, data) -> dict:

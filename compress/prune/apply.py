@@ -137,6 +137,17 @@ def _keep_by_layer_error(options: dict[str, tuple], linears, data, result: Prune
 
 
 @torch.no_grad()
+def method_inputs(method, model, layers, calibration, batch: int, device, started: float):
+    """(first-layer inputs, seconds since `started`) of the calibration windows when `method` collects
+    statistics, else (None, 0.0); a method that needs calibration without it is refused."""
+    if method.collector is None:
+        return None, 0.0
+    if calibration is None:
+        raise BadInput(f"method {method.name} needs calibration data", key="calibrate")
+    inputs = capture_calibration(model, layers, calibration, batch, device)
+    return inputs, time.perf_counter() - started
+
+
 def prune_model(
     model: nn.Module,
     config: PruneConfig,
@@ -149,12 +160,7 @@ def prune_model(
     device = torch.device(device)
     method = _method(config.method)
     layers = check_config(model, config)
-    inputs, capture_seconds = None, 0.0
-    if method.collector is not None:
-        if calibration is None:
-            raise BadInput(f"method {method.name} needs calibration data", key="calibrate")
-        inputs = capture_calibration(model, layers, calibration, config.calib_batch, device)
-        capture_seconds = time.perf_counter() - started
+    inputs, capture_seconds = method_inputs(method, model, layers, calibration, config.calib_batch, device, started)
     linear_report: dict[str, dict] = {}
     heads = HeadLayout.of(model.config)
     result = PruneResult([], linear_report, 0.0, capture_seconds)
