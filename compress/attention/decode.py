@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from compress.attention.labels import label_cache, score_labels
+from compress.attention.labels import label_cache, score_labels, token_count
 from compress.attention.select import select_top, threshold_plan, threshold_top
 
 __all__ = ["label_cache", "score_labels", "select_top", "select_tokens", "sparse_decode", "double_sparse_decode",
@@ -118,7 +118,7 @@ def select_tokens(query: torch.Tensor, labels: torch.Tensor, heavy: torch.Tensor
     `prior`: a position prior (kv_heads, buckets) added to the scores (labels.score_labels)."""
     if selection not in SELECTIONS:
         raise ValueError(f"unknown selection {selection!r}: choose from {', '.join(SELECTIONS)}")
-    b, kvh, n = query.shape[0], labels.shape[1], labels.shape[-1 if labels.dtype == torch.int32 else 2]
+    b, kvh, n = query.shape[0], labels.shape[1], token_count(labels)
     if selection == "threshold" and n > budget:
         plan = threshold_plan(b * kvh, n, budget, query.device)
         scores = score_labels(query, labels, heavy, torch.float16, plan, prior=prior)

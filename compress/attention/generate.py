@@ -49,10 +49,10 @@ def reference_decode(query, key, value, labels, heavy, budget: int, scale: float
     q = torch.gather(scored.float().view(b, kv_heads, group, -1), -1, index[:, :, None].expand(b, kv_heads, group, r))
     scores = torch.einsum("bkr,bknr->bkn", q.sum(2), cached)
     if prior is not None:  # each query head's prior for the query at n - 1, summed over the group
-        from compress.attention.prior import distance_buckets
+        from compress.attention.prior import prior_scores
 
-        n = scores.shape[-1]
-        scores = scores + group * prior.to(scores.device)[:, distance_buckets(torch.tensor([n - 1]), n)[0]]
+        each_kv = torch.arange(kv_heads, device=prior.device)
+        scores = scores + group * prior_scores(prior, each_kv, 1, scores.shape[-1])[0, :, 0].to(scores.device)
     chosen = select_top(scores, budget).long()[..., None].expand(-1, -1, -1, d)
     k, v = torch.gather(key, 2, chosen).float(), torch.gather(value, 2, chosen).float()
     logits = query.float().view(b, kv_heads, group, d) @ k.transpose(-1, -2) * scale

@@ -19,7 +19,7 @@ import triton.language as tl
 from compress.attention.prior import BUCKETS, EXACT
 from compress.attention.select import MAX_PROGRAMS, ThresholdPlan, kth_largest_key, order_key, stretch
 
-__all__ = ["label_cache", "dequantize_labels", "label_bytes", "score_labels"]
+__all__ = ["label_cache", "dequantize_labels", "label_bytes", "score_labels", "token_count"]
 
 
 def _half_bits(x: torch.Tensor) -> torch.Tensor:
@@ -173,6 +173,11 @@ def _threshold_kernel(Q, LAB, HEAVY, PRIOR, STATE, N, RUN_STRIDE, K, stride_qb, 
     tl.store(STATE + row * 2, kth_largest_key(tl.reshape(tl.where(n_ok, order_key(score), -1), [SAMPLE]), K))
 
 
+def token_count(labels: torch.Tensor) -> int:
+    """Tokens a label cache of either format holds."""
+    return labels.shape[-1 if labels.dtype == torch.int32 else 2]
+
+
 def _launch_args(query, labels, heavy, prior):
     b, h, _ = query.shape
     kvh = labels.shape[1]
@@ -192,7 +197,7 @@ def score_labels(query: torch.Tensor, labels: torch.Tensor, heavy: torch.Tensor,
     b = query.shape[0]
     if labels.stride(-1) != 1 or (labels.dtype != torch.int32 and labels.stride(-2) != labels.shape[-1]):
         labels = labels.contiguous()  # else a view of a longer cache (decoding) is read in place, not copied
-    kvh, n = labels.shape[1], labels.shape[-1 if labels.dtype == torch.int32 else 2]
+    kvh, n = labels.shape[1], token_count(labels)
     heavy = heavy.to(query.device, torch.int32).contiguous()
     scores = torch.empty(b, kvh, n, device=query.device, dtype=dtype)
     strides = (query.stride(0), query.stride(1), labels.stride(0), labels.stride(1), labels.stride(2))
