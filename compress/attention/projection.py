@@ -18,7 +18,6 @@ and metadata {"compress": "projection", "format": "1", "method": "whitened-svd"}
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 
 import torch
