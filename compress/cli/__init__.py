@@ -21,7 +21,7 @@ __all__ = ["app"]
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # help text is plain text: [graph] in "compress[graph]" is not markup
     help="Post-training compression for Hugging Face causal LMs: calibrate, prune, export, evaluate.\n\n"
     "A recipe (compress run recipe.yaml; compress prune ... --dry-run prints one):\n\n"
     "\b\n  calibrate: {nsamples: 128}\n  stages:\n    - prune: {method: wanda, pattern: \"2:4\"}\n"
