@@ -37,8 +37,7 @@ def reference_decode(query, key, value, labels, heavy, budget: int, scale: float
                      prior: torch.Tensor | None = None, scored: torch.Tensor | None = None) -> torch.Tensor:
     """double_sparse_decode's math in PyTorch (float32 scores, torch.topk): (b, heads, d); `scored`: the
     query the labels are scored with (projected labels), when not the query itself."""
-    from compress.attention.labels import dequantize_labels
-    from compress.attention.select import select_top
+    from compress.attention.decode_torch import dequantize_labels, select_top
 
     b, heads, d = query.shape
     kv_heads, r = key.shape[1], heavy.shape[-1]
@@ -154,7 +153,7 @@ class Decoder:
         return store
 
     def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> LayerStore:
-        from compress.attention.labels import label_cache
+        from compress.attention.decode_torch import label_cache
 
         store = self.stores.get(layer)
         if store is None or store.length == 0:

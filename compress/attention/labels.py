@@ -1,12 +1,11 @@
 """The label cache of Double Sparsity decode and the Triton kernel that scores every cached token with it.
 
-Two formats, per (sequence, KV head), built as keys are appended (not timed in the benchmark):
-  16 bits  (b, kv_heads, n, r) float16: each key's r heavy channels
-   4 bits  (b, kv_heads, words + 1, n) int32, one plane per word: words = ceil(r / 8) planes of 8 channels x
-           4 bits (channel 8w + j in bits 4j..4j+3 of word w), then one plane holding the key's min (low 16
-           bits) and step (high 16 bits) as float16. The codes are the evaluation path's
-           (compress.attention.sparse.label_codes: per key, asymmetric min/max, round to nearest); only min
-           and step are rounded to float16 there (float32 in the evaluation path). 8 bytes a token at r = 8.
+Two formats, per (sequence, KV head), built as keys are appended (not timed in the benchmark) by
+compress.attention.decode_torch (plain PyTorch, re-exported here): 16-bit rows of the r heavy channels, or
+4-bit codes packed 8 to an int32 word, one plane per word, then a plane of each key's float16 min and step.
+The codes are the evaluation path's (compress.attention.sparse.label_codes: per key, asymmetric min/max,
+round to nearest); only min and step are rounded to float16 there (float32 in the evaluation path). 8 bytes
+a token at r = 8.
 A score is q·label over the heavy channels, the query heads of a KV head summed first (they share its
 channel set); 4-bit: min·Σq + step·Σ q·code, unpacked in registers.
 """
@@ -16,56 +15,12 @@ import torch
 import triton
 import triton.language as tl
 
+from compress.attention.decode_torch import (dequantize_labels, label_bytes, label_cache,  # noqa: F401 (re-exported)
+                                             token_count)
 from compress.attention.prior import BUCKETS, EXACT
 from compress.attention.select import MAX_PROGRAMS, ThresholdPlan, kth_largest_key, order_key, stretch
 
 __all__ = ["label_cache", "dequantize_labels", "label_bytes", "score_labels", "token_count"]
-
-
-def _half_bits(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.float16).view(torch.int16).to(torch.int64) & 0xFFFF
-
-
-def _bits_half(x: torch.Tensor) -> torch.Tensor:
-    x = x & 0xFFFF
-    return torch.where(x >= 0x8000, x - 0x10000, x).to(torch.int16).view(torch.float16).float()
-
-
-def label_cache(key: torch.Tensor, heavy: torch.Tensor, bits: int = 16) -> torch.Tensor:
-    """Each KV head's heavy channels (`heavy` (kv_heads, r)) of every cached key, in the format of `bits`."""
-    b, kvh, n, _ = key.shape
-    r = heavy.shape[-1]
-    index = heavy.to(key.device, torch.long)[None, :, None, :].expand(b, kvh, n, r)
-    labels = torch.gather(key, -1, index)
-    if bits == 16:  # float16 whatever the keys' dtype, as the evaluation path's --label-bits 16
-        return labels.to(torch.float16).contiguous()
-    if bits != 4:
-        raise ValueError(f"the decode kernels read 16- or 4-bit labels, not {bits}")
-    from compress.attention.sparse import label_codes
-
-    codes, low, step = label_codes(labels.float(), 4)
-    words = triton.cdiv(r, 8)
-    codes = torch.nn.functional.pad(codes.to(torch.int64), (0, 8 * words - r)).view(b, kvh, n, words, 8)
-    packed = (codes << (4 * torch.arange(8, device=key.device))).sum(-1)
-    meta = _half_bits(low[..., 0]) | (_half_bits(step[..., 0]) << 16)
-    planes = torch.cat([packed, meta[..., None]], -1)
-    planes = torch.where(planes >= 2 ** 31, planes - 2 ** 32, planes).to(torch.int32)  # the same 32 bits
-    return planes.permute(0, 1, 3, 2).contiguous()
-
-
-def dequantize_labels(packed: torch.Tensor, channels: int) -> torch.Tensor:
-    """(b, kv_heads, n, channels) float32 labels a 4-bit cache holds (PyTorch; the kernel's reference)."""
-    words = packed.shape[2] - 1
-    planes = packed.permute(0, 1, 3, 2).to(torch.int64) & 0xFFFFFFFF
-    codes = (planes[..., :words, None] >> (4 * torch.arange(8, device=packed.device))) & 15
-    codes = codes.flatten(-2)[..., :channels].float()
-    meta = planes[..., words]
-    return codes * _bits_half(meta >> 16)[..., None] + _bits_half(meta)[..., None]
-
-
-def label_bytes(channels: int, bits: int, element: int = 2) -> int:
-    """Bytes a cached token's labels take, per KV head."""
-    return channels * element if bits == 16 else 4 * (triton.cdiv(channels, 8) + 1)
 
 
 @triton.jit
@@ -171,11 +126,6 @@ def _threshold_kernel(Q, LAB, HEAVY, PRIOR, STATE, N, RUN_STRIDE, K, stride_qb, 
     if HAS_PRIOR:
         score += _prior_at(PRIOR, kv, n, n_ok, N, GROUP, BUCKETS, EXACT, EXACT_LOG)
     tl.store(STATE + row * 2, kth_largest_key(tl.reshape(tl.where(n_ok, order_key(score), -1), [SAMPLE]), K))
-
-
-def token_count(labels: torch.Tensor) -> int:
-    """Tokens a label cache of either format holds."""
-    return labels.shape[-1 if labels.dtype == torch.int32 else 2]
 
 
 def _launch_args(query, labels, heavy, prior):

@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from compress.attention.decode_torch import select_top  # noqa: F401 (re-exported)
+
 __all__ = ["MAX_PROGRAMS", "ThresholdPlan", "threshold_plan", "order_key", "kth_largest_key", "stretch", "select_top",
            "threshold_top"]
 
@@ -62,14 +64,6 @@ def stretch(rows: int, n: int, block: int, programs: int = 4096, most: int | Non
     per_row = max(1, min(triton.cdiv(n, block), triton.cdiv(programs, rows), most or n))
     chunk = triton.cdiv(triton.cdiv(n, per_row), block) * block
     return triton.cdiv(n, chunk), chunk
-
-
-def select_top(scores: torch.Tensor, budget: int) -> torch.Tensor:
-    """(b, kv_heads, min(budget, n)) int32 token indices of the highest scores (all tokens if n ≤ budget)."""
-    b, kvh, n = scores.shape
-    if n <= budget:
-        return torch.arange(n, device=scores.device, dtype=torch.int32).expand(b, kvh, n)
-    return scores.topk(budget, dim=-1, sorted=False).indices.to(torch.int32)
 
 
 @triton.jit
