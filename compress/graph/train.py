@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from compress.errors import BadInput
+
 __all__ = ["TrainConfig", "batches", "train", "evaluate", "pick_device", "scores_and_labels", "roc_auc"]
 
 
@@ -20,8 +22,6 @@ class TrainConfig:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    from compress.errors import BadInput
-
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda"):
@@ -54,15 +54,21 @@ def train(model, train_graphs: list, config: TrainConfig, valid_graphs: list | N
     best, best_state = None, None
     for epoch in range(config.epochs):
         model.train()
+        finite = torch.ones((), dtype=torch.bool, device=device)  # read once an epoch: no host sync per step
         for batch in batches(train_graphs, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
                              device=device):
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(batch), batch.y.view(-1)).backward()
+            loss = F.cross_entropy(model(batch), batch.y.view(-1))
+            loss.backward()
+            finite &= torch.isfinite(loss.detach())
             optimizer.step()
             if masks:
                 with torch.no_grad():
                     for linear, mask in masks.items():
                         linear.weight.mul_(mask)
+        if not bool(finite):
+            raise BadInput(f"training diverged in epoch {epoch + 1}: the loss is not finite (learning rate "
+                           f"{config.lr:g}; a lower one may help)")
         if valid is not None:
             result = evaluate(model, valid)
             value = result["auc"] if result.get("auc") is not None else -result["loss"]
@@ -82,6 +88,8 @@ def scores_and_labels(model, batch_list: list) -> tuple[torch.Tensor, torch.Tens
     """Logits, labels and the mean cross-entropy over `batch_list`."""
     model.eval()
     logits = torch.cat([model(b).float().cpu() for b in batch_list])
+    if not torch.isfinite(logits).all():
+        raise BadInput("the model's outputs are not finite (training diverged? a lower learning rate may help)")
     labels = torch.cat([b.y.view(-1).cpu() for b in batch_list])
     return logits, labels, F.cross_entropy(logits, labels)
 
