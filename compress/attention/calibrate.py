@@ -125,14 +125,16 @@ def rank_channels(statistics: ChannelStatistics, mode: str, layout: HeadLayout):
     return rows, kv_rows
 
 
-def write_statistics(out, statistics: ChannelStatistics, mode: str, config) -> int:
+def write_statistics(out, statistics: ChannelStatistics, mode: str, config, force: bool = False,
+                     staging=None) -> int:
     """Rank, fit the prior (and the projection when its moments were accumulated) and write the channel file
-    `out`; returns the number of layers."""
+    `out` (write_channel_file: `force`, a job's `staging`); returns the number of layers."""
     from compress.attention.channels import write_channel_file
     from compress.attention.projection import fit_layer
 
     rows, kv_rows = rank_channels(statistics, mode, HeadLayout.of(config))
     maps = None if statistics.moments is None else [fit_layer(m) for m in statistics.moments]
     prior = None if statistics.prior is None else [p.fit() for p in statistics.prior]
-    write_channel_file(out, mode, config, rows, kv_rows, statistics.windows, statistics.tokens, maps, prior)
+    write_channel_file(out, mode, config, rows, kv_rows, statistics.windows, statistics.tokens, maps, prior, force,
+                       staging)
     return len(rows)

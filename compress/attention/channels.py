@@ -10,6 +10,7 @@ of q_proj/k_proj as Hugging Face lays it out (rotate_half pairs c and c + head_d
 `row[:r]` for r heavy channels.
 
 Extra key (ignored by readers that look up layer keys only): "compress" holds
+  written_by  the marker of compress (compress.export.marker): --force replaces only a file that carries it
   format      1
   mode        qk | q | k
   model       {model_type, num_layers, num_heads, num_kv_heads, head_dim}: files from another model are refused
@@ -26,14 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from compress.errors import BadInput
+from compress.export.marker import mark, refuse_unless_ours
+from compress.export.outputs import Staging, check_writable, staged
 from compress.model.roles import HeadLayout
 from compress.paths import user_path
 
@@ -104,31 +105,28 @@ def _fingerprint(config, layers: int) -> dict:
 
 def write_channel_file(path: str | Path, mode: str, config, rows: list[torch.Tensor], kv_rows: list[torch.Tensor],
                        windows: int, tokens: int, projection: list | None = None,
-                       prior: list[torch.Tensor] | None = None) -> Path:
-    """Write the file atomically (a temporary file beside it, then renamed); `projection` (per layer (A, B)):
-    the projected labels' maps, written beside it first and named in the extra key; `prior` (per layer
-    (kv heads, buckets)): the position prior."""
+                       prior: list[torch.Tensor] | None = None, force: bool = False,
+                       staging: Staging | None = None) -> Path:
+    """Write the file and, with `projection` (per layer (A, B)), the projected labels' maps beside it, named
+    in the extra key; `prior` (per layer (kv heads, buckets)): the position prior. Both are written under
+    temporary names and renamed together when done, or, given a job's `staging`, when the job is."""
     from compress.attention.prior import BUCKETS, EXACT
     from compress.attention.projection import METHOD, projection_path, write_projection
 
     data: dict = {layer_key(i, mode): r.tolist() for i, r in enumerate(rows)}
-    data[EXTRA] = {"format": FORMAT, "mode": mode, "model": _fingerprint(config, len(rows)),
+    data[EXTRA] = {**mark({}), "format": FORMAT, "mode": mode, "model": _fingerprint(config, len(rows)),
                    "kv_heads": {layer_key(i, mode): r.tolist() for i, r in enumerate(kv_rows)},
                    "windows": windows, "tokens": tokens}
     if prior is not None:
         data[EXTRA]["position_prior"] = {"buckets": BUCKETS, "exact": EXACT, "layers": {
             layer_key(i, mode): p.tolist() for i, p in enumerate(prior)}}
     path = Path(path)
-    if projection is not None:
-        target = projection_path(path)
-        _atomic(target, lambda tmp: write_projection(tmp, projection))
-        data[EXTRA]["projection"] = {"file": target.name, "method": METHOD, "sha256": _digest(target)}
-
-    def dump(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-
-    _atomic(path, dump)
+    with staged(staging) as files:
+        if projection is not None:
+            target = projection_path(path)
+            maps = write_projection(files.file(target, force), projection)
+            data[EXTRA]["projection"] = {"file": target.name, "method": METHOD, "sha256": _digest(maps)}
+        files.file(path, force).write_text(json.dumps(data))
     return path
 
 
@@ -136,42 +134,20 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _atomic(path: Path, write) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def check_output_file(out: str | Path, force: bool, projection: bool = False) -> Path:
-    """Refuse an output that exists unless `force` and it is a channel file this tool wrote; `projection`:
-    the same for the projection file beside it."""
-    from compress.attention.projection import is_projection_file, projection_path
+    """Refuse an output that exists unless `force` and it is a channel file this tool wrote (its marker), or
+    whose folder takes no new entries; `projection`: the same for the projection file beside it."""
+    from compress.attention.projection import projection_path
 
     path = user_path(out).absolute()
     if path.is_symlink() or path.is_dir():
         raise BadInput(f"{out} is a directory or a symbolic link", key="out")
-    if not path.parent.is_dir():
-        raise BadInput(f"{out}: parent directory {path.parent} does not exist", key="out")
-    if path.exists():
-        if not force:
-            raise BadInput(f"{out} already exists (--force replaces a channel file compress wrote)", key="out")
-        try:
-            ours = EXTRA in json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError):
-            ours = False
-        if not ours:
-            raise BadInput(f"{out} is not a channel file compress wrote; not replacing it", key="out")
-    beside = projection_path(path)
-    if projection and (beside.exists() or beside.is_symlink()):
-        if not force:
-            raise BadInput(f"{beside} already exists (--force replaces a projection file compress wrote)", key="out")
-        if beside.is_symlink() or not is_projection_file(beside):
-            raise BadInput(f"{beside} is not a projection file compress wrote; not replacing it", key="out")
+    check_writable(path, out)
+    for target, what in [(path, "channel"), *([(projection_path(path), "projection")] if projection else [])]:
+        if target.exists() or target.is_symlink():
+            if not force:
+                raise BadInput(f"{target} already exists (--force replaces a {what} file compress wrote)", key="out")
+            refuse_unless_ours(target, target, f"a {what} file")
     return path
 
 

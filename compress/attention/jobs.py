@@ -26,6 +26,6 @@ def calibrate_channel_file(config: ChannelCalibration, stage: Callable[[str], No
     windows = calibration_tokens(tokenizer, config.source(), config.nsamples, seqlen, config.seed, config.bos)
     stage(f"accumulating {config.mode} statistics over {len(windows)} windows of {seqlen} tokens")
     statistics = channel_statistics(model, windows, config.mode, device, step, config.projection)
-    layers = write_statistics(out, statistics, config.mode, model.config)
+    layers = write_statistics(out, statistics, config.mode, model.config, config.force)
     return {"out": str(out), "model": source, "mode": config.mode, "layers": layers,
             "windows": statistics.windows, "tokens": statistics.tokens, "projection": config.projection}

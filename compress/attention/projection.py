@@ -13,7 +13,8 @@ reader keeps [:, :r], as channel rows are read. At r = head_dim, A Bᵀ = I: the
 The file: safetensors beside the channel file, named in its extra key (compress.channels), with
   layers.{i}.query  (kv_heads, head_dim, head_dim) float32: A, columns by descending singular value
   layers.{i}.key    (kv_heads, head_dim, head_dim) float32: B
-and metadata {"compress": "projection", "format": "1", "method": "whitened-svd"}.
+and metadata {"compress": "projection", "format": "1", "method": "whitened-svd"} plus the marker of compress
+(compress.export.marker) that lets --force replace it.
 """
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ from pathlib import Path
 import torch
 
 from compress.errors import BadInput
+from compress.export.marker import mark
 
 __all__ = ["QKMoments", "fit_projection", "fit_layer", "projection_path", "write_projection", "read_projection",
            "METHOD"]
 
 METHOD = "whitened-svd"
-_META = {"compress": "projection", "format": "1", "method": METHOD}
+_META = mark({"compress": "projection", "format": "1", "method": METHOD})
 
 
 class QKMoments:

@@ -25,8 +25,11 @@ def bench_kernels_command(
     """Time cuBLAS dense vs torch 2:4 vs cuSPARSELt 2:4 vs 6:8 slide on random N:M weights (needs CUDA)."""
     with exit_codes():
         from compress.errors import BadInput
+        from compress.export.outputs import check_report_file
         from compress.kernels.bench import SHAPES, bench_kernels
 
+        if json_out:
+            check_report_file(json_out)
         unknown = [s for s in shapes or [] if s not in SHAPES]
         if unknown:
             raise BadInput(f"unknown shape {unknown[0]!r}: choose from {', '.join(SHAPES)}")
@@ -65,7 +68,10 @@ def bench_attention_command(
         import torch
 
         from compress.errors import BadInput
+        from compress.export.outputs import check_report_file
 
+        if json_out:
+            check_report_file(json_out)
         if not torch.cuda.is_available():
             raise BadInput("compress bench attention needs a CUDA GPU")
         from compress.attention.bench import SHAPES, bench_attention

@@ -1,7 +1,8 @@
 """Write a directory completely or not at all: build it beside the target, then rename.
 
 Replacing (`force`) only ever touches a directory that holds a previous output of this tool, recognised
-by its compression.json; anything else is refused, so nothing this tool did not write is deleted.
+by the marker in its compression.json (export.marker); anything else is refused, so nothing this tool did
+not write is deleted. The folder and its files get the modes a plain mkdir/open gives under the umask.
 """
 from __future__ import annotations
 
@@ -13,20 +14,16 @@ from pathlib import Path
 from typing import Iterator
 
 from compress.errors import BadInput
+from compress.export.marker import MANIFEST, is_ours, refuse_unless_ours
+from compress.export.outputs import check_writable, umask_modes
 from compress.paths import user_path
 
 __all__ = ["check_output_dir", "atomic_directory", "MANIFEST"]
 
-MANIFEST = "compression.json"
-
-
-def _ours(path: Path) -> bool:
-    return path.is_dir() and not path.is_symlink() and (path / MANIFEST).is_file()
-
 
 def check_output_dir(out: str | Path, force: bool, inputs: tuple[str | Path | None, ...] = ()) -> Path:
-    """Refuse an output that exists (unless `force` and it is an earlier output of ours) or that is one
-    of the inputs; return it resolved."""
+    """Refuse an output that exists (unless `force` and it is an earlier output of ours), that is one of
+    the inputs, or whose folder takes no new entries; return it resolved."""
     path = user_path(out).absolute()
     resolved = path.resolve()
     for source in inputs:
@@ -42,11 +39,9 @@ def check_output_dir(out: str | Path, force: bool, inputs: tuple[str | Path | No
         raise BadInput(f"{out} exists and is not a directory", key="out")
     if path.exists() and not force:
         raise BadInput(f"{out} already exists (force replaces an earlier output of compress)", key="out")
-    if path.exists() and not _ours(path):
-        raise BadInput(f"{out} exists and holds no {MANIFEST}: only an earlier output of compress is "
-                       "replaced", key="out")
-    if not path.parent.is_dir():
-        raise BadInput(f"{out}: parent directory {path.parent} does not exist", key="out")
+    if path.exists():
+        refuse_unless_ours(path, out)
+    check_writable(path, out)
     return path
 
 
@@ -57,8 +52,11 @@ def atomic_directory(out: str | Path, force: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+        if not is_ours(tmp):  # every writer marks what it writes (export.marker.write_manifest)
+            raise RuntimeError(f"the writer of {out} left no {MANIFEST} with the marker of compress")
+        umask_modes(tmp)
         if out.exists() or out.is_symlink():
-            if not (force and _ours(out)):
+            if not (force and is_ours(out)):
                 raise BadInput(f"{out} appeared while writing, and is not an earlier output of compress to replace",
                                key="out")
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

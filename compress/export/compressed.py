@@ -18,6 +18,7 @@ import torch
 from compress.errors import BadInput
 from compress.export.atomic import atomic_directory
 from compress.export.hf import MANIFEST
+from compress.export.marker import write_manifest
 
 __all__ = ["save_compressed", "load", "COMPRESSED", "untied_state_dict", "write_tensor_checkpoint", "load_tensors_into"]
 
@@ -69,9 +70,7 @@ def write_tensor_checkpoint(model, tokenizer, out: str | Path, file: str, tensor
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / file))
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
+        write_manifest(tmp, manifest, extra_files)
     return Path(out)
 
 

@@ -1,10 +1,10 @@
 """Export as a plain Hugging Face checkpoint (zeros in place) with a `compression.json` manifest."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from compress.export.atomic import MANIFEST, atomic_directory
+from compress.export.marker import write_manifest
 
 __all__ = ["save_checkpoint", "MANIFEST"]
 
@@ -26,7 +26,5 @@ def save_checkpoint(model, tokenizer, out: str | Path, manifest: dict, force: bo
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
+        write_manifest(tmp, manifest, extra_files)
     return Path(out)

@@ -13,13 +13,13 @@ installed version) inside compress's atomic directory.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from compress.errors import BadInput
-from compress.export.atomic import MANIFEST, atomic_directory
+from compress.export.atomic import atomic_directory
+from compress.export.marker import write_manifest
 from compress.factorize.moe import FactorizedMLP
 
 __all__ = ["EXPORTS", "check_exportable", "moe_config", "save_moe"]
@@ -125,7 +125,5 @@ def save_moe(model, tokenizer, out: str | Path, manifest: dict, force: bool = Fa
         moe.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
+        write_manifest(tmp, manifest, extra_files)
     return Path(out)

@@ -17,14 +17,15 @@ def save_graph_model(model, out: str | Path, manifest: dict, force: bool = False
     """Write the model completely or not at all (export.atomic)."""
     from safetensors.torch import save_file
 
-    from compress.export.atomic import MANIFEST, atomic_directory, check_output_dir
+    from compress.export.atomic import atomic_directory, check_output_dir
+    from compress.export.marker import write_manifest
 
     path = check_output_dir(out, force, inputs)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_directory(path, force) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(model.config.model_dump_json(indent=2) + "\n")
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, manifest)
     return path
 
 

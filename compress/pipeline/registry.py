@@ -1,7 +1,8 @@
 """The stage registry: a stage kind is a typed config, a result model and a function over the session.
 
 A new stage (factorize, attention, graph) is one module under compress/pipeline/stages/ that calls
-`register(...)`, and one import in stages/__init__.py.
+`register(...)`, and one import in stages/__init__.py. A stage that writes files of its own checks them in
+`check_outputs` and writes them through `session.staging`, published only when the whole job succeeds.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class StageSpec:
     summary: str
     needs_calibration: Callable = lambda config: False  # config -> bool
     check: Callable | None = None  # check(session, config) once the model is loaded, before any stage runs
+    check_outputs: Callable | None = None  # check_outputs(config): the stage's own output files, before loading
     prepare: Callable | None = None  # prepare(session, config) on the model as loaded, before any stage runs
     flags: dict[str, str] | None = None  # config key -> CLI flag, for errors raised from the CLI
 

@@ -28,6 +28,7 @@ class Session:
     def __init__(self, recipe: Recipe, progress: Progress | None = None, force: bool = False):
         self.recipe, self.progress, self.force = recipe, progress or Progress(), force
         self.out_dir = None
+        self.staging = None  # a stage's own files, published when every stage has succeeded (export.outputs)
         self.model = self.tokenizer = None
         self.device, self.placement = "cpu", None
         self.baselines: dict[str, dict] = {}
@@ -106,13 +107,25 @@ class Session:
 
     def run(self) -> Report:
         from compress.export import check_output_dir
+        from compress.export.outputs import staged
 
         self._started = time.perf_counter()
         recipe = self.recipe
         if recipe.out is not None:
             self.out_dir = check_output_dir(recipe.out, self.force, (recipe.model,))
+        for config in recipe.stages:
+            if STAGES[config.kind].check_outputs:
+                STAGES[config.kind].check_outputs(config)
+        with staged() as self.staging:
+            self._run_stages()
+        self.staging = None
+        self.report.seconds_total = round(time.perf_counter() - self._started, 3)
+        self.report.out = str(self.out_dir) if self.out_dir is not None else None
+        return self.report
+
+    def _run_stages(self) -> None:
         self._load()
-        stages = list(zip(recipe.stage_names(), recipe.stages))
+        stages = list(zip(self.recipe.stage_names(), self.recipe.stages))
         for _, config in stages:
             spec = STAGES[config.kind]
             if spec.check:
@@ -127,9 +140,6 @@ class Session:
             result = STAGES[config.kind].run(self, config)
             self.report.stages.append(StageReport(name=name, kind=config.kind,
                                                   seconds=round(time.perf_counter() - started, 3), result=result))
-        self.report.seconds_total = round(time.perf_counter() - self._started, 3)
-        self.report.out = str(self.out_dir) if self.out_dir is not None else None
-        return self.report
 
 
 def run_recipe(recipe: Recipe, progress: Progress | None = None, force: bool = False) -> Report:

@@ -33,11 +33,15 @@ class AttentionResult(StageResult):
     tokens: int
 
 
-def _check(session, config: AttentionStage) -> None:
-    from compress.attention.calibrate import attention_parts
+def _check_outputs(config: AttentionStage) -> None:
     from compress.attention.channels import check_output_file
 
     check_output_file(config.channel_file, config.force, config.projection)
+
+
+def _check(session, config: AttentionStage) -> None:
+    from compress.attention.calibrate import attention_parts
+
     attention_parts(session.model)
 
 
@@ -48,13 +52,14 @@ def _run(session, config: AttentionStage) -> AttentionResult:
     out = check_output_file(config.channel_file, config.force, config.projection)
     statistics = channel_statistics(session.model, session.calibration(), config.mode, session.device,
                                     projection=config.projection)
-    layers = write_statistics(out, statistics, config.mode, session.model.config)
+    layers = write_statistics(out, statistics, config.mode, session.model.config, config.force, session.staging)
     return AttentionResult(channel_file=str(out), mode=config.mode, layers=layers, windows=statistics.windows,
                            tokens=statistics.tokens)
 
 
 SPEC = register(StageSpec(
-    kind="attention", config=AttentionStage, run=_run, check=_check, needs_calibration=lambda config: True,
+    kind="attention", config=AttentionStage, run=_run, check=_check, check_outputs=_check_outputs,
+    needs_calibration=lambda config: True,
     summary="Double Sparsity channel file from the calibration windows (model unchanged)",
     flags={"channel_file": "--out", "mode": "--mode", "projection": "--projection", "force": "--force"},
 ))
