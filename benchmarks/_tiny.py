@@ -9,8 +9,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def tiny_model(where: str | Path) -> tuple[str, str]:
     """Save the tests' tiny Llama and its text under `where`; return (model dir, text file)."""
-    if str(ROOT) not in sys.path:
-        sys.path.append(str(ROOT))
     from tests.conftest import TEXT, save_tiny_model
 
     where = Path(where)

@@ -12,8 +12,8 @@ Double Sparsity (1/16 of the channels, T = n/16, the first 2 layers dense) and a
 the rest of the step), so attention's share of the step shows why the end-to-end speedup stays below the
 kernels'. tokens/s = batch / step time. Then a short greedy generation through the same path, checked
 against dense decoding (T ≥ context) and against the evaluation mode (compress/attention/runtime.py).
-Usage: python benchmarks/attention_decode.py --json benchmarks/results/attention-decode-h200.json
-       python benchmarks/attention_decode.py --tiny --json /tmp/tiny.json   # tiny model; the CPU runs the
+Usage: python -m benchmarks.attention_decode --json benchmarks/results/attention-decode-h200.json
+       python -m benchmarks.attention_decode --tiny --json /tmp/tiny.json   # tiny model; the CPU runs the
                                                                             # PyTorch path, timed by the clock
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from _meta import meta
+from benchmarks._meta import meta
 
 # the default model's config.json (compress/defaults: SmolLM2-135M-Instruct), architecture fields only
 ARCHITECTURE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,

@@ -1,8 +1,8 @@
 """Double Sparsity decode kernels on a GPU: correctness against the PyTorch reference, then label scoring +
 top-T selection + sparse attention (one CUDA graph) against dense SDPA decode attention, 1/16 of the channels
 and of the context. Each check draws fresh random inputs; timing rows report the bytes-read limit.
-Usage: python benchmarks/attention_kernels.py --json benchmarks/results/attention-kernels-h200.json
-       python benchmarks/attention_kernels.py --tiny --json /tmp/tiny.json   # a quick check (GPU)
+Usage: python -m benchmarks.attention_kernels --json benchmarks/results/attention-kernels-h200.json
+       python -m benchmarks.attention_kernels --tiny --json /tmp/tiny.json   # a quick check (GPU)
        --tune: also time each kernel over a grid of launch settings at batch 16, 64K (key "tuning")
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from _meta import meta
+from benchmarks._meta import meta
 
 
 PATHS = ((16, "topk-half"), (16, "topk"), (16, "threshold"), (4, "threshold"), (4, "topk-half"))  # bits, selection

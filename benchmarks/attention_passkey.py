@@ -1,8 +1,8 @@
 """Double Sparsity passkey retrieval on the default model (CPU) at 4K and 8K tokens: a five-digit key hidden at
 evenly spread depths of Austen text, greedy continuation dense and sparse (dense prefill, sparse decode, as
 the reference and SGLang run it). Channels calibrated (qk) on the calibration novels.
-Usage: python benchmarks/attention_passkey.py --out benchmarks/results/attention-passkey.json
-       python benchmarks/attention_passkey.py --tiny --out /tmp/tiny.json   # tiny random model: a quick check
+Usage: python -m benchmarks.attention_passkey --out benchmarks/results/attention-passkey.json
+       python -m benchmarks.attention_passkey --tiny --out /tmp/tiny.json   # tiny random model: a quick check
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from _meta import meta
-from _tiny import tiny_model
-from attention_quality import settings_for
+from benchmarks._meta import meta
+from benchmarks._tiny import tiny_model
+from benchmarks.attention_quality import settings_for
 
 ROWS = [dict(mode="qk", channels="1/16", tokens="1/16"), dict(mode="qk", channels="1/16", tokens="1/16", sink=4, recent=16),
         dict(mode="qk", channels="1/8", tokens="1/8")]

@@ -6,8 +6,8 @@ Channel files are calibrated first (modes qk, q, k) on the calibration novels; p
 longest context measured (they do not carry over to positions beyond their calibration windows), and the
 position prior every file records. Perplexity applies the sparse attention to every query (each position as a decode step would see
 it); generation prefills densely and decodes sparsely, as the reference and SGLang run it.
-Usage: python benchmarks/attention_quality.py --out benchmarks/results/attention-quality.json
-       python benchmarks/attention_quality.py --tiny --out /tmp/tiny.json   # tiny random model: a quick check
+Usage: python -m benchmarks.attention_quality --out benchmarks/results/attention-quality.json
+       python -m benchmarks.attention_quality --tiny --out /tmp/tiny.json   # tiny random model: a quick check
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from _meta import meta
-from _tiny import tiny_model
+from benchmarks._meta import meta
+from benchmarks._tiny import tiny_model
 
 
 def grid(fraction: str, sink: int = 4, recent: int = 16) -> list[dict]:

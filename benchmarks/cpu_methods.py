@@ -2,8 +2,8 @@
 
 Records wall time and peak resident memory (from the child's rusage) of each prune, then measures the
 dense and every pruned checkpoint with one `compress eval` on the same held-out tokens.
-Usage: python benchmarks/cpu_methods.py --out benchmarks/results/cpu-methods.json [--nsamples 32 --seqlen 512]
-       python benchmarks/cpu_methods.py --tiny --out /tmp/tiny.json   # tiny random model, one row: a quick check
+Usage: python -m benchmarks.cpu_methods --out benchmarks/results/cpu-methods.json [--nsamples 32 --seqlen 512]
+       python -m benchmarks.cpu_methods --tiny --out /tmp/tiny.json   # tiny random model, one row: a quick check
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import sys
 import tempfile
 import time
 
-from _meta import meta
-from _tiny import tiny_model
+from benchmarks._meta import meta
+from benchmarks._tiny import tiny_model
 
 PATTERNS = {"2:4": ("--pattern", "2:4"), "6:8": ("--pattern", "6:8"), "0.5": ("--sparsity", "0.5")}
 METHODS = ["magnitude", "wanda", "sparsegpt", "ria"]

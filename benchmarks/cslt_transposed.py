@@ -1,8 +1,8 @@
 """cuSPARSELt writing row-major output itself (transpose_result=True) vs its plain feature-major product.
 
-Usage: PYTHONPATH=. python benchmarks/cslt_transposed.py --json cslt-transposed.json
+Usage: PYTHONPATH=. python -m benchmarks.cslt_transposed --json cslt-transposed.json
        [--shapes 11008x4096 4096x11008 4096x4096] [--tokens 2048]      (OUTxIN, float16 2:4)
-       PYTHONPATH=. python benchmarks/cslt_transposed.py --tiny --json /tmp/tiny.json   # one small shape
+       PYTHONPATH=. python -m benchmarks.cslt_transposed --tiny --json /tmp/tiny.json   # one small shape
 Speedups over cuBLAS dense, same method as `compress bench kernels` (CUDA graph, 10 replays, median of
 do_bench), and whether cuSPARSELt's algorithm search works for the transposed layout. Each shape runs in
 its own child process: a failed search can leave the CUDA context unusable.
@@ -14,7 +14,7 @@ import json
 import subprocess
 import sys
 
-from _meta import meta
+from benchmarks._meta import meta
 
 
 def one(out_features: int, in_features: int, tokens: int) -> dict:

@@ -1,7 +1,7 @@
 """End-to-end prefill and decode of a 7B-shape 2:4 Llama on the GPU: our kernels vs the dense model.
 
-Usage: PYTHONPATH=. python benchmarks/e2e_7b.py [--layers 32] [--batch 1 4] [--seqlen 2048] [--json out.json]
-       PYTHONPATH=. python benchmarks/e2e_7b.py --tiny --json /tmp/tiny.json   # small shape: a quick GPU check
+Usage: PYTHONPATH=. python -m benchmarks.e2e_7b [--layers 32] [--batch 1 4] [--seqlen 2048] [--json out.json]
+       PYTHONPATH=. python -m benchmarks.e2e_7b --tiny --json /tmp/tiny.json   # small shape: a quick GPU check
 Random weights, every decoder Linear pruned 2:4 by magnitude. "dense" runs cuBLAS on the pruned weights
 (zeros in place), "sparse" swaps each Linear for SparseLinear with kernels on (cuSPARSELt for prefill,
 the Triton decode kernel for one token). Both are captured in a CUDA graph and timed with do_bench
@@ -16,9 +16,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from _meta import meta  # noqa: E402
+from benchmarks._meta import meta
 
 from compress.kernels.graphs import capture  # noqa: E402
 
@@ -85,7 +83,7 @@ def decode_step(model, context: int, batch: int) -> tuple[float, torch.Tensor]:
 
 
 def main() -> None:
-    from prune_7b import random_llama
+    from benchmarks.prune_7b import random_llama
 
     from compress.kernels.sparse_linear import use_kernels
 

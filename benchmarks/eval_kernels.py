@@ -1,7 +1,7 @@
 """`compress eval --kernels` on a compressed 2:4 export of a random-weight Llama (GPU), with a meta block.
 
-Usage: python benchmarks/eval_kernels.py --tokenizer DIR --text persuasion.txt --json benchmarks/results/eval-kernels-1b-h200.json
-       python benchmarks/eval_kernels.py --tiny --json /tmp/tiny.json   # a small random model: a quick GPU check
+Usage: python -m benchmarks.eval_kernels --tokenizer DIR --text persuasion.txt --json benchmarks/results/eval-kernels-1b-h200.json
+       python -m benchmarks.eval_kernels --tiny --json /tmp/tiny.json   # a small random model: a quick GPU check
 Default shape: hidden 2048, MLP 8192, 16 layers, 16 heads / 4 KV heads, with the tokenizer's vocabulary
 (the default model's, SmolLM2, unless --tokenizer). Runs `compress prune --method magnitude --pattern 2:4
 --export compressed` and `compress eval --kernels` on it in child processes; writes the eval report.
@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _meta import meta
-from _tiny import tiny_model
+from benchmarks._meta import meta
+from benchmarks._tiny import tiny_model
 
 
 def compress(*args: str) -> dict:

@@ -5,8 +5,8 @@ Each row splits every FFN into E·G experts (top G·k) with one split kind, fits
 `--eval-tokens` tokens of Persuasion (never used for calibration). A row is E:k:G:split:steps[:scale]
 (scale top-k, the default, or experts: FactorLLM's ×E/k; compress/factorize/moe.py).
 The default model is SmolLM2-135M-Instruct dequantized from its Q4_1 GGUF.
-Usage: python benchmarks/factorize.py --out benchmarks/results/factorize.json
-       python benchmarks/factorize.py --tiny --out /tmp/tiny.json   # tiny random model: a quick check
+Usage: python -m benchmarks.factorize --out benchmarks/results/factorize.json
+       python -m benchmarks.factorize --tiny --out /tmp/tiny.json   # tiny random model: a quick check
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from _meta import meta
-from _tiny import add_text_arguments, model_and_text
+from benchmarks._meta import meta
+from benchmarks._tiny import add_text_arguments, model_and_text
 
 ROWS = ["4:1:1:contiguous:0", "4:1:1:contiguous:200", "4:2:1:contiguous:200", "4:1:1:random:200",
         "4:1:1:cluster:200", "4:2:1:cluster:200", "4:1:1:coactivation:200", "4:2:1:coactivation:200",

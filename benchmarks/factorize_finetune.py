@@ -7,8 +7,8 @@ batch, learning rate and tokens as stage B); then for each E:k:G:split: stage A 
 labels, experts bit-equal slices) and stage A + stage B (compress/factorize/finetune.py). Perplexity on the
 first `--eval-tokens` tokens of Persuasion (never used for calibration or training).
 The default model is SmolLM2-135M-Instruct dequantized from its Q4_1 GGUF.
-Usage: python benchmarks/factorize_finetune.py --out benchmarks/results/factorize-finetune.json
-       python benchmarks/factorize_finetune.py --tiny --out /tmp/tiny.json   # tiny random model: a quick check
+Usage: python -m benchmarks.factorize_finetune --out benchmarks/results/factorize-finetune.json
+       python -m benchmarks.factorize_finetune --tiny --out /tmp/tiny.json   # tiny random model: a quick check
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from _meta import meta
-from _tiny import add_text_arguments, model_and_text
+from benchmarks._meta import meta
+from benchmarks._tiny import add_text_arguments, model_and_text
 
 ROWS = ["4:2:1:cluster", "4:1:1:cluster"]
 

@@ -7,8 +7,8 @@ HBM as a real model's layers do; the median of `--repeats` replays is reported.
 Checks first: the MoE block built from a factorized dense FFN (compress.factorize.FactorizedMLP, the export's
 renames) reproduces the dense FFN at k = E with a zero router, and every implementation matches an fp32
 per-token loop over the chosen experts.
-Usage: python benchmarks/factorize_gpu.py --json benchmarks/results/factorize-gpu-h200.json
-       python benchmarks/factorize_gpu.py --tiny --json /tmp/tiny.json   # small shapes; CPU without CUDA
+Usage: python -m benchmarks.factorize_gpu --json benchmarks/results/factorize-gpu-h200.json
+       python -m benchmarks.factorize_gpu --tiny --json /tmp/tiny.json   # small shapes; CPU without CUDA
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from _meta import meta
+from benchmarks._meta import meta
 
 VARIANTS = [(4, 1), (4, 2), (16, 4)]  # (experts, top_k): 1R4E1K, 1R4E2K, fine-grained 16 experts top-4
 TOKENS = [(1, 1), (16, 1), (8, 2048)]

@@ -6,8 +6,8 @@ which the trained routers of benchmarks/factorize.py learn to predict. Its perpl
 matched the label on every token would reach with these experts (expert weights bit-equal to slices of the
 dense ones, the fold put in their down projections): it separates what routing loses from what the split itself loses.
 A row is E:k:G:split[:scale] (scale top-k, the default, or experts: FactorLLM's ×E/k). Perplexity on the first `--eval-tokens` tokens of Persuasion (never used to calibrate).
-Usage: python benchmarks/factorize_oracle.py --out benchmarks/results/factorize-oracle.json
-       python benchmarks/factorize_oracle.py --tiny --out /tmp/tiny.json   # tiny random model: a quick check
+Usage: python -m benchmarks.factorize_oracle --out benchmarks/results/factorize-oracle.json
+       python -m benchmarks.factorize_oracle --tiny --out /tmp/tiny.json   # tiny random model: a quick check
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from _meta import meta
-from _tiny import tiny_model
+from benchmarks._meta import meta
+from benchmarks._tiny import tiny_model
 
 ROWS = ["4:1:1:contiguous", "4:2:1:contiguous", "4:1:1:cluster", "4:2:1:cluster", "4:1:4:cluster", "4:2:4:cluster",
         "4:2:8:cluster", "4:3:1:cluster", "4:1:1:cluster:experts", "4:2:1:cluster:experts"]

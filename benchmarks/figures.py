@@ -5,6 +5,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from benchmarks._meta import invocation
+
 RESULTS = Path(__file__).resolve().parent / "results"
 FIGURES: dict = {}  # name -> () -> str
 MLP_7B8B = ("7B gate/up", "7B down", "8B gate/up", "8B down")
@@ -99,8 +101,8 @@ def meta_line(stem: str) -> str:
 
 
 def command_block(stem: str) -> str:
-    """The command a clean run recorded, as a code block."""
-    return f"```bash\n{load(stem)['meta']['command']}\n```"
+    """The command a clean run recorded, as it is run today, as a code block."""
+    return f"```bash\n{invocation(load(stem)['meta']['command'])}\n```"
 
 
 for _path in sorted(RESULTS.glob("*.json")):

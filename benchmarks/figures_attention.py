@@ -1,7 +1,7 @@
 """BENCHMARKS.md's Double Sparsity tables and figures, from benchmarks/results/attention-*.json (see render.py)."""
 from __future__ import annotations
 
-from figures import FIGURES, RESULTS, figure, load, pct, table, verdict
+from benchmarks.figures import FIGURES, RESULTS, figure, load, pct, table, verdict
 
 QUALITY = "attention-quality"
 KERNELS = "attention-kernels-h200"
@@ -139,7 +139,7 @@ def attention_passkey() -> str:
 
 
 DECODE = "attention-decode-h200"  # benchmarks/attention_decode.py; "not yet measured" until its result is stored
-DECODE_COMMAND = "python benchmarks/attention_decode.py --json benchmarks/results/attention-decode-h200.json"
+DECODE_COMMAND = "python -m benchmarks.attention_decode --json benchmarks/results/attention-decode-h200.json"
 
 
 def _decode_measured() -> bool:

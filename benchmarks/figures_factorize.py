@@ -1,7 +1,7 @@
 """BENCHMARKS.md's FactorLLM table and figures, from benchmarks/results/factorize.json (see render.py)."""
 from __future__ import annotations
 
-from figures import f2, figure, load, table, x
+from benchmarks.figures import f2, figure, load, table, x
 
 STEM = "factorize"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 
-from figures import FIGURES, RESULTS, figure, load, table
+from benchmarks.figures import FIGURES, RESULTS, figure, load, table
 
 STEM = "graph-b3db"
 CONFIG_ORDER = ["reference", "tokens 0.5", "heads 0.5", "layers 0.25", "weights 0.5", "combined", "combined + fine-tune"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from figures import FIGURES, SMOLLM2_LAYERS, f2, figure, load, one, pct, pcts, rows, span, table, verdict, x
+from benchmarks.figures import FIGURES, SMOLLM2_LAYERS, f2, figure, load, one, pct, pcts, rows, span, table, verdict, x
 
 PER_TOKEN = "learned, kept by the per-token layer error"
 PLAIN = "learned, kept by the plain layer error"

@@ -2,8 +2,8 @@
 
 The plain relative layer error ‖f'(X) − f(X)‖² / ‖f(X)‖² weighs tokens by ‖h‖²; this shows how much of that
 weight one token per window carries. Calibration windows as `compress prune` draws them (seed 0).
-Usage: python benchmarks/first_token.py --out benchmarks/results/first-token.json [--nsamples 4 --seqlen 512]
-       python benchmarks/first_token.py --tiny --out /tmp/tiny.json   # tiny random model: a quick check
+Usage: python -m benchmarks.first_token --out benchmarks/results/first-token.json [--nsamples 4 --seqlen 512]
+       python -m benchmarks.first_token --tiny --out /tmp/tiny.json   # tiny random model: a quick check
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import tempfile
 
 import torch
 
-from _meta import meta
-from _tiny import tiny_model
+from benchmarks._meta import meta
+from benchmarks._tiny import tiny_model
 
 
 @torch.no_grad()

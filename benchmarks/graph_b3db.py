@@ -5,8 +5,8 @@ along every dimension alone, all combined, with and without a recovery fine-tune
 random, and records ROC-AUC (OGB's ogbg-molhiv evaluator) on the scaffold test split and on B3DB's
 external set, structural FLOPs (torch.utils.flop_counter) and nonzero-weight FLOPs, and CPU wall time.
 
-    python benchmarks/graph_b3db.py --models 5 --epochs 12 --out benchmarks/results/graph-b3db.json
-    python benchmarks/graph_b3db.py --tiny --out /tmp/g.json      # MUTAG, tiny models, seconds
+    python -m benchmarks.graph_b3db --models 5 --epochs 12 --out benchmarks/results/graph-b3db.json
+    python -m benchmarks.graph_b3db --tiny --out /tmp/g.json      # MUTAG, tiny models, seconds
 
 Reference checkpoints are kept under --refs (default .graphdata/b3db-refs, ignored by git) and reused when
 present; the featurised test split is written to .graphdata/b3db-test.pt for the GPU timing script.
@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import ROOT, meta  # noqa: E402
+from benchmarks._meta import ROOT, meta
 
 
 def reference_model(args, seed: int, log) -> Path:

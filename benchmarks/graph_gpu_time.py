@@ -6,8 +6,8 @@ Reads only plain tensors and safetensors (no RDKit, OGB or qc-b3db needed):
     .graphdata/b3db-refs/seed0                   the reference checkpoint
     .graphdata/b3db-pruned-combined-ft-seed0     the pruned checkpoint
 
-    python benchmarks/graph_gpu_time.py --json benchmarks/results/graph-gpu-h200.json
-    python benchmarks/graph_gpu_time.py --tiny --json /tmp/t.json     # MUTAG, tiny models, any device
+    python -m benchmarks.graph_gpu_time --json benchmarks/results/graph-gpu-h200.json
+    python -m benchmarks.graph_gpu_time --tiny --json /tmp/t.json     # MUTAG, tiny models, any device
 CUDA events around one pass over the test set, after warm-up; the median of --repeats passes.
 """
 from __future__ import annotations
@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import ROOT, meta  # noqa: E402
+from benchmarks._meta import ROOT, meta
 
 BATCHES = (64, 256)
 

@@ -1,9 +1,9 @@
 """Perplexity of the default model pruned with and without channel permutations, in one process.
 
-Usage: python benchmarks/permutations.py --out benchmarks/results/permutations.json
+Usage: python -m benchmarks.permutations --out benchmarks/results/permutations.json
        [--methods wanda ria sparsegpt] [--patterns 2:4 4:8] [--kinds none heuristic learned]
        [--calib-seed 0 1 2 ...] [--device cuda]
-       python benchmarks/permutations.py --tiny --out /tmp/tiny.json   # tiny random model: a quick check
+       python -m benchmarks.permutations --tiny --out /tmp/tiny.json   # tiny random model: a quick check
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from _compat import learn_config, prune_config
-from _meta import meta
-from _tiny import tiny_model
+from benchmarks._compat import learn_config, prune_config
+from benchmarks._meta import meta
+from benchmarks._tiny import tiny_model
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Prune a randomly initialised 7B-shape Llama on one GPU and report wall time and peak GPU memory.
 
-Usage: python benchmarks/prune_7b.py [--methods wanda sparsegpt] [--nsamples 128] [--seqlen 2048] [--json out.json]
-       python benchmarks/prune_7b.py --tiny --json /tmp/tiny.json   # tiny shape on the CPU: a quick check
+Usage: python -m benchmarks.prune_7b [--methods wanda sparsegpt] [--nsamples 128] [--seqlen 2048] [--json out.json]
+       python -m benchmarks.prune_7b --tiny --json /tmp/tiny.json   # tiny shape on the CPU: a quick check
 Random weights are fine for timing; the model lives in CPU memory and one layer at a time is on the GPU.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from _compat import prune_config
-from _meta import meta
+from benchmarks._compat import prune_config
+from benchmarks._meta import meta
 
 
 def random_llama(layers: int, hidden: int, intermediate: int, dtype=torch.bfloat16, device: str = "cpu", vocab: int = 32000):

@@ -2,10 +2,10 @@
 
 Usage (2+ GPUs; the default shape is Llama-2-70B, about 129 GiB in bfloat16, more than one H200 holds
 with calibration activations):
-    python benchmarks/prune_multi_gpu.py --json multi_gpu.json
-    python benchmarks/prune_multi_gpu.py --layers 32 --hidden 4096 --intermediate 11008 --kv-heads 32 \
+    python -m benchmarks.prune_multi_gpu --json multi_gpu.json
+    python -m benchmarks.prune_multi_gpu --layers 32 --hidden 4096 --intermediate 11008 --kv-heads 32 \
         --max-memory 0=8GiB,1=8GiB,cpu=64GiB      # 7B forced across 2 GPUs and CPU memory
-    python benchmarks/prune_multi_gpu.py --tiny   # CPU check: tiny model, half its layers offloaded to disk
+    python -m benchmarks.prune_multi_gpu --tiny   # CPU check: tiny model, half its layers offloaded to disk
 
 The weights are made directly where the device map puts them (no checkpoint on disk, no whole copy in
 CPU memory), then `accelerate.dispatch_model` hooks them up as `from_pretrained(device_map=...)` would.
@@ -24,8 +24,8 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from _compat import prune_config  # noqa: E402
-from _meta import meta  # noqa: E402
+from benchmarks._compat import prune_config  # noqa: E402
+from benchmarks._meta import meta  # noqa: E402
 
 
 def build_config(args):

@@ -1,7 +1,7 @@
 """Rewrite BENCHMARKS.md's tables and marked figures from benchmarks/results/*.json.
 
-Usage: python benchmarks/render.py            # rewrite BENCHMARKS.md in place
-       python benchmarks/render.py --check    # exit 1 if it is out of date or prose holds an unmarked figure
+Usage: python -m benchmarks.render            # rewrite BENCHMARKS.md in place
+       python -m benchmarks.render --check    # exit 1 if it is out of date or prose holds an unmarked figure
 Tables sit between `<!-- table:NAME -->` and `<!-- /table -->`, figures in prose between `<!-- v:NAME -->` and
 `<!-- /v -->`; NAME is a key of figures.FIGURES. Text outside the markers is left as written, but may hold
 no measured-looking number (a decimal, a percentage, a speedup or a duration) unless it is a target (≥/≤).
@@ -13,13 +13,11 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import figures_factorize  # noqa: E402,F401  (registers the FactorLLM figures)
-import figures_graph  # noqa: E402,F401  (registers the graph-transformer figures)
-import figures_attention  # noqa: E402,F401  (registers the Double Sparsity figures)
-import figures_perm  # noqa: E402,F401  (registers the permutation figures)
-from figures import FIGURES  # noqa: E402
+from benchmarks import figures_factorize  # noqa: F401  (registers the FactorLLM figures)
+from benchmarks import figures_graph  # noqa: F401  (registers the graph-transformer figures)
+from benchmarks import figures_attention  # noqa: F401  (registers the Double Sparsity figures)
+from benchmarks import figures_perm  # noqa: F401  (registers the permutation figures)
+from benchmarks.figures import FIGURES
 
 DOC = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 MARK = re.compile(r"<!-- (table|v):(\S+) -->(.*?)<!-- /\1 -->", re.S)
@@ -58,7 +56,7 @@ def main() -> int:
         print("unmarked figure:", line, file=sys.stderr)
     if args.check:
         if new != text:
-            print("BENCHMARKS.md is out of date: run python benchmarks/render.py", file=sys.stderr)
+            print("BENCHMARKS.md is out of date: run python -m benchmarks.render", file=sys.stderr)
         return int(new != text or bool(stray))
     if new != text:
         DOC.write_text(new)

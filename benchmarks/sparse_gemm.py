@@ -1,8 +1,8 @@
 """Sparse GEMM paths vs cuBLAS dense (compress.kernels.bench), written with the run's meta block.
 
-Usage: PYTHONPATH=. python benchmarks/kernels.py --json kernels.json [--shapes "7B gate/up" ...] [--tokens 1 16 ...]
+Usage: PYTHONPATH=. python -m benchmarks.sparse_gemm --json kernels.json [--shapes "7B gate/up" ...] [--tokens 1 16 ...]
        [--dtypes float16 bfloat16]
-       PYTHONPATH=. python benchmarks/kernels.py --tiny --json /tmp/tiny.json   # one 1024x1024 shape, M = 1 and 16
+       PYTHONPATH=. python -m benchmarks.sparse_gemm --tiny --json /tmp/tiny.json   # one 1024x1024 shape, M = 1 and 16
 Rows keep full precision (the console line is rounded, the file is not); the file is rewritten after
 every row, so a run cut short keeps what it measured.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _meta import meta
+from benchmarks._meta import meta
 
 
 def main() -> None:

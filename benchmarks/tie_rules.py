@@ -4,8 +4,8 @@ The default model's weights are dequantized 4-bit values, so magnitude scores ti
 which weight of a tied pair survives is a choice. Rows: magnitude 2:4 with ties kept at the lower index
 (our documented rule) and at the higher index (its mirror), and SparseGPT 50% unstructured with the
 row rule (default) and the block rule (one threshold per column block, as the reference code).
-Usage: python benchmarks/tie_rules.py --out benchmarks/results/tie-rules.json
-       python benchmarks/tie_rules.py --tiny --out /tmp/tiny.json
+Usage: python -m benchmarks.tie_rules --out benchmarks/results/tie-rules.json
+       python -m benchmarks.tie_rules --tiny --out /tmp/tiny.json
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-from _meta import meta
-from _tiny import tiny_model
+from benchmarks._meta import meta
+from benchmarks._tiny import tiny_model
 
 ROWS = [("magnitude", "2:4", "lower"), ("magnitude", "2:4", "higher"),
         ("sparsegpt", "0.5", "row"), ("sparsegpt", "0.5", "block")]

@@ -2,8 +2,8 @@
 
 The default model is dequantized from a Q4_1 GGUF (16 levels per block of 32 weights), so equal |W| are common.
 A group ties when its N-th and (N+1)-th largest |W| are equal. Every Linear inside the decoder layers counts.
-Usage: python benchmarks/ties.py --out benchmarks/results/ties.json [--patterns 2:4 4:8 6:8]
-       python benchmarks/ties.py --tiny --out /tmp/tiny.json   # tiny random model: a quick check
+Usage: python -m benchmarks.ties --out benchmarks/results/ties.json [--patterns 2:4 4:8 6:8]
+       python -m benchmarks.ties --tiny --out /tmp/tiny.json   # tiny random model: a quick check
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import tempfile
 
 import torch
 
-from _meta import meta
-from _tiny import tiny_model
+from benchmarks._meta import meta
+from benchmarks._tiny import tiny_model
 
 
 def boundary_ties(weight: torch.Tensor, n: int, m: int) -> tuple[int, int]:

@@ -85,9 +85,8 @@ def test_projected_labels_decode_as_the_evaluation_mode(bits, selection, tmp_pat
 
 
 INTERPRETED = f"""
-import json, sys, tempfile
+import json, tempfile
 import torch
-sys.path.insert(0, {str(ROOT)!r})
 from compress.attention.generate_check import random_channel_file, compare_decoding
 from compress.attention.generate import decoder_from_settings
 from compress.attention.generate_check import appended_labels_exact, host_syncs
@@ -114,7 +113,8 @@ print(json.dumps({{"rows": rows, "append": appended_labels_exact("cpu"), "syncs"
 def test_triton_kernels_in_the_interpreter_match():
     # T = 16 of 128 tokens: the threshold select samples (its capacity, 32, is below the context)
     env = {**os.environ, "TRITON_INTERPRET": "1"}  # chosen when the kernels are defined: a fresh process
-    done = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert all(result["append"])
@@ -191,8 +191,7 @@ def test_benchmark_architecture_is_the_default_models():
     stored = cache_dir() / "models" / MODEL_NAME / "config.json"
     if not stored.is_file():
         pytest.skip("the default model is not cached here")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import attention_decode
+    from benchmarks import attention_decode
 
     config = json.loads(stored.read_text())
     for key, value in attention_decode.ARCHITECTURE.items():
