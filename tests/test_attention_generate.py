@@ -11,10 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("triton")
-
-from compress.attention.generate_check import (appended_labels_exact, compare_decoding, host_syncs,  # noqa: E402
-                                               random_channel_file)
+from compress.attention.generate_check import appended_labels_exact, compare_decoding, host_syncs, random_channel_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,6 +108,7 @@ print(json.dumps({{"rows": rows, "append": appended_labels_exact("cpu"), "syncs"
 
 
 def test_triton_kernels_in_the_interpreter_match():
+    pytest.importorskip("triton")
     # T = 16 of 128 tokens: the threshold select samples (its capacity, 32, is below the context)
     env = {**os.environ, "TRITON_INTERPRET": "1"}  # chosen when the kernels are defined: a fresh process
     done = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, cwd=ROOT, capture_output=True, text=True,
@@ -154,7 +152,7 @@ def test_caches_grow_by_appending(tmp_path):
     from transformers import DynamicCache
 
     from compress.attention.generate import decoder_from_settings, greedy_generate
-    from compress.attention.labels import label_cache
+    from compress.attention.decode_torch import label_cache
     from compress.attention.measure import _cache_argument
 
     model = tiny_model(layers=2)
