@@ -228,7 +228,10 @@ def test_stock_moe_export_reloads_with_stock_transformers_and_matches(family, ta
     assert any(m.router.weight.abs().sum() > 0 for m in factorized_mlps(model).values())
     with torch.no_grad():
         torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits, atol=1e-5, rtol=0)
-    assert json.loads((tmp_path / "moe" / "compression.json").read_text()) == {"note": "test"}
+    from compress.export.marker import KEY, SIGNATURE
+
+    # the manifest as given, marked as this tool's output (export.marker)
+    assert json.loads((tmp_path / "moe" / "compression.json").read_text()) == {KEY: SIGNATURE, "note": "test"}
 
 
 def test_stage_b_trains_only_experts_and_routers_and_moves_toward_the_dense_model():
