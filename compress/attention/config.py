@@ -5,10 +5,10 @@ import re
 from fractions import Fraction
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
 from compress.calibrate.config import CalibrateConfig
-from compress.config import StrictConfig
+from compress.config import StrictConfig, count
 from compress.model.config import LoadConfig
 
 __all__ = ["ChannelCalibration", "DoubleSparsity", "parse_budget"]
@@ -25,8 +25,8 @@ class ChannelCalibration(LoadConfig, CalibrateConfig):
     projection: bool = False
     """Also fit projected labels (compress.attention.projection), written beside the channel file."""
     force: bool = False
-    nsamples: int = Field(16, ge=1)
-    seqlen: int = Field(2048, ge=2)
+    nsamples: int = count(16)
+    seqlen: int = count(2048, minimum=2)
 
 
 def parse_budget(text: str, what: str) -> Fraction | int:
@@ -53,7 +53,7 @@ class DoubleSparsity(StrictConfig):
     """Heavy channels per head: a fraction of head_dim (1/16) or a count (8)."""
     tokens: str = "1/16"
     """Tokens kept per query: a fraction of the evaluation context, a count, or top-p:P (adaptive)."""
-    dense_layers: int = Field(2, ge=0)
+    dense_layers: int = count(2, minimum=0)
     """The first layers keep dense attention."""
     label_bits: Literal[4, 8, 16] = 4
     labels: Literal["channels", "projection"] = "channels"
@@ -62,9 +62,9 @@ class DoubleSparsity(StrictConfig):
     position_prior: bool = False
     """Add the file's position prior (compress.attention.prior: the mean logit per query-key distance) to the
     label scores before choosing tokens."""
-    sink: int = Field(0, ge=0)
+    sink: int = count(0, minimum=0)
     """First tokens always kept (inside the budget)."""
-    recent: int = Field(0, ge=0)
+    recent: int = count(0, minimum=0)
     """Most recent tokens always kept (inside the budget)."""
     mode: Literal["qk", "q", "k"] | None = None
     """Which rows of the file to read (default: the file's own mode)."""

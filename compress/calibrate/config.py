@@ -2,9 +2,9 @@
 as it walks the layers: layer i's statistics depend on the already-changed layers before it)."""
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
-from compress.config import StrictConfig
+from compress.config import StrictConfig, count, seed as seed_field
 
 __all__ = ["TextConfig", "CalibrateConfig"]
 
@@ -31,11 +31,11 @@ class TextConfig(StrictConfig):
 
 
 class CalibrateConfig(TextConfig):
-    nsamples: int = Field(128, ge=1)
+    nsamples: int = count(128)
     """Calibration windows."""
-    seqlen: int = Field(2048, ge=2)
+    seqlen: int = count(2048, minimum=2)
     """Tokens per window (capped at the model's maximum)."""
-    seed: int = Field(0, ge=0)
+    seed: int = seed_field()
     """Seed for drawing the windows."""
     bos: bool = True
     """Start each window with the tokenizer's BOS where it adds one: [BOS] + seqlen − 1 text tokens."""

@@ -20,7 +20,7 @@ Examples:
 
 FLAGS = {"channel_file": "--double-sparsity", "channels": "--channels", "tokens": "--tokens",
          "dense_layers": "--dense-layers", "label_bits": "--label-bits", "prompt": "--prompt",
-         "position_prior": "--position-prior", "labels": "--labels"}
+         "position_prior": "--position-prior", "labels": "--labels", "new_tokens": "--new-tokens"}
 
 
 @attention_app.command("generate", epilog=EXAMPLES)
@@ -29,7 +29,7 @@ def generate(
     double_sparsity: str = typer.Option(..., "--double-sparsity", help="A channel file (compress attention calibrate)."),
     prompt: Optional[str] = typer.Option(None, help="The prompt text."),
     prompt_file: Optional[str] = typer.Option(None, help="A text file holding the prompt."),
-    new_tokens: int = typer.Option(32, min=1, help="Tokens to generate."),
+    new_tokens: int = typer.Option(32, help="Tokens to generate."),
     channels: str = typer.Option("1/16", help="Heavy channels per head, a fraction of head_dim or a count."),
     tokens: str = typer.Option("1/16", help="Tokens kept per decode step: a fraction of the step's context or a count."),
     dense_layers: int = typer.Option(2, help="The first layers keep dense attention."),
@@ -44,11 +44,13 @@ def generate(
     with exit_codes(FLAGS.get):
         from compress.attention.config import DoubleSparsity
         from compress.attention.generate import continue_text
+        from compress.config import check_count
         from compress.errors import BadInput
         from compress.model.loading import load_model, resolve_device
         from compress.paths import user_path
         from compress.pipeline.recipe import validate_config
 
+        check_count(new_tokens, "new_tokens")
         if (prompt is None) == (prompt_file is None):
             raise BadInput("give the prompt with --prompt or --prompt-file (one of them)")
         if prompt_file is not None:

@@ -19,7 +19,8 @@ FLAGS = {"data": "--data", "out": "--out", "epochs": "--epochs", "lr": "--lr", "
          "checkpoint": "CHECKPOINT", "tokens": "--tokens", "weights": "--weights", "weight_method": "--weight-method",
          "weight_pattern": "--weight-pattern", "pattern": "--weight-pattern",
          "sparsity": "--weights", "finetune_epochs": "--finetune-epochs",
-         "calibration_graphs": "--calibration-graphs"}
+         "calibration_graphs": "--calibration-graphs", "channels": "--channels", "seed": "--seed",
+         "split_seed": "--split-seed", "batch_size": "--batch-size"}
 
 TRAIN_EXAMPLES = """
 Examples:

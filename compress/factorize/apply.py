@@ -42,7 +42,11 @@ class FactorizeResult:
 
 
 def check_factorize(model: nn.Module, config: FactorizeConfig) -> list[tuple[str, GatedMLP]]:
-    """Every layer's gated MLP, or BadInput naming what cannot be split."""
+    """Every layer's gated MLP, or BadInput naming what cannot be split (or distilled)."""
+    vocabulary = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else None
+    if config.train == "router+experts" and vocabulary is not None and config.distill_top > vocabulary:
+        raise BadInput(f"the distillation keeps the top {config.distill_top} next-token probabilities, but the "
+                       f"vocabulary has {vocabulary} tokens", key="distill_top")
     found = []
     for name, layer in decoder_layers(model):
         mlp = find_gated_mlp(layer, name)

@@ -42,6 +42,12 @@ class GraphData:
     test: list = field(default_factory=list)
     external: list = field(default_factory=list)  # B3DB's curated external test set
 
+    def __post_init__(self):
+        if not (self.train and self.valid and self.test):
+            total = len(self.train) + len(self.valid) + len(self.test)
+            raise BadInput(f"{self.name}: {total} graphs are too few to split (train {len(self.train)}, valid "
+                           f"{len(self.valid)}, test {len(self.test)}; each split needs at least one)", key="data")
+
 
 def _need(module: str) -> None:
     if importlib.util.find_spec(module) is None:

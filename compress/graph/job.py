@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 
+from compress.config import check_count, check_positive
 from compress.errors import BadInput
 
 __all__ = ["prune_checkpoint", "finetune_cap", "measure", "EVAL_BATCH"]
@@ -36,8 +37,9 @@ def prune_checkpoint(checkpoint: str, spec, data: str | None = None, calibration
     from compress.version import __version__
 
     log = log or (lambda message: None)
-    if calibration_graphs < 1:
-        raise BadInput(f"calibration graphs must be at least 1, got {calibration_graphs}", key="calibration_graphs")
+    check_count(calibration_graphs, "calibration_graphs")
+    check_count(finetune_epochs, "finetune_epochs", minimum=0)
+    check_positive(finetune_lr, "finetune_lr", maximum=1.0)
     if out is not None:
         from compress.export.atomic import check_output_dir
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compress.config import check_seed
 from compress.errors import BadInput
 
 __all__ = ["GraphPruneSpec", "prune_graph_model", "recalibrate_norms", "weight_targets", "head_importance", "layer_importance"]
@@ -52,6 +53,7 @@ class GraphPruneSpec:
         if self.weight_method not in WEIGHT_METHODS:
             raise BadInput(f"weight method must be one of {', '.join(WEIGHT_METHODS)}, got {self.weight_method!r}",
                            key="weight_method")
+        check_seed(self.seed, "seed")
         if self.weight_pattern is not None and self.weights:
             raise BadInput("give --weights (unstructured) or --weight-pattern (N:M), not both", key="weight_pattern")
 

@@ -5,17 +5,20 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from compress.config import check_count, check_positive, check_seed
 from compress.errors import BadInput
 
 __all__ = ["ModelShape", "train_reference"]
+
+MAX_SHAPE = {"channels": 65536, "layers": 1024, "heads": 65536}  # past these a GraphGPS cannot be allocated anyway
 
 
 class ModelShape:
     """Width and depth of a new model (checked before any data is read)."""
 
     def __init__(self, channels: int = 64, layers: int = 4, heads: int = 4, pe_dim: int = 16, dropout: float = 0.0):
-        if layers < 1 or heads < 1 or channels < 1:
-            raise BadInput("channels, layers and heads must be at least 1", key="layers")
+        for key, value in (("channels", channels), ("layers", layers), ("heads", heads)):
+            check_count(value, key, maximum=MAX_SHAPE[key])
         if channels % heads:
             raise BadInput(f"heads ({heads}) must divide channels ({channels})", key="heads")
         if not 0 < pe_dim < channels:
@@ -38,10 +41,11 @@ def train_reference(data: str, out: str | Path | None, shape: ModelShape | None 
     from compress.graph.train import TrainConfig, batches, evaluate, pick_device, train
     from compress.version import __version__
 
-    if epochs < 1:
-        raise BadInput(f"epochs must be at least 1, got {epochs}", key="epochs")
-    if batch_size < 1 or not lr > 0:
-        raise BadInput("batch size must be at least 1 and the learning rate positive", key="lr")
+    check_count(epochs, "epochs")
+    check_count(batch_size, "batch_size")
+    check_positive(lr, "lr", maximum=1.0)
+    check_seed(seed, "seed")
+    check_seed(split_seed, "split_seed")
     if out is not None:
         from compress.export.atomic import check_output_dir
 

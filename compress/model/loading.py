@@ -140,7 +140,10 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
             where, **{k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code")}
         )
     except Exception as exc:  # loaders raise many types; each means this input cannot be used
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if type(exc).__name__ == "UnpicklingError" and path.is_dir():
+            raise BadInput(_pickle_refusal(path, str(exc))) from exc
+        text = _ANSI.sub("", str(exc)).strip()
+        first_line = text.splitlines()[0] if text else type(exc).__name__
         if where == source and looks_like_hub_id(source) and not path.exists():
             raise BadInput(f"could not fetch {source!r} from the Hugging Face hub ({first_line[:200]}); "
                            "download it elsewhere and pass the local directory") from exc
@@ -148,3 +151,17 @@ def load_model(source: str | None, dtype="auto", device: str = "cpu", trust_remo
     model.eval()
     model.config.use_cache = False
     return model, tokenizer, source
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _pickle_refusal(folder: Path, message: str) -> str:
+    """One plain line for a .bin checkpoint that weights-only torch.load refuses (torch's own message is a
+    page of advice with terminal escape codes)."""
+    files = sorted(folder.glob("*.bin"))
+    where = str(files[0]) if len(files) == 1 else f"{folder}/*.bin"
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", _ANSI.sub("", message), re.S)
+    why = " ".join(found.group(1).split()) if found else "it holds more than tensors"
+    return (f"{where}: refused: a pickle that weights-only torch.load cannot read ({why}); compress never runs "
+            "code from a checkpoint: convert it to safetensors where you trust its source")

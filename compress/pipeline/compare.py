@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from compress.calibrate.config import TextConfig
+from compress.config import count
 from compress.model.config import LoadConfig
 from compress.errors import BadInput
 from compress.pipeline.report import ReportModel
@@ -17,8 +18,8 @@ __all__ = ["CompareConfig", "CompareReport", "KernelFallback", "compare_models"]
 
 class CompareConfig(LoadConfig, TextConfig):
     models: list[str | None] = Field(default_factory=lambda: [None])
-    context: int = Field(1024, ge=2)
-    tokens: int | None = Field(None, ge=2)
+    context: int = count(1024, minimum=2)
+    tokens: int | None = count(None, minimum=2)
     kernels: bool = False
     """Compressed exports: also run on the sparse GPU kernels (each forward replayed as a CUDA graph)."""
     allow_fallback: bool = False

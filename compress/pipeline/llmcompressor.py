@@ -90,6 +90,9 @@ def _prune_settings(modifier: str, settings: dict, path: tuple, fail) -> _Settin
     if not match:
         fail(path + ("mask_structure",), f"expected N:M such as '2:4' or '0:0', got {structure!r}")
     n, m = int(match.group(1)), int(match.group(2))
+    if (n, m) != (0, 0) and not 0 < n < m:
+        fail(path + ("mask_structure",), f"{structure!r}: need 0 < N < M (N:M keeps N of every M weights), "
+                                         "or '0:0' for unstructured")
     if (n, m) == (0, 0):
         if sparsity is None:
             fail(path, "unstructured pruning needs sparsity")
@@ -118,7 +121,7 @@ def _targets(value, path, fail) -> str | None:
             return None
         if not item.startswith("re:"):
             fail(path, f"target {item!r} is not supported (a class name Linear or a 're:' regex)")
-        regex = item[3:]
+        regex = _compiled(item[3:], path, fail)
         if re.search(regex, "model.layers.0") and not re.search(regex, "model.layers.0.mlp.up_proj"):
             regex = regex.removesuffix("$") + r"\."
         regexes.append(f"(?:{regex})")
@@ -128,5 +131,15 @@ def _targets(value, path, fail) -> str | None:
 def _ignore(value, path, fail) -> str:
     parts = []
     for item in _names(value, path, fail):
-        parts.append(f"(?:{item[3:]})" if item.startswith("re:") else f"(?:(^|\\.){re.escape(item)}$)")
+        parts.append(f"(?:{_compiled(item[3:], path, fail)})" if item.startswith("re:")
+                     else f"(?:(^|\\.){re.escape(item)}$)")
     return "|".join(parts)
+
+
+def _compiled(regex: str, path, fail) -> str:
+    """The regex of a 're:' item, refused by name when Python's re cannot compile it."""
+    try:
+        re.compile(regex)
+    except re.error as exc:
+        fail(path, f"bad regular expression {regex!r} ({exc})")
+    return regex

@@ -74,6 +74,12 @@ def _build(node, path: tuple, lines: Lines, where: str, budget: list):
 
 
 def parse_scalar(text: str):
-    """A `--set` value: YAML scalar semantics (numbers, true/false, null), N:M kept as text."""
-    value, _ = read_yaml(text if text.strip() else "''", "--set")
+    """A `--set` value: YAML scalar semantics (numbers, true/false, null), N:M kept as text; text YAML cannot
+    parse (a regex such as `[qk]_proj`) is that text, which the key's own validation then judges."""
+    text = text if text.strip() else "''"
+    try:
+        yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return text
+    value, _ = read_yaml(text, "--set")
     return value

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from compress.config import StrictConfig
+from compress.config import StrictConfig, count, seed
 from compress.errors import BadInput
 from compress.pattern import Pattern, parse_pattern
 
@@ -25,28 +25,28 @@ class PruneConfig(StrictConfig):
     """Regex searched in full module names; default: every Linear inside the decoder layers."""
     ignore: str | None = None
     """Regex of module names to leave dense."""
-    blocksize: int = Field(128, ge=1)
+    blocksize: int = count(128)
     """SparseGPT column block."""
     damp: float = Field(0.01, ge=0.0)
     """SparseGPT Hessian damping, a fraction of its mean diagonal."""
     ria_alpha: float = Field(0.5, ge=0.0, le=10.0)
     """RIA activation exponent."""
-    calib_batch: int = Field(0, ge=0)
+    calib_batch: int = count(0, minimum=0)
     """Calibration windows per forward (0: about 16k tokens)."""
     permute: Literal["none", "heuristic", "learned"] = "none"
     """Input-channel permutation before N:M masking."""
-    perm_blocks: int = Field(1, ge=1)
+    perm_blocks: int = count(1)
     """Split the Hungarian refinement into this many blocks (faster)."""
-    perm_steps: int = Field(8, ge=0)
+    perm_steps: int = count(8, minimum=0)
     """Search rounds per Linear for learned permutations."""
-    perm_block_size: int = Field(64, ge=2)
+    perm_block_size: int = count(64, minimum=2)
     """Learned permutations score every channel swap inside windows of this many channels."""
     mask_rule: Literal["row", "block"] = "row"
     """SparseGPT unstructured masks: the same fraction of every row per column block (row), or one
     threshold over the whole block as the reference code does (block)."""
-    perm_deflate: int = Field(1, ge=0)
+    perm_deflate: int = count(1, minimum=0)
     """Learned permutations leave the top eigendirections of XᵀX out of their loss."""
-    perm_seed: int = Field(0, ge=0)
+    perm_seed: int = seed()
     """Seed of the learned permutations' candidate sampling."""
     _pattern: Pattern = PrivateAttr(default=None)
 

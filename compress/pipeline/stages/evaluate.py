@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
-
 from compress.calibrate.config import TextConfig
+from compress.config import count
 from compress.pipeline.registry import StageSpec, register
 from compress.pipeline.report import StageResult
 
@@ -17,9 +16,9 @@ class EvalStage(TextConfig):
 
     kind: Literal["eval"] = "eval"
     name: str | None = None
-    context: int = Field(1024, ge=2)
+    context: int = count(1024, minimum=2)
     """Tokens per perplexity window (capped at the model's maximum)."""
-    tokens: int | None = Field(None, ge=2)
+    tokens: int | None = count(None, minimum=2)
     """Use at most this many held-out tokens."""
     before: bool = True
     """Also measure the model as loaded, before any stage changed it."""
