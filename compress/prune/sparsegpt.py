@@ -45,9 +45,10 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Te
         chol, info = torch.linalg.cholesky_ex(h)
         if int(info) == 0:
             break
-        h[diag, diag] += damp * torch.mean(torch.diag(h)) * (10**attempt)
+        h[diag, diag] += (damp or 0.01) * torch.mean(torch.diag(h)) * (10**attempt)  # damp 0: retries add something
     else:
-        raise RuntimeError("SparseGPT: Hessian is not positive definite even after extra damping")
+        raise BadInput("SparseGPT: the Hessian is not positive definite even after extra damping (a larger damp or "
+                       "more calibration tokens may help)", key="damp")
     inverse = torch.cholesky_inverse(chol)
     return torch.linalg.cholesky(inverse, upper=True), dead
 
