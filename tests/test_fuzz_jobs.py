@@ -660,3 +660,12 @@ def test_a_hessian_that_cannot_be_factorised_is_bad_input():
     assert torch.isfinite(chol).all() and not dead.any()
     with pytest.raises(BadInput, match="not positive definite"):
         inverse_hessian_factor(torch.full((8, 8), float("nan")), 0.01)
+
+
+def test_a_huge_dampening_is_bad_input(world):
+    """llm-compressor's dampening_frac 5.6e294 (and --damp alike): the inverse of the damped Hessian underflowed
+    and its Cholesky factorisation failed as an internal error."""
+    outcome = llmc_job(world, "dampening_frac", "5.622736241185803e+294")
+    assert outcome.code == 2 and "damp" in outcome.stderr, str(outcome)
+    outcome = run_command(world, "prune", "--damp", "1e300", [("--method", "sparsegpt")])
+    assert outcome.code == 2 and "--damp" in outcome.stderr, str(outcome)

@@ -49,8 +49,11 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Te
     else:
         raise BadInput("SparseGPT: the Hessian is not positive definite even after extra damping (a larger damp or "
                        "more calibration tokens may help)", key="damp")
-    inverse = torch.cholesky_inverse(chol)
-    return torch.linalg.cholesky(inverse, upper=True), dead
+    factor, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
+    if int(info) != 0 or not torch.isfinite(factor).all():  # e.g. a damp so large that the inverse underflows
+        raise BadInput(f"SparseGPT: the damped Hessian's inverse cannot be factorised (damp {damp:g}; a damp near "
+                       "0.01 works)", key="damp")
+    return factor, dead
 
 
 def sweep_block(block: torch.Tensor, hinv_block: torch.Tensor, errors: torch.Tensor, pattern: Pattern,
