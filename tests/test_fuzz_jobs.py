@@ -669,3 +669,49 @@ def test_a_huge_dampening_is_bad_input(world):
     assert outcome.code == 2 and "damp" in outcome.stderr, str(outcome)
     outcome = run_command(world, "prune", "--damp", "1e300", [("--method", "sparsegpt")])
     assert outcome.code == 2 and "--damp" in outcome.stderr, str(outcome)
+
+
+@pytest.mark.parametrize("command, option", [("prune", "--text"), ("prune", "--eval-text"), ("prune", "--dataset"),
+                                             ("eval", "--text"), ("factorize", "--text"),
+                                             ("attention-calibrate", "--text"), ("run", "calibrate.text"),
+                                             ("run", "eval.text")])
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_text_source_is_refused(world, command, option, value):
+    """--text "" calibrated on the default Austen text without a word (a typo'd variable, say)."""
+    outcome = run_command(world, command, option, value)
+    assert outcome.code == 2 and "is empty" in outcome.stderr, str(outcome)
+
+
+# ---------------------------------------------------------------------------------------------- the harness itself
+
+
+def test_the_checks_catch_what_they_promise(tmp_path):
+    """check() fails on each kind of violation (so the cases above cannot pass on a command that misbehaves)."""
+    (tmp_path / "input").write_text("x")
+    before = snapshot(tmp_path)
+    ok = Outcome(["prune", "[bold]zqxv"], 2, "", "error: bad value [bold]zqxv\n")
+    check(ok, before, before, [], [])
+    bad = [Outcome(["x"], 1, "", "internal error: boom\n"),
+           Outcome(["x"], 2, "", "error: one\nerror: two\n"),
+           Outcome(["x"], 2, "noise", "error: one\n"),
+           Outcome(["x"], 2, "", "\x1b[31merror:\x1b[0m one\n"),
+           Outcome(["x"], 2, "", "Traceback (most recent call last):\n"),
+           Outcome(["[bold]zqxv"], 2, "", "error: bad value zqxv\n")]
+    for outcome in bad:
+        with pytest.raises(AssertionError):
+            check(outcome, before, before, [], [])
+    (tmp_path / "input").write_text("y")  # same size, new content
+    changed = snapshot(tmp_path)
+    with pytest.raises(AssertionError, match="changed"):
+        check(Outcome(["x"], 2, "", "error: e\n"), before, changed, [], [])
+    with pytest.raises(AssertionError, match="outside the requested output"):
+        check(Outcome(["x"], 0, "", ""), before, changed, ["out"], [])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "compression.json").write_text("{}")
+    wrote = snapshot(tmp_path)
+    check(Outcome(["x"], 0, "", ""), changed, wrote, ["out"], ["out/compression.json"])
+    with pytest.raises(AssertionError, match="missing"):
+        check(Outcome(["x"], 0, "", ""), changed, changed, ["out"], ["out/compression.json"])
+    os.chmod(tmp_path / "input", 0o600)  # a mode change is a change
+    with pytest.raises(AssertionError, match="outside"):
+        check(Outcome(["x"], 0, "", ""), wrote, snapshot(tmp_path), ["out"], [])

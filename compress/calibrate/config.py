@@ -2,7 +2,7 @@
 as it walks the layers: layer i's statistics depend on the already-changed layers before it)."""
 from __future__ import annotations
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from compress.config import StrictConfig, count, seed as seed_field
 
@@ -17,6 +17,13 @@ class TextConfig(StrictConfig):
     dataset: str | None = None
     """A Hugging Face dataset NAME[:CONFIG][:SPLIT] (needs compress[datasets])."""
     text_field: str = "text"
+
+    @field_validator("text", "dataset")
+    @classmethod
+    def _not_empty(cls, value):
+        if value is not None and not value.strip():  # "" meant the default text without a word
+            raise ValueError("is empty (leave it out for the default text)")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self):
