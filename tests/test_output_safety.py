@@ -235,3 +235,23 @@ def test_outputs_have_the_modes_the_umask_gives(umask, tiny_model_dir, text_file
             expected = (0o777 if p.is_dir() else 0o666) & ~umask
             assert stat.S_IMODE(p.stat().st_mode) == expected, (p, oct(p.stat().st_mode))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_a_bench_report_replaces_only_a_report_compress_wrote(tmp_path):
+    """`compress bench --json` (GPU) goes through these two: a user's file there is refused before any work,
+    the report is written whole and marked, and a later run may replace it."""
+    from compress.errors import BadInput
+    from compress.export.outputs import check_report_file, write_report_file
+
+    theirs = tmp_path / "theirs.json"
+    theirs.write_text('{"rows": [1, 2], "compress": {"note": "a user file with our block name"}}')
+    before = theirs.read_bytes()
+    with pytest.raises(BadInput, match="not a report compress wrote"):
+        check_report_file(theirs)
+    assert theirs.read_bytes() == before
+    ours = tmp_path / "bench.json"
+    write_report_file(check_report_file(ours), {"rows": [{"ms": 1.5}]})
+    assert json.loads(ours.read_text())["rows"] == [{"ms": 1.5}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "theirs.json"]  # no temporary left
+    write_report_file(check_report_file(ours), {"rows": []})
+    assert json.loads(ours.read_text())["rows"] == []

@@ -1,7 +1,6 @@
 """`compress bench kernels` (sparse GEMM paths against cuBLAS) and `compress bench attention` (Double Sparsity decode against SDPA), on a GPU."""
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from typing import List, Optional
@@ -25,11 +24,10 @@ def bench_kernels_command(
     """Time cuBLAS dense vs torch 2:4 vs cuSPARSELt 2:4 vs 6:8 slide on random N:M weights (needs CUDA)."""
     with exit_codes():
         from compress.errors import BadInput
-        from compress.export.outputs import check_report_file
+        from compress.export.outputs import check_report_file, write_report_file
         from compress.kernels.bench import SHAPES, bench_kernels
 
-        if json_out:
-            check_report_file(json_out)
+        path = check_report_file(json_out, key="json") if json_out else None
         unknown = [s for s in shapes or [] if s not in SHAPES]
         if unknown:
             raise BadInput(f"unknown shape {unknown[0]!r}: choose from {', '.join(SHAPES)}")
@@ -41,9 +39,8 @@ def bench_kernels_command(
         result = bench_kernels(shapes or list(SHAPES), tokens or [1, 16, 256, 2048, 8192, 16384],
                                dtypes or ["float16", "bfloat16"], on_row=lambda row: out.print(_kernel_row(row)),
                                command=shlex.join(["compress", *sys.argv[1:]]))
-        if json_out:
-            with open(json_out, "w") as f:
-                json.dump(result, f, indent=2)
+        if path:
+            write_report_file(path, result)
 
 
 def _kernel_row(row: dict) -> str:
@@ -68,10 +65,9 @@ def bench_attention_command(
         import torch
 
         from compress.errors import BadInput
-        from compress.export.outputs import check_report_file
+        from compress.export.outputs import check_report_file, write_report_file
 
-        if json_out:
-            check_report_file(json_out)
+        path = check_report_file(json_out, key="json") if json_out else None
         if not torch.cuda.is_available():
             raise BadInput("compress bench attention needs a CUDA GPU")
         from compress.attention.bench import SHAPES, bench_attention
@@ -86,9 +82,8 @@ def bench_attention_command(
             raise BadInput(f"unknown --dtype {bad[0]!r}: choose float16 or bfloat16")
         rows = bench_attention(contexts or [4096, 16384, 65536, 131072], batches or [1, 16], shapes or list(SHAPES),
                                dtypes or ["float16"], fraction, on_row=lambda row: out.print(_attention_row(row)))
-        if json_out:
-            with open(json_out, "w") as f:
-                json.dump(rows, f, indent=2)
+        if path:
+            write_report_file(path, {"rows": rows})
 
 
 def _attention_row(row: dict) -> str:

@@ -51,7 +51,7 @@ def factorize(
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16 (auto: float32 on CPU)."),
     device: str = typer.Option("auto", help="auto | cuda | cpu. The model stays in CPU memory; one layer at a time moves to the GPU."),
     out_dir: Optional[str] = typer.Option(None, "--out", help="Write a stock MoE checkpoint here (Llama/Mistral -> Mixtral, Qwen2 -> Qwen2-MoE, Qwen3 -> Qwen3-MoE) with compression.json."),
-    force: bool = typer.Option(False, help="Replace --out if it holds an earlier output of compress (its compression.json)."),
+    force: bool = typer.Option(False, help="Replace --out if it holds an earlier output of compress (marked so in its compression.json)."),
     eval: bool = typer.Option(False, "--eval", help="Measure perplexity before and after on held-out text."),
     eval_text: Optional[str] = typer.Option(None, help="Held-out text file (default: Austen's Persuasion, never used for calibration)."),
     eval_dataset: Optional[str] = typer.Option(None, help="Held-out dataset NAME[:CONFIG][:SPLIT]."),

@@ -57,7 +57,7 @@ def prune(
     offload_folder: Optional[str] = typer.Option(None, help=OFFLOAD_HELP),
     out_dir: Optional[str] = typer.Option(None, "--out", help="Write the pruned model here (HF checkpoint + compression.json + recipe.yaml)."),
     export: str = typer.Option("hf", help="hf: plain HF checkpoint (zeros in place) | compressed: N:M values + bit masks, load with compress.load()."),
-    force: bool = typer.Option(False, help="Replace --out if it holds an earlier output of compress (its compression.json)."),
+    force: bool = typer.Option(False, help="Replace --out if it holds an earlier output of compress (marked so in its compression.json)."),
     eval: bool = typer.Option(False, "--eval", help="Measure perplexity before and after on held-out text."),
     eval_text: Optional[str] = typer.Option(None, help="Held-out text file (default: Austen's Persuasion, never used for calibration)."),
     eval_dataset: Optional[str] = typer.Option(None, help="Held-out dataset NAME[:CONFIG][:SPLIT]."),

@@ -3,6 +3,7 @@ given the modes a plain mkdir/open gives under the umask (tempfile's, and some w
 survive the rename), and renamed into place only when the whole job has succeeded."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -10,10 +11,10 @@ from pathlib import Path
 from typing import Iterator
 
 from compress.errors import BadInput
-from compress.export.marker import refuse_unless_ours
+from compress.export.marker import CHANNEL_BLOCK, mark, refuse_unless_ours
 from compress.paths import user_path
 
-__all__ = ["check_writable", "check_report_file", "umask_modes", "Staging", "staged"]
+__all__ = ["check_writable", "check_report_file", "write_report_file", "umask_modes", "Staging", "staged"]
 
 
 def _umask() -> int:
@@ -56,14 +57,25 @@ def check_writable(path: Path, shown: str | Path, key: str = "out") -> None:
 
 
 def check_report_file(out: str | Path, key: str | None = None) -> Path:
-    """A results file the command writes at its end (a benchmark's --json), checked before the work."""
+    """A results file the command writes at its end (a benchmark's --json), checked before the work: absent,
+    or a report this tool wrote (write_report_file marks it); anything else there is never replaced."""
     path = user_path(out).absolute()
     if path.is_dir():
         raise BadInput(f"{out} is a directory", key=key)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise BadInput(f"{out}: cannot write it (permission denied)", key=key)
+    if path.exists() or path.is_symlink():
+        if not os.access(path, os.W_OK):
+            raise BadInput(f"{out}: cannot write it (permission denied)", key=key)
+        refuse_unless_ours(path, out, "a report", key=key or "json")
     check_writable(path, out, key)
     return path
+
+
+def write_report_file(path: Path, report: dict) -> None:
+    """`report` as JSON at `path` (checked by check_report_file), with the marker in its "compress" block,
+    written beside it and renamed: never a half-written file."""
+    marked = {**report, CHANNEL_BLOCK: mark(dict(report.get(CHANNEL_BLOCK) or {}))}
+    with staged() as staging:
+        staging.file(path, force=True).write_text(json.dumps(marked, indent=2) + "\n")
 
 
 class Staging:
