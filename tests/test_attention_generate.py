@@ -37,13 +37,13 @@ def settings(path, bits, tokens="1/8"):
 CASES = [(16, "topk"), (4, "threshold")]
 
 
-def check(row: dict, sparse_layers: int) -> None:
+def check(row: dict, sparse_layers: int, exact_bound: float = 5e-3) -> None:
     assert row["dense_tokens_equal"] and row["dense_logit_error"] < 5e-3
     assert row["sparse_tokens_equal_evaluation"]
     # 16-bit labels and float32 scores (topk): the evaluation mode's scores; float16 scores (threshold,
     # topk-half) or 4-bit labels (min and step rounded to float16) may swap a token at the budget's edge
     exact = row["label_bits"] == 16 and row["selection"] == "topk"
-    assert row["sparse_logit_error_vs_evaluation"] < (5e-3 if exact else 0.1)
+    assert row["sparse_logit_error_vs_evaluation"] < (exact_bound if exact else 0.1)
     assert row["sparse_logit_change_vs_dense"] > 0.05  # the budget does change the logits
     assert row["sparse_steps"] == sparse_layers * (row["new_tokens"] - 1) and row["kept_per_step"] == row["budget"]
 
@@ -117,8 +117,12 @@ def test_triton_kernels_in_the_interpreter_match():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert all(result["append"])
     assert result["syncs"] == {"sparse": 0, "dense": 0, "skip": 0}  # the kernels' launch code reads no values
+    # The kernels round P to float16 before P V, as on a GPU; the CPU's evaluation mode keeps it in float32.
+    # One float16 ulp added to every attention output moves this tiny random model's logits by 2.1% of the
+    # largest (measured), so the exact rows get that bound here; the steps' kernel outputs themselves are
+    # checked against the PyTorch math in test_attention_kernels.py.
     for row in result["rows"]:
-        check(row, sparse_layers=2)
+        check(row, sparse_layers=2, exact_bound=0.03)
 
 
 @pytest.mark.gpu

@@ -21,7 +21,7 @@ def test_ci_runs_the_readme_commands_exactly():
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     first = ci.index(commands[0])
     assert ci[first + 1] == commands[1], "CI runs the test command right after the README's first command"
-    activated = [i for i, line in enumerate(ci) if line.startswith(". ") and line.endswith("/bin/activate")]
+    activated = [i for i, line in enumerate(ci) if re.fullmatch(r'\. "?\S+/bin/activate"?', line)]
     assert activated and activated[0] < first, "CI installs into a fresh virtual environment"
     assert any(line.startswith("python3 -m venv") for line in ci[:activated[0]])
 
