@@ -1,10 +1,15 @@
 """Shared fixtures: a tiny randomly initialised Llama with a real (trained) tokenizer, on disk."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# every report.json the tests make (in this process or its subprocesses) is checked against the committed
+# JSON Schema as it is written (compress.pipeline.run_report.validate_against_schema)
+os.environ["COMPRESS_VALIDATE_REPORTS"] = "1"
 
 TEXT = (
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, "

@@ -31,13 +31,19 @@ def _quiet_libraries() -> None:
 
 @contextmanager
 def exit_codes(flag_of=None):
-    """Bad input: one line, exit 2. Anything else: one line, exit 1 (traceback with COMPRESS_DEBUG=1).
+    """Bad input: one line, exit 2. A breached quality gate: one line per gate, exit 3. Anything else: one
+    line, exit 1 (traceback with COMPRESS_DEBUG=1).
     `flag_of(key)` names the flag behind a config key in errors raised after validation."""
     from compress.errors import BadInput
+    from compress.pipeline.gates import GateBreach, breach_line
 
     try:
         _quiet_libraries()
         yield
+    except GateBreach as breach:  # the outputs and report.json are written and mark the breach
+        for outcome in breach.outcomes:
+            error_line("error:", breach_line(outcome))
+        raise typer.Exit(3)
     except BadInput as exc:
         flag = flag_of(exc.key) if flag_of and exc.key else None
         error_line("error:", f"{flag}: {exc}" if flag else str(exc))

@@ -1,11 +1,12 @@
 """`compress factorize`: a one-stage recipe (factorize, then eval and a stock MoE export when asked) from flags."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from compress.cli.common import exit_codes
+from compress.cli.run import GATE_HELP
 
 __all__ = ["factorize", "EXAMPLES"]
 
@@ -59,6 +60,7 @@ def factorize(
     eval_tokens: Optional[int] = typer.Option(None, help="Use at most this many held-out tokens."),
     bos: bool = typer.Option(True, "--bos/--no-bos", help="Start calibration and evaluation windows with the tokenizer's BOS where it adds one."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the equivalent recipe (YAML) and exit; writes nothing."),
+    gates: Optional[List[str]] = typer.Option(None, "--gate", help=GATE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -81,5 +83,6 @@ def factorize(
                 "stages": stages, "out": out_dir}
         from compress.cli.run import execute_flags
 
+        data["gates"] = list(gates or []) or None
         execute_flags(data, dry_run, force, as_json, quiet)
 

@@ -5,7 +5,7 @@ __all__ = ["label_for_cli", "flag_of"]
 
 TOP = {"model": "MODEL", "out": "--out", "dtype": "--dtype", "device": "--device", "device_map": "--device-map",
        "max_memory": "--max-memory", "offload_folder": "--offload-folder", "trust_remote_code": "--trust-remote-code",
-       "kernels": "--kernels", "context": "--context", "tokens": "--max-tokens", "bos": "--no-bos"}
+       "kernels": "--kernels", "context": "--context", "tokens": "--max-tokens", "bos": "--no-bos", "gates": "--gate"}
 CALIBRATE = {"text": "--text", "dataset": "--dataset", "text_field": "--text-field", "nsamples": "--nsamples",
              "seqlen": "--seqlen", "seed": "--seed", "bos": "--no-bos"}
 
@@ -23,7 +23,7 @@ def label_for_cli(path: tuple) -> str:
         flag = _stage_flags().get(path[2], {}).get(path[3])
     elif len(path) >= 2 and path[0] == "calibrate":
         flag = CALIBRATE.get(path[1])
-    elif len(path) == 1:
+    elif len(path) == 1 or (len(path) == 2 and path[0] == "gates"):
         flag = TOP.get(path[0])
     return flag or ".".join(str(p) for p in path)
 

@@ -1,11 +1,12 @@
 """`compress prune`: a one-stage recipe (prune, then eval and export when asked) built from flags."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from compress.cli.common import exit_codes
+from compress.cli.run import GATE_HELP, RESUME_HELP
 
 __all__ = ["prune"]
 
@@ -58,6 +59,7 @@ def prune(
     out_dir: Optional[str] = typer.Option(None, "--out", help="Write the pruned model here (HF checkpoint + compression.json + recipe.yaml)."),
     export: str = typer.Option("hf", help="hf: plain HF checkpoint (zeros in place) | compressed: N:M values + bit masks, load with compress.load()."),
     force: bool = typer.Option(False, help="Replace --out if it holds an earlier output of compress (marked so in its compression.json)."),
+    resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
     eval: bool = typer.Option(False, "--eval", help="Measure perplexity before and after on held-out text."),
     eval_text: Optional[str] = typer.Option(None, help="Held-out text file (default: Austen's Persuasion, never used for calibration)."),
     eval_dataset: Optional[str] = typer.Option(None, help="Held-out dataset NAME[:CONFIG][:SPLIT]."),
@@ -66,6 +68,7 @@ def prune(
     bos: bool = typer.Option(True, "--bos/--no-bos", help="Start calibration and evaluation windows with the tokenizer's BOS where it adds one."),
     trust_remote_code: bool = typer.Option(False, help="Allow code shipped with the checkpoint to run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the equivalent recipe (YAML) and exit; writes nothing."),
+    gates: Optional[List[str]] = typer.Option(None, "--gate", help=GATE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -95,7 +98,8 @@ def prune(
                 "stages": stages, "out": out_dir}
         from compress.cli.run import execute_flags
 
-        execute_flags(data, dry_run, force, as_json, quiet)
+        data["gates"] = list(gates or []) or None
+        execute_flags(data, dry_run, force, as_json, quiet, resume=resume)
 
 
 def _given(ctx: typer.Context) -> set[str]:
@@ -115,7 +119,7 @@ def _refuse_what_does_not_apply(ctx, method: str, permute: str, evaluate: bool, 
         (("perm_blocks", "perm_steps", "perm_block_size"), permute == "none", "there is no --permute"),
         (("perm_steps", "perm_block_size"), permute == "heuristic", "they tune --permute learned"),
         (("eval_text", "eval_dataset", "eval_context", "eval_tokens"), not evaluate, "there is no --eval"),
-        (("export", "force"), out_dir is None, "there is no --out"),
+        (("export", "force", "resume"), out_dir is None, "there is no --out"),
     ]
     for names, ignored, why in rules:
         for name in names:

@@ -6,7 +6,6 @@ not write is deleted. The folder and its files get the modes a plain mkdir/open 
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ from typing import Iterator
 
 from compress.errors import BadInput
 from compress.export.marker import MANIFEST, is_ours, refuse_unless_ours
-from compress.export.outputs import check_writable, umask_modes
+from compress.export.outputs import check_writable, current_job, replace_folder, umask_modes
 from compress.paths import user_path
 
 __all__ = ["check_output_dir", "atomic_directory", "MANIFEST"]
@@ -47,24 +46,20 @@ def check_output_dir(out: str | Path, force: bool, inputs: tuple[str | Path | No
 
 @contextmanager
 def atomic_directory(out: str | Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory that becomes `out` when the block succeeds and vanishes if it fails."""
+    """Yield a temporary directory that becomes `out` when the block succeeds (inside a job, when the job
+    does: export.outputs.staged) and vanishes if it fails."""
     out = Path(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    job = current_job()
     try:
         yield tmp
         if not is_ours(tmp):  # every writer marks what it writes (export.marker.write_manifest)
             raise RuntimeError(f"the writer of {out} left no {MANIFEST} with the marker of compress")
+        if job is not None:  # inside a job: renamed with its other outputs when the whole job has succeeded
+            job.folder(tmp, out, force)
+            return
         umask_modes(tmp)
-        if out.exists() or out.is_symlink():
-            if not (force and is_ours(out)):
-                raise BadInput(f"{out} appeared while writing, and is not an earlier output of compress to replace",
-                               key="out")
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterator
 
 from compress.errors import BadInput
-from compress.export.marker import CHANNEL_BLOCK, mark, refuse_unless_ours
+from compress.export.marker import CHANNEL_BLOCK, is_ours, mark, refuse_unless_ours
 from compress.paths import user_path
 
-__all__ = ["check_writable", "check_report_file", "write_report_file", "umask_modes", "Staging", "staged"]
+__all__ = ["check_writable", "check_report_file", "write_report_file", "umask_modes", "replace_folder", "Staging",
+           "staged", "current_job"]
+
+_JOB: ContextVar["Staging | None"] = ContextVar("compress_job_staging", default=None)
 
 
 def _umask() -> int:
@@ -78,12 +83,36 @@ def write_report_file(path: Path, report: dict) -> None:
         staging.file(path, force=True).write_text(json.dumps(marked, indent=2) + "\n")
 
 
+def replace_folder(tmp: Path, out: Path, force: bool) -> None:
+    """Rename the finished folder `tmp` to `out`; an `out` already there is replaced only if `force` and it is
+    an earlier output of ours (moved aside first, so `out` is never missing or half-written)."""
+    if out.exists() or out.is_symlink():
+        if not (force and is_ours(out)):
+            raise BadInput(f"{out} appeared while writing, and is not an earlier output of compress to replace",
+                           key="out")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
 class Staging:
-    """Files a job writes under temporary names beside their targets: publish() renames them all into place
-    once the job has succeeded, discard() removes them."""
+    """Files and folders a job writes under temporary names beside their targets: publish() renames them
+    all into place once the job has succeeded, discard() removes them."""
 
     def __init__(self) -> None:
         self._pending: list[tuple[Path, Path, bool]] = []
+        self._folders: list[tuple[Path, Path, bool]] = []
+
+    def folder(self, tmp: Path, target: Path, force: bool) -> None:
+        """A finished folder (export.atomic_directory's) that becomes `target` on publish."""
+        self._folders.append((Path(tmp), Path(target), force))
+
+    def pending_folder(self, target: Path) -> Path | None:
+        """The temporary folder that will become `target`, for files written after it was built (report.json)."""
+        return next((tmp for tmp, t, _ in self._folders if t == Path(target)), None)
 
     def file(self, target: Path, force: bool) -> Path:
         """A temporary file that becomes `target` on publish (replacing it only if `force` and it is ours)."""
@@ -93,20 +122,30 @@ class Staging:
         return Path(tmp)
 
     def publish(self) -> None:
-        for _, target, force in self._pending:  # every target first: all are renamed or none
+        for _, target, force in self._pending + self._folders:  # every target first: all are renamed or none
             if target.exists() or target.is_symlink():
                 if not force:
                     raise BadInput(f"{target} appeared while writing; not replacing it", key="out")
                 refuse_unless_ours(target, target)
+        for tmp, target, force in self._folders:
+            umask_modes(tmp)
+            replace_folder(tmp, target, force)
         for tmp, target, _ in self._pending:
             umask_modes(tmp)
             os.replace(tmp, target)
-        self._pending = []
+        self._pending, self._folders = [], []
 
     def discard(self) -> None:
         for tmp, _, _ in self._pending:
             tmp.unlink(missing_ok=True)
-        self._pending = []
+        for tmp, _, _ in self._folders:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._pending, self._folders = [], []
+
+
+def current_job() -> Staging | None:
+    """The Staging of the job running in this context (staged() without one sets it), or None."""
+    return _JOB.get()
 
 
 @contextmanager
@@ -117,9 +156,12 @@ def staged(staging: Staging | None = None) -> Iterator[Staging]:
         yield staging
         return
     staging = Staging()
+    token = _JOB.set(staging)  # folders finished inside the block (atomic_directory) wait for its end
     try:
         yield staging
         staging.publish()
     except BaseException:
         staging.discard()
         raise
+    finally:
+        _JOB.reset(token)

@@ -22,6 +22,7 @@ from compress.calibrate.config import CalibrateConfig
 from compress.model.config import LoadConfig
 from compress.errors import BadInput
 from compress.paths import user_path
+from compress.pipeline.gates import Gate
 import compress.pipeline.stages  # noqa: F401  (registers the stage kinds)
 from compress.pipeline.registry import STAGES
 from compress.pipeline.yaml_lines import path_text
@@ -38,6 +39,9 @@ class Recipe(LoadConfig):
     stages: list[_Stage] = Field(min_length=1)
     out: str | None = None
     """The output directory (needed by an export stage; an export hf is added when out has none)."""
+    gates: list[Gate] = Field(default_factory=list)
+    """Quality gates, e.g. [ppl_ratio<=1.3]: a breach still writes the outputs, marks it in report.json and
+    exits 3 (compress.pipeline.gates; the metric names: compress.pipeline.metrics)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -68,6 +72,10 @@ class Recipe(LoadConfig):
         export = self.stages[-1] if self.out is not None else None
         if export is not None and export.format == "compressed":
             _check_compressible(self.stages, len(self.stages) - 1)
+        from compress.pipeline.gates import require_metrics
+        from compress.pipeline.metrics import planned_metrics
+
+        require_metrics(self.gates, planned_metrics(self))
         return self
 
     def stage_names(self) -> list[str]:
@@ -77,6 +85,10 @@ class Recipe(LoadConfig):
     def to_dict(self) -> dict:
         data = self.model_dump(mode="json", exclude_none=True)
         data["stages"] = [stage_item(stage) for stage in self.stages]
+        if self.gates:
+            data["gates"] = [gate.text() for gate in self.gates]
+        else:
+            data.pop("gates", None)
         return data
 
 

@@ -9,7 +9,8 @@ __all__ = ["ReportModel", "StageResult", "StageReport", "CalibrationReport", "Re
 
 
 class ReportModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # every field is written, defaults included: report.json's schema requires them all
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
 
 
 class StageResult(ReportModel):
