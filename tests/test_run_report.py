@@ -128,3 +128,17 @@ def test_a_failure_after_the_export_leaves_no_output(tiny_model_dir, text_file, 
     result = invoke(*prune_args(tiny_model_dir, text_file, out))
     assert result.exit_code == 1 and "disk full" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_progress_without_a_terminal_is_plain_timestamped_lines(tiny_model_dir, text_file, tmp_path):
+    import re
+    import sys
+
+    args = [str(a) for a in prune_args(tiny_model_dir, text_file, tmp_path / "out")][:-1]  # without -q
+    done = subprocess.run([sys.executable, "-c", "from compress.cli.entry import main; main()", *args],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert "\x1b" not in done.stderr and "\r" not in done.stderr
+    assert len(lines) >= 5 and all(re.match(r"\d\d:\d\d:\d\d \S", line) for line in lines), lines
+    assert sum(bool(re.search(r"\(\d/2\) model\.layers\.\d", line)) for line in lines) == 2  # one line per layer

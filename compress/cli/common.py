@@ -67,13 +67,18 @@ def exit_codes(flag_of=None):
 
 @contextmanager
 def progress(quiet: bool):
-    """Rich progress over decoder layers (stderr) with stage messages; yields a pipeline Progress."""
+    """Progress over decoder layers (stderr) with stage messages; yields a pipeline Progress. On a terminal a
+    rich bar; elsewhere (CI logs, pipes) one plain timestamped line per stage and per layer."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from compress.pipeline.session import Progress as Hooks
 
     if quiet:
         yield Hooks()
+        return
+    if not err.is_terminal:  # a CI log: plain timestamped lines, no bar, no ANSI
+        yield Hooks(stage=lambda message: _plain_line(message),
+                    layer=lambda step, total: _plain_line(f"({step.index + 1}/{total}) {step.name}"))
         return
     bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True)
@@ -90,6 +95,14 @@ def progress(quiet: bool):
 
     with bar:
         yield Hooks(stage=stage, layer=layer)
+
+
+def _plain_line(message: str) -> None:
+    import datetime
+    import sys
+
+    stamp = datetime.datetime.now().astimezone().strftime("%H:%M:%S")
+    print(f"{stamp} {message}", file=sys.stderr, flush=True)
 
 
 def print_json(data) -> None:
