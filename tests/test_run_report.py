@@ -85,6 +85,7 @@ def test_breached_gate_exits_3_and_still_writes_everything(tiny_model_dir, text_
     assert result.exit_code == 3, result.output
     lines = result.stderr.strip().splitlines()  # the report's table is on stdout
     assert len(lines) == 1 and lines[0].startswith("error: gate breached: ppl_ratio ") and "limit <= 0.5" in lines[0]
+    assert "gate ppl_ratio <= 0.5: " in result.stdout and result.stdout.count("BREACHED") == 1
     report = json.loads((out / "report.json").read_text())
     assert not report["gates_passed"] and [g["passed"] for g in report["gates"]] == [False, True, True]
     assert (out / "model.safetensors").is_file() and (out / "compression.json").is_file()

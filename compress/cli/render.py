@@ -54,6 +54,9 @@ def print_run_report(report) -> None:
             out.print(f"wrote {stage.result.out} ({stage.result.format})")
         else:
             out.print(f"{stage.name}: done in {stage.seconds:.1f} s")
+    for gate in getattr(report, "gates", None) or []:  # a RunReport (report.json) carries the gates' outcomes
+        measured = "not measured" if gate.measured is None else f"{gate.measured:.4g}"
+        out.print(f"gate {gate.metric} {gate.op} {gate.limit!r}: {measured} {'passed' if gate.passed else 'BREACHED'}")
     out.print(f"total {report.seconds_total:.1f} s")
 
 
