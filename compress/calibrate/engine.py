@@ -130,6 +130,7 @@ def walk_layers(
     on_done: Callable[[LayerStep], None] | None = None,
     error_tokens: int = 16384,
     grad: bool = False,
+    first: int = 0,
 ) -> list[LayerStep]:
     """Walk the layers one at a time on `device`.
 
@@ -143,11 +144,14 @@ def walk_layers(
     a router on the layer's calibration data).
     The relative output error is measured on the first batches, up to `error_tokens` tokens, so only
     those batches' dense outputs are held.
+    `first` skips the layers before it (already done: a resumed run, whose `inputs` enter layer `first`).
     """
     steps = []
     error_batches = _error_batches(inputs, error_tokens)
     main_device = device
     for index, (name, layer) in enumerate(layers):
+        if index < first:
+            continue
         device = execution_device(layer, main_device)
         clock = _PhaseClock(device)
         offloaded = OffloadedLayer.find(layer)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -14,6 +15,7 @@ from compress.errors import BadInput
 from compress.model.layers import decoder_layers, target_linears
 from compress.model.roles import HeadLayout
 from compress.permute import permutation_candidates, site_of, unpermute
+from compress.prune.checkpoint import LayerCheckpoint
 from compress.prune.config import PruneConfig
 from compress.prune.method import Method
 
@@ -154,16 +156,23 @@ def prune_model(
     calibration: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
     on_layer: Callable[[LayerStep, int], None] | None = None,
+    checkpoint: LayerCheckpoint | None = None,
 ) -> PruneResult:
-    """Prune `model` in place. `calibration` is (nsamples, seqlen) token ids; unused by magnitude."""
+    """Prune `model` in place. `calibration` is (nsamples, seqlen) token ids; unused by magnitude.
+    With a `checkpoint`, each finished layer is saved there, and the layers an earlier run saved are
+    restored instead of pruned again."""
     started = time.perf_counter()
     device = torch.device(device)
     method = _method(config.method)
     layers = check_config(model, config)
-    inputs, capture_seconds = method_inputs(method, model, layers, calibration, config.calib_batch, device, started)
     linear_report: dict[str, dict] = {}
+    result = PruneResult([], linear_report, 0.0, 0.0)
+    done = checkpoint.resume(layers, result) if checkpoint is not None else 0
+    inputs, result.capture_seconds = (None, 0.0) if done == len(layers) else method_inputs(
+        method, model, layers, calibration, config.calib_batch, device, started)
+    if done and inputs is not None:
+        checkpoint.restore_inputs(inputs)
     heads = HeadLayout.of(model.config)
-    result = PruneResult([], linear_report, 0.0, capture_seconds)
     learn_needs_hessian = config.permuting and config.permute == "learned" and method.collector != "hessian"
     permute = config.permute_config()
 
@@ -197,7 +206,13 @@ def prune_model(
             report["learned_permutation"] = learned
         return report
 
-    result.steps = walk_layers(layers, inputs, device, change_layer,
-                               on_done=(lambda step: on_layer(step, len(layers))) if on_layer else None)
+    def finished(step: LayerStep) -> None:
+        if checkpoint is not None:
+            checkpoint.save(step, layers[step.index][1], inputs, result)
+        if on_layer:
+            on_layer(step, len(layers))
+
+    with checkpoint or nullcontext():
+        result.steps += walk_layers(layers, inputs, device, change_layer, on_done=finished, first=done)
     result.seconds = time.perf_counter() - started
     return result

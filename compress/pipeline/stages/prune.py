@@ -89,17 +89,19 @@ def _run(session, config: PruneStage) -> PruneResultReport:
     import torch
 
     from compress.factorize.prune import prune_experts
+    from compress.pipeline.resume import layer_checkpoint
     from compress.prune.apply import prune_model
 
     factorized = _factorize_before(session, config) is not None
     prune = prune_experts if factorized else prune_model  # experts: each with the statistics of its own tokens
+    resume = {} if factorized else {"checkpoint": layer_checkpoint(session, config)}  # experts: not checkpointed
     calibration = session.calibration() if _needs_calibration(config) else None
     gpu = session.device.startswith("cuda")
     if gpu:
         torch.cuda.init()  # the allocator's statistics refuse every device until CUDA is initialised
         for index in range(torch.cuda.device_count()):
             torch.cuda.reset_peak_memory_stats(index)
-    result = prune(session.model, config, calibration, session.device, on_layer=session.progress.layer)
+    result = prune(session.model, config, calibration, session.device, on_layer=session.progress.layer, **resume)
     session.record_pruning(result, config.parsed_pattern)
     summary = result.to_dict()
     report = PruneResultReport(
