@@ -17,7 +17,9 @@ ROOMS = [
     ("export",),  # writing (and reading back) checkpoints
     ("evaluate",),  # perplexity
     ("factorize", "attention", "graph"),  # FFN -> MoE, Double Sparsity, graph transformers (siblings: no imports between them)
+    ("zero_shot",),  # zero-shot accuracy through lm-evaluation-harness, the offline task
     ("pipeline",),  # stages, recipes, the session
+    ("html_report",),  # compress report: the HTML page of report.json files
     ("cli",),  # the command line
     ("<root>",),  # compress/__init__.py: the public top
 ]

@@ -14,6 +14,8 @@ from compress.cli.factorize import EXAMPLES as FACTORIZE_EXAMPLES
 from compress.cli.factorize import factorize
 from compress.cli.prune import EXAMPLES as PRUNE_EXAMPLES
 from compress.cli.prune import prune
+from compress.cli.report import EXAMPLES as REPORT_EXAMPLES
+from compress.cli.report import report
 from compress.cli.run import run
 
 __all__ = ["app"]
@@ -47,6 +49,7 @@ app.command(epilog=PRUNE_EXAMPLES)(prune)
 app.command("eval", epilog=EVAL_EXAMPLES)(evaluate)
 app.command(epilog=FACTORIZE_EXAMPLES)(factorize)
 app.command()(run)
+app.command(epilog=REPORT_EXAMPLES)(report)
 app.add_typer(bench_app, name="bench")
 app.add_typer(graph_app, name="graph")
 app.add_typer(attention_app, name="attention")
