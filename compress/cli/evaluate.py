@@ -1,4 +1,4 @@
-"""`compress eval`: perplexity of one or more models on the same held-out text, side by side."""
+"""`compress eval`: perplexity (and zero-shot accuracy) of one or more models on the same held-out text, side by side."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -20,6 +20,8 @@ Examples:
   compress eval --double-sparsity channels.json --channels 1/16 --tokens 1/16 --context 4096
 
   compress eval --double-sparsity ch.json --labels projection --position-prior --context 4096
+
+  compress eval ./dense ./pruned --tasks persuasion_next_sentence   # zero-shot accuracy (pip install 'compress[zeroshot]')
 """
 
 
@@ -81,23 +83,33 @@ def evaluate(
                                "projection (rank --channels projected labels; calibrate with --projection)."),
     position_prior: bool = typer.Option(False, "--position-prior", help="With --double-sparsity: add the channel "
                                         "file's mean logit per query-key distance to the label scores."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Zero-shot accuracy through lm-evaluation-harness (pip "
+                                        "install 'compress[zeroshot]'), comma-separated tasks: persuasion_next_sentence "
+                                        "runs offline (4 choices, chance 25%); lm-eval's own (hellaswag, arc_easy, ...) "
+                                        "need the Hugging Face hub."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="With --tasks: score only the first N items of each task."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
-    """Perplexity of one or more models on the same held-out text, side by side."""
+    """Perplexity (and zero-shot accuracy with --tasks) of one or more models on the same held-out text, side by side."""
     from compress.cli.flags import flag_of
 
     with exit_codes(flag_of):
         from compress.cli.flags import label_for_cli
         from compress.cli.render import print_compare_report
+        from compress.errors import BadInput
         from compress.pipeline.compare import CompareConfig, KernelFallback, compare_models
         from compress.pipeline.recipe import validate_config
 
+        if limit is not None and tasks is None:
+            raise BadInput("--limit goes with --tasks")
         config = validate_config(CompareConfig, {
             "models": list(models or [None]), "text": text, "dataset": dataset, "text_field": text_field,
             "context": context, "tokens": max_tokens, "dtype": dtype, "device": device, "device_map": device_map,
             "max_memory": max_memory, "offload_folder": offload_folder, "trust_remote_code": trust_remote_code,
-            "kernels": kernels, "allow_fallback": allow_fallback, "bos": bos}, label=label_for_cli)
+            "kernels": kernels, "allow_fallback": allow_fallback, "bos": bos, "limit": limit,
+            "tasks": None if tasks is None else [task.strip() for task in tasks.split(",")]},
+            label=lambda path: {"tasks": "--tasks", "limit": "--limit"}.get(path[0], label_for_cli(path)))
         settings = _double_sparsity(ctx, double_sparsity, channels, ds_tokens, dense_layers, label_bits, sink, recent,
                                     labels, position_prior)
         with progress(quiet or as_json) as hooks:
@@ -115,3 +127,30 @@ def evaluate(
             print_json(report.model_dump(mode="json"))
         else:
             print_compare_report(report)
+            _print_zero_shot(report)
+
+
+def _print_zero_shot(report) -> None:
+    """One row per model and task: lm-eval's acc and acc_norm with their standard errors."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from compress.cli.common import out
+    from compress.zero_shot import accuracy
+
+    rows = [(row["model"], task, accuracy(row["zero_shot"], task)) for row in report.results if row.get("zero_shot")
+            for task in row["zero_shot"]["results"]]
+    if not rows:
+        return
+    table = Table(title=Text("zero-shot accuracy (lm-evaluation-harness; ± its standard error)"))
+    for column in ("model", "task", "items", "acc", "acc_norm", "chance"):
+        table.add_column(column, justify="left" if column in ("model", "task") else "right")
+
+    def value(score, error) -> str:
+        return "—" if score is None else f"{score:.3f}" + ("" if error is None else f" ± {error:.3f}")
+
+    for model, task, acc in rows:
+        table.add_row(Text(model), Text(task), str(acc["items"] or "—"), value(acc["acc"], acc["acc_stderr"]),
+                      value(acc["acc_norm"], acc["acc_norm_stderr"]),
+                      "—" if acc["chance"] is None else f"{acc['chance']:.0%}")
+    out.print(table)

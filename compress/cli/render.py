@@ -50,6 +50,11 @@ def print_run_report(report) -> None:
             print_factorize_table(report.model, stage)
         elif stage.kind == "eval":
             out.print(_eval_line(stage))
+            if stage.result.zero_shot:
+                from compress.zero_shot import summary_lines
+
+                for line in summary_lines(stage.result.zero_shot, stage.result.zero_shot_before):
+                    out.print(line)
         elif stage.kind == "export":
             out.print(f"wrote {stage.result.out} ({stage.result.format})")
         else:

@@ -114,6 +114,10 @@ class Staging:
         """The temporary folder that will become `target`, for files written after it was built (report.json)."""
         return next((tmp for tmp, t, _ in self._folders if t == Path(target)), None)
 
+    def pending(self, target: Path) -> Path | None:
+        """The temporary file that will become `target`, for a later stage of the job that reads it."""
+        return next((tmp for tmp, t, _ in self._pending if t == Path(target)), None)
+
     def file(self, target: Path, force: bool) -> Path:
         """A temporary file that becomes `target` on publish (replacing it only if `force` and it is ours)."""
         handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)

@@ -12,8 +12,9 @@ from compress.model.config import LoadConfig
 from compress.errors import BadInput
 from compress.pipeline.report import ReportModel
 from compress.pipeline.session import Progress, versions
+from compress.zero_shot.config import TaskNames
 
-__all__ = ["CompareConfig", "CompareReport", "KernelFallback", "compare_models"]
+__all__ = ["CompareConfig", "CompareReport", "KernelFallback", "compare_models", "zero_shot_of"]
 
 
 class CompareConfig(LoadConfig, TextConfig):
@@ -26,6 +27,10 @@ class CompareConfig(LoadConfig, TextConfig):
     """With kernels: report Linears that fell back to the dense path instead of failing on them."""
     bos: bool = True
     """Start each window with the tokenizer's BOS where it adds one."""
+    tasks: TaskNames | None = None
+    """Zero-shot tasks through lm-evaluation-harness (compress.zero_shot), each model's rows also get them."""
+    limit: int | None = count(None)
+    """Zero-shot: score only the first `limit` items of each task."""
 
 
 class KernelFallback(Exception):
@@ -85,9 +90,19 @@ def compare_models(config: CompareConfig, progress: Progress | None = None) -> C
             return _kernel_rows(loaded.model, ids, config.context, loaded.device, loaded.source, bos_id,
                                 config.allow_fallback)
         return [{"model": loaded.source, **perplexity(loaded.model, ids, config.context, loaded.device,
-                                                      bos_id=bos_id).to_dict()}]
+                                                      bos_id=bos_id).to_dict(), **zero_shot_of(config, loaded)}]
 
     return measure_each_model(config, measure, progress)
+
+
+def zero_shot_of(config, loaded, settings=None) -> dict:
+    """{"zero_shot": lm-eval's results} for config.tasks (with Double Sparsity `settings`), or {}."""
+    if not config.tasks:
+        return {}
+    from compress.zero_shot import zero_shot
+
+    return {"zero_shot": zero_shot(loaded.model, loaded.tokenizer, config.tasks, config.limit, loaded.device,
+                                   double_sparsity=settings, context=config.context)}
 
 
 def measure_each_model(config, measure, progress: Progress | None = None, what: str = "") -> CompareReport:
@@ -98,6 +113,13 @@ def measure_each_model(config, measure, progress: Progress | None = None, what: 
     from compress.pipeline.loading import load_placed
 
     progress = progress or Progress()
+    if config.tasks:
+        from compress.zero_shot import check_tasks
+
+        if config.kernels:
+            raise BadInput("zero-shot tasks run on the model in PyTorch; they do not combine with --kernels",
+                           key="kernels")
+        check_tasks(config.tasks)
     source = config.source()
     results = []
     for name in config.models:

@@ -164,11 +164,27 @@ def _split_key(key: str | None) -> tuple:
 
 
 def _valid_keys(parent: tuple) -> list[str]:
-    if len(parent) == 3 and parent[0] == "stages" and parent[2] in STAGES:
-        return [k for k in STAGES[parent[2]].config.model_fields if k != "kind"]
+    if len(parent) >= 3 and parent[0] == "stages" and parent[2] in STAGES:
+        model = STAGES[parent[2]].config
+        for key in parent[3:]:  # a settings block inside a stage (eval's double_sparsity)
+            model = _settings_model(model, key) or model
+        return [k for k in model.model_fields if k != "kind"]
     if parent == ("calibrate",):
         return list(CalibrateConfig.model_fields)
     return list(Recipe.model_fields)
+
+
+def _settings_model(model, key):
+    """The typed config a field of `model` holds (DoubleSparsity for `double_sparsity`), or None."""
+    import typing
+
+    from pydantic import BaseModel
+
+    field = model.model_fields.get(key)
+    for candidate in (field.annotation, *typing.get_args(field.annotation)) if field is not None else ():
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _first_error(exc: ValidationError) -> tuple[tuple, str]:
