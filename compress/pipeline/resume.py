@@ -93,18 +93,23 @@ class WorkFolder:
                 parts.append(f"{stage.name.split('-', 2)[-1]}: {counted[0]} of {counted[1]} layers done")
         return ", ".join(parts) or "no layer finished"
 
+    def compare(self, new: dict) -> None:
+        """BadInput naming what differs between `new` (all or part of a fingerprint) and the saved one."""
+        path = self.path / FINGERPRINT
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"{path}: unreadable ({exc}); pass --force to start over") from exc
+        found = differences(old, new)
+        if found:
+            raise BadInput(f"cannot resume from {self.path}: {'; '.join(found)}; pass --force to start over")
+
     def begin(self, session) -> None:
         """Compare the run's fingerprint with the saved one (resume) or save it (a fresh start)."""
         started = time.perf_counter()
         new, path = fingerprint(session), self.path / FINGERPRINT
         if path.exists():
-            try:
-                old = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise BadInput(f"{path}: unreadable ({exc}); pass --force to start over") from exc
-            found = differences(old, new)
-            if found:
-                raise BadInput(f"cannot resume from {self.path}: {'; '.join(found)}; pass --force to start over")
+            self.compare(new)
             self.resumed = True
             session.progress.stage(f"resuming from {self.path} ({self.summary()})")
         else:
@@ -130,9 +135,9 @@ class WorkFolder:
         """After the run: remove the folder (success, or bad input with nothing of an earlier run in it) or
         keep it with what was finished; unlock."""
         try:
-            keep = error is not None and _has_layers(self.path) and (self.had_checkpoints or not isinstance(error, BadInput))
-            if keep:
-                if progress is not None and not isinstance(error, BadInput):
+            bad_input = isinstance(error, BadInput)
+            if error is not None and _has_layers(self.path) and (self.had_checkpoints or not bad_input):
+                if progress is not None and not bad_input:
                     progress.stage(f"checkpoints kept in {self.path} ({self.summary()}): run again with --resume "
                                    "to continue")
             elif error is None or not self.had_checkpoints:
@@ -158,6 +163,8 @@ def resumable(session) -> Iterator[WorkFolder | None]:
         return
     folder = WorkFolder.open(session.out_dir, session.resume, session.force)
     try:
+        if folder.had_checkpoints:  # what needs no model: refused before loading it
+            folder.compare(fingerprint(session, loaded=False))
         yield folder
     except BaseException as error:
         folder.close(error, session.progress)
@@ -175,10 +182,10 @@ def layer_checkpoint(session, config) -> LayerCheckpoint | None:
 
 
 # -- the fingerprint -------------------------------------------------------------------------------------
-def fingerprint(session) -> dict:
-    """What must not change between a run and its resume: the model's files, the calibration tokens, the
-    resolved recipe (its out and model path aside: the folder is the out, the model is its digest) and the
-    versions of the code that computes."""
+def fingerprint(session, loaded: bool = True) -> dict:
+    """What must not change between a run and its resume: the resolved recipe (its out and model path aside:
+    the folder is the out, the model is its digest), the versions of the code that computes and, once the
+    model is `loaded`, the sha256 of its files and of the calibration tokens."""
     from compress.pipeline.registry import STAGES
     from compress.pipeline.run_report import file_digest, tokens_digest
     from compress.provenance import versions
@@ -186,27 +193,30 @@ def fingerprint(session) -> dict:
     recipe = session.recipe.to_dict()
     recipe.pop("out", None)
     recipe.pop("model", None)
-    calibration = None
-    if any(STAGES[stage.kind].needs_calibration(stage) for stage in session.recipe.stages):
-        calibration = tokens_digest(session.calibration(), session.report.calibration.source).sha256
     found = versions()
-    return {"model": file_digest(session.report.model).sha256 or session.report.model, "calibration": calibration,
-            "recipe": recipe, "versions": {key: found[key] for key in VERSION_KEYS}}
+    parts = {"recipe": recipe, "versions": {key: found[key] for key in VERSION_KEYS}}
+    if loaded:
+        calibration = None
+        if any(STAGES[stage.kind].needs_calibration(stage) for stage in session.recipe.stages):
+            calibration = tokens_digest(session.calibration(), session.report.calibration.source).sha256
+        parts.update(model=file_digest(session.report.model).sha256 or session.report.model, calibration=calibration)
+    return parts
 
 
 def differences(old: dict, new: dict) -> list[str]:
-    """What differs between two fingerprints, in words, e.g. 'the recipe differs at calibrate.seed (was 0, now 1)'."""
+    """What differs between a fingerprint and `new` (all of one, or the parts known before loading), in words,
+    e.g. 'the recipe differs at calibrate.seed (was 0, now 1)'."""
     found = []
     changed = _changed(old.get("recipe"), new["recipe"])
     if changed:
         found.append("the recipe differs at " + ", ".join(f"{path} (was {a}, now {b})" for path, a, b in changed))
-    if old.get("model") != new["model"]:
+    if "model" in new and old.get("model") != new["model"]:
         found.append(f"the model differs (sha256 was {str(old.get('model'))[:12]}, now {new['model'][:12]})")
-    if old.get("calibration") != new["calibration"]:
+    if "calibration" in new and old.get("calibration") != new["calibration"]:
         found.append(f"the calibration tokens differ (sha256 was {str(old.get('calibration'))[:12]}, now "
                      f"{str(new['calibration'])[:12]})")
     then = old.get("versions") or {}
-    versions = [f"{key} was {then.get(key)}, now {value}" for key, value in new["versions"].items() if then.get(key) != value]
+    versions = [f"{key} was {then.get(key)}, now {now}" for key, now in new["versions"].items() if then.get(key) != now]
     if versions:
         found.append("the versions differ: " + ", ".join(versions))
     return found
