@@ -16,7 +16,7 @@ from compress.cli.prune import EXAMPLES as PRUNE_EXAMPLES
 from compress.cli.prune import prune
 from compress.cli.report import EXAMPLES as REPORT_EXAMPLES
 from compress.cli.report import report
-from compress.cli.run import run
+from compress.cli.run import RunCommand, run
 
 __all__ = ["app"]
 
@@ -48,7 +48,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 app.command(epilog=PRUNE_EXAMPLES)(prune)
 app.command("eval", epilog=EVAL_EXAMPLES)(evaluate)
 app.command(epilog=FACTORIZE_EXAMPLES)(factorize)
-app.command()(run)
+app.command(cls=RunCommand)(run)
 app.command(epilog=REPORT_EXAMPLES)(report)
 app.add_typer(bench_app, name="bench")
 app.add_typer(graph_app, name="graph")

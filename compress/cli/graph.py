@@ -7,7 +7,7 @@ import typer
 
 from compress.cli.common import exit_codes, out, print_json
 
-__all__ = ["graph_app"]
+__all__ = ["graph_app", "execute_graph"]
 
 graph_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                         help="Graph transformers (GraphGPS): train a reference, prune it post-training (GTSP's "
@@ -118,14 +118,37 @@ def prune(
                                   force=force, device=device, log=None if quiet else err.print, command=_command())
         if as_json:
             print_json(report)
-            return
-        for name in ("reference", "pruned"):
-            _show(name, report[name])
-        cut = 1 - report["pruned"]["structural_flops"] / report["reference"]["structural_flops"]
-        out.print(f"structural FLOPs cut {100 * cut:.1f}%; heads per layer {report['heads']}, "
-                  f"token keep {report['token_keep']:g}", soft_wrap=True)
-        if out_dir is not None:
-            out.print(f"saved {report['out']}", soft_wrap=True)
+        else:
+            _show_pruned(report)
+
+
+def execute_graph(recipe, force: bool, as_json: bool, quiet: bool, resume: bool = False) -> None:
+    """`compress run` of a graph recipe (compress.pipeline.graph_session): the same job as graph prune."""
+    from compress.cli.common import progress
+    from compress.errors import BadInput
+    from compress.pipeline.graph_session import run_graph_recipe
+
+    if resume:
+        raise BadInput("--resume: a graph recipe runs in one step, with no checkpoints to resume from")
+
+    with progress(quiet or as_json) as hooks:
+        report = run_graph_recipe(recipe, hooks, force)
+    if as_json:
+        print_json(report.to_json())
+        return
+    for stage in report.stages:
+        out.print(f"{stage.name}:", soft_wrap=True)
+        _show_pruned(stage.result.model_dump(mode="json"))
+
+
+def _show_pruned(report: dict) -> None:
+    for name in ("reference", "pruned"):
+        _show(name, report[name])
+    cut = 1 - report["pruned"]["structural_flops"] / report["reference"]["structural_flops"]
+    out.print(f"structural FLOPs cut {100 * cut:.1f}%; heads per layer {report['heads']}, "
+              f"token keep {report['token_keep']:g}", soft_wrap=True)
+    if report.get("out") is not None:
+        out.print(f"saved {report['out']}", soft_wrap=True)
 
 
 def _show(name: str, result: dict) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from compress.cli.common import exit_codes, out, print_json, progress
 
-__all__ = ["run", "execute"]
+__all__ = ["run", "execute", "RunCommand"]
 
 HELP = """Run a recipe: a model, a calibration source, stages in order, an output.
 
@@ -21,9 +22,12 @@ HELP = """Run a recipe: a model, a calibration source, stages in order, an outpu
   out: ./llama-2of4
 
 \b
-llm-compressor recipes (SparseGPTModifier, WandaPruningModifier) run too.
+llm-compressor recipes (SparseGPTModifier, WandaPruningModifier) run too:
+staged, as a flat list of modifiers, or a saved recipe.yaml.
+A recipe with kind: graph prunes a GraphGPS (compress graph prune).
 Address settings with --set: prune.pattern=6:8 (a stage's name or kind),
 stages.0.damp=0.1 (its index), calibrate.nsamples=64, model=./other.
+Every key of every stage kind is listed below.
 """
 
 GATE_HELP = ("Fail the job (exit 3, outputs still written) unless METRIC<=LIMIT (or >=, <, >) holds, e.g. "
@@ -32,6 +36,19 @@ GATE_HELP = ("Fail the job (exit 3, outputs still written) unless METRIC<=LIMIT 
 
 RESUME_HELP = ("Continue a run that was killed where it stopped: the layers it finished come from the checkpoints in "
                "OUT.partial (refused, naming it, if the model, data, recipe or versions differ; --force starts over).")
+
+
+class RunCommand(TyperCommand):
+    """`compress run`'s help ends with every recipe key, generated from the configs when --help asks for it
+    (importing them at start-up would cost every command the stage modules' imports)."""
+
+    def format_epilog(self, ctx, formatter) -> None:
+        super().format_epilog(ctx, formatter)
+        from compress.pipeline.recipe_help import recipe_reference
+
+        for section in recipe_reference():
+            with formatter.section(section.title):
+                formatter.write_dl(section.rows)
 
 
 def run(
@@ -60,6 +77,10 @@ def with_gates(recipe, gates: list[str] | None):
     """The recipe with the --gate flags added to its gates (checked against what it measures)."""
     if not gates:
         return recipe
+    if getattr(recipe, "session", "llm") == "graph":
+        from compress.errors import BadInput
+
+        raise BadInput("--gate: a graph recipe has no gates (its metrics are in the report: --json)")
     from compress.pipeline.recipe import validate_recipe
 
     data = recipe.to_dict()
@@ -93,6 +114,10 @@ def _drop_none(data):
 
 
 def execute(recipe, force: bool, as_json: bool, quiet: bool, resume: bool = False) -> None:
+    if getattr(recipe, "session", "llm") == "graph":
+        from compress.cli.graph import execute_graph
+
+        return execute_graph(recipe, force, as_json, quiet, resume)
     from compress.cli.render import print_run_report
     from compress.pipeline.session import Session
 

@@ -27,9 +27,11 @@ def measure(model, batch_list: list) -> dict:
 
 def prune_checkpoint(checkpoint: str, spec, data: str | None = None, calibration_graphs: int = 1024,
                      finetune_epochs: int = 0, finetune_lr: float = 3e-4, out: str | None = None, force: bool = False,
-                     device: str = "auto", log=None, command: str = "") -> dict:
+                     device: str = "auto", log=None, command: str = "", recipe: dict | None = None) -> dict:
     """Prune the model at `checkpoint` with `spec` (a GraphPruneSpec); calibration graphs are the first
-    `calibration_graphs` of the training split of `data` (default: the data the model was trained on)."""
+    `calibration_graphs` of the training split of `data` (default: the data the model was trained on).
+    `compress graph prune` and a graph recipe's graph_prune stage both run this; `recipe` (the recipe as run)
+    goes into the report."""
     from compress.graph.checkpoint import load_graph_model, save_graph_model
     from compress.graph.data import load_graphs
     from compress.graph.prune import prune_graph_model
@@ -69,6 +71,8 @@ def prune_checkpoint(checkpoint: str, spec, data: str | None = None, calibration
     report.update(kind="graph-prune", compress=__version__, checkpoint=str(checkpoint), spec=dict(spec.__dict__),
                   finetune_epochs=finetune_epochs, command=command,
                   reference=measure(reference, test), pruned=measure(model, test))
+    if recipe is not None:
+        report["recipe"] = recipe
     if graphs.external:
         report["external"] = {"reference": measure(reference, batches(graphs.external, EVAL_BATCH, device=run_on)),
                               "pruned": measure(model, batches(graphs.external, EVAL_BATCH, device=run_on))}

@@ -1,63 +1,125 @@
-"""Reading llm-compressor recipes: `<name>_stage:` → `<name>_modifiers:` → SparseGPTModifier /
-WandaPruningModifier, translated into our prune stages. Any other modifier or key is refused by name.
+"""Reading llm-compressor recipes: their SparseGPTModifier / WandaPruningModifier become our prune stages.
+Any other modifier or key is refused by name. Three shapes:
 
-    sparsity_stage:
-      run_type: oneshot
-      sparsity_modifiers:
-        SparseGPTModifier: {sparsity: 0.5, mask_structure: "2:4", targets: ["Linear"], ignore: ["re:.*lm_head"]}
+- staged, as their examples write it and as their Recipe.yaml() saves it into an output's recipe.yaml
+  (every field of the modifier; `<stage>_stage_<N>` when a recipe was appended to a saved one; older
+  versions saved run_type as a python/object/apply tag that compress.pipeline.yaml_lines reads safely):
+
+      sparsity_stage:
+        run_type: oneshot
+        sparsity_modifiers:
+          SparseGPTModifier: {sparsity: 0.5, mask_structure: "2:4", targets: ["Linear"], ignore: ["re:.*lm_head"]}
+
+- a flat list of modifiers, the list `oneshot(recipe=[...])` takes (their default stage):
+
+      - SparseGPTModifier: {sparsity: 0.5, mask_structure: "2:4"}
+
+- the modifiers without a stage: `SparseGPTModifier: {...}` or `<group>_modifiers: {SparseGPTModifier: {...}}`
+  at the top, which older versions read as their default stage.
 """
 from __future__ import annotations
 
 import re
 
 from compress.errors import BadInput
+from compress.pipeline.yaml_lines import path_text
 
 __all__ = ["is_llmcompressor", "translate"]
 
 _METHODS = {"SparseGPTModifier": "sparsegpt", "WandaPruningModifier": "wanda"}
 _RENAMED = {"dampening_frac": "damp", "block_size": "blocksize"}
-_ACCEPTED_NOOPS = {"sequential_update": True}  # our engine is always layer-sequential
 _WHOLE_MODEL = {"Linear", "__ALL__", "__ALL_PRUNABLE__"}
+_STAGE = re.compile(r".+_stage(_\d+)?")
+
+
+def _is_none(value) -> bool:
+    return value is None
+
+
+# Keys llm-compressor writes into a saved recipe.yaml (all of a modifier's fields) that change nothing here,
+# with the values accepted: its lifecycle bookkeeping, what it does by default, and where it keeps state.
+_NEUTRAL = {
+    "sequential_update": lambda v: isinstance(v, bool),  # deprecated there, always sequential (as here)
+    "requires_calibration_data": lambda v: v is True,
+    "preserve_sparsity_mask": lambda v: v is False,
+    "offload_hessians": lambda v: isinstance(v, bool),  # where SparseGPT keeps its Hessians
+    "quantize": lambda v: v is False,  # older SparseGPTModifier
+    "index": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+    "group": lambda v: v is None or isinstance(v, str),
+    "start": _is_none, "end": _is_none, "update": _is_none,
+    "sparsity_profile": _is_none, "owl_m": _is_none, "owl_lmbda": _is_none,
+}
+
+
+def _is_state(key: str, value) -> bool:
+    """Older versions saved the modifier's runtime state too (initialized_, prunen_, …), unset in a recipe."""
+    return key.endswith("_") and value in (None, False)
 
 
 def is_llmcompressor(data) -> bool:
+    if isinstance(data, list):
+        return any(isinstance(item, dict) and any(isinstance(k, str) and k.endswith("Modifier") for k in item)
+                   for item in data)
     return isinstance(data, dict) and bool(data) and all(
-        isinstance(k, str) and k.endswith("_stage") for k in data)
+        isinstance(k, str) and (_STAGE.fullmatch(k) or k.endswith(("_modifiers", "Modifier"))) for k in data)
 
 
-def translate(data: dict, lines: dict, where: str) -> tuple[dict, dict]:
+def translate(data, lines: dict, where: str) -> tuple[dict, dict]:
     """Our recipe (calibrate defaults + one prune stage per modifier), and the line of each key in it."""
     stages, new_lines = [], {}
 
     def fail(path: tuple, message: str):
         line = lines.get(path)
         where_line = f"{where}:{line}" if line else where
-        raise BadInput(f"{where_line}: {'.'.join(map(str, path))}: {message}")
+        raise BadInput(f"{where_line}: {path_text(path)}: {message}")
 
-    for stage_key, stage in data.items():
-        if not isinstance(stage, dict):
-            fail((stage_key,), "a stage is a mapping of run_type and *_modifiers")
-        for key, value in stage.items():
-            if key == "run_type":
-                if value != "oneshot":
-                    fail((stage_key, key), f"run_type {value!r} is not supported (only oneshot)")
-            elif isinstance(key, str) and key.endswith("_modifiers") and isinstance(value, dict):
-                for modifier, settings in value.items():
-                    path = (stage_key, key, modifier)
-                    if modifier not in _METHODS:
-                        fail(path, f"modifier {modifier} is not supported (supported: {', '.join(_METHODS)})")
-                    prune = _prune_settings(modifier, settings or {}, path, fail)
-                    new_path = ("stages", len(stages), "prune")
-                    for our_key in prune:
-                        new_lines[new_path + (our_key,)] = lines.get(path + (prune.source[our_key],), lines.get(path))
-                    new_lines[new_path] = lines.get(path)
-                    stages.append({"prune": dict(prune)})
-            else:
-                fail((stage_key, key), "unknown stage key (expected run_type and *_modifiers)")
+    for path, modifier, settings in _modifiers(data, fail):
+        if modifier not in _METHODS:
+            fail(path, f"modifier {modifier} is not supported (supported: {', '.join(_METHODS)})")
+        prune = _prune_settings(modifier, {} if settings is None else settings, path, fail)
+        new_path = ("stages", len(stages), "prune")
+        for our_key in prune:
+            new_lines[new_path + (our_key,)] = lines.get(path + (prune.source[our_key],), lines.get(path))
+        new_lines[new_path] = lines.get(path)
+        stages.append({"prune": dict(prune)})
     if not stages:
         raise BadInput(f"{where}: no SparseGPTModifier or WandaPruningModifier in this llm-compressor recipe")
-    new_lines[("stages",)] = lines.get((next(iter(data)),))
+    new_lines[("stages",)] = lines.get((0,) if isinstance(data, list) else (next(iter(data)),))
     return {"calibrate": {}, "stages": stages}, new_lines
+
+
+def _modifiers(data, fail):
+    """(path, modifier name, settings) of every modifier, in order, whichever shape holds them."""
+    if isinstance(data, list):
+        for index, item in enumerate(data):
+            if not isinstance(item, dict) or len(item) != 1:
+                fail((index,), "each item is one modifier, e.g. '- SparseGPTModifier: {sparsity: 0.5}'")
+            (modifier, settings), = item.items()
+            yield (index, modifier), modifier, settings
+        return
+    for key, value in data.items():
+        if key.endswith("Modifier"):
+            yield (key,), key, value
+        elif key.endswith("_modifiers"):
+            yield from _group((key,), value, fail)
+        else:
+            if not isinstance(value, dict):
+                fail((key,), "a stage is a mapping of run_type and *_modifiers")
+            for stage_key, stage_value in value.items():
+                if stage_key == "run_type":
+                    if stage_value != "oneshot":
+                        fail((key, stage_key), f"run_type {stage_value!r} is not supported (only oneshot)")
+                elif isinstance(stage_key, str) and stage_key.endswith("_modifiers"):
+                    yield from _group((key, stage_key), stage_value, fail)
+                else:
+                    fail((key, stage_key), "unknown stage key (expected run_type and *_modifiers)")
+
+
+def _group(path: tuple, group, fail):
+    if not isinstance(group, dict):
+        fail(path, "a modifier group is a mapping of modifier names to their settings")
+    for modifier, settings in group.items():
+        yield path + (modifier,), modifier, settings
 
 
 class _Settings(dict):
@@ -76,14 +138,19 @@ def _prune_settings(modifier: str, settings: dict, path: tuple, fail) -> _Settin
             continue
         if key in _RENAMED and (modifier == "SparseGPTModifier"):
             out[_RENAMED[key]], out.source[_RENAMED[key]] = value, key
-        elif key in _ACCEPTED_NOOPS and value == _ACCEPTED_NOOPS[key]:
+        elif (key in _NEUTRAL and _NEUTRAL[key](value)) or _is_state(key, value):
             continue
         elif key == "targets":
-            out["targets"], out.source["targets"] = _targets(value, path + (key,), fail), key
-            if out["targets"] is None:
-                del out["targets"]
+            targets = None if value is None else _targets(value, path + (key,), fail)  # None: every Linear
+            if targets is not None:
+                out["targets"], out.source["targets"] = targets, key
         elif key == "ignore":
-            out["ignore"], out.source["ignore"] = _ignore(value, path + (key,), fail), key
+            ignore = _ignore(value, path + (key,), fail)
+            if ignore:  # their default, [], ignores nothing
+                out["ignore"], out.source["ignore"] = ignore, key
+        elif key in _NEUTRAL or key.endswith("_"):
+            fail(path + (key,), f"{modifier} key {key!r} is supported only as llm-compressor writes it unset, "
+                                f"not {value!r}")
         else:
             fail(path + (key,), f"{modifier} key {key!r} is not supported")
     match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(structure))

@@ -24,10 +24,10 @@ from compress.errors import BadInput
 from compress.paths import user_path
 from compress.pipeline.gates import Gate
 import compress.pipeline.stages  # noqa: F401  (registers the stage kinds)
-from compress.pipeline.registry import STAGES
+from compress.pipeline.registry import SESSION_STAGES, STAGES
 from compress.pipeline.yaml_lines import path_text
 
-__all__ = ["Recipe", "dump_recipe", "validate_recipe", "validate_config", "stage_item"]
+__all__ = ["Recipe", "dump_recipe", "validate_recipe", "validate_config", "stage_item", "flatten_stages"]
 
 _Stage = Annotated[Union[tuple(spec.config for spec in STAGES.values())], Field(discriminator="kind")]
 
@@ -46,9 +46,7 @@ class Recipe(LoadConfig):
     @model_validator(mode="before")
     @classmethod
     def _stage_items(cls, data):
-        if isinstance(data, dict) and isinstance(data.get("stages"), list):
-            data = {**data, "stages": [_flatten_item(item, i) for i, item in enumerate(data["stages"])]}
-        return data
+        return flatten_stages(data)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -98,13 +96,20 @@ def stage_item(stage) -> dict:
     return {config.pop("kind"): config}
 
 
-def _flatten_item(item, index: int):
+def flatten_stages(data, stages: dict = STAGES):
+    """Recipe data with each stage item {kind: {settings}} as its settings and kind, of the kinds in `stages`."""
+    if isinstance(data, dict) and isinstance(data.get("stages"), list):
+        data = {**data, "stages": [_flatten_item(item, i, stages) for i, item in enumerate(data["stages"])]}
+    return data
+
+
+def _flatten_item(item, index: int, stages: dict):
     if not isinstance(item, dict) or len(item) != 1:
         raise BadInput("each stage is one mapping {kind: {settings}}, e.g. '- prune: {method: wanda}'",
                        key=f"stages.{index}")
     (kind, settings), = item.items()
-    if kind not in STAGES:
-        raise BadInput(f"unknown stage {kind!r}: choose one of {', '.join(STAGES)}", key=f"stages.{index}.{kind}")
+    if kind not in stages:
+        raise BadInput(f"unknown stage {kind!r}: choose one of {', '.join(stages)}", key=f"stages.{index}.{kind}")
     if settings is None:
         settings = {}
     if not isinstance(settings, dict):
@@ -151,7 +156,7 @@ def validate_config(model_class, data: dict, locate=None, label=None):
     try:
         return model_class.model_validate(data)
     except ValidationError as exc:
-        path, message = _first_error(exc)
+        path, message = _first_error(exc, model_class)
     except BadInput as exc:
         path, message = _split_key(exc.key), str(exc)
     error = BadInput(f"{locate(path)}{label(path)}: {message}" if path else f"{locate(path)}{message}")
@@ -187,7 +192,7 @@ def _settings_model(model, key):
     return None
 
 
-def _first_error(exc: ValidationError) -> tuple[tuple, str]:
+def _first_error(exc: ValidationError, model_class) -> tuple[tuple, str]:
     error = exc.errors()[0]
     path = tuple(error["loc"])
     cause = (error.get("ctx") or {}).get("error")
@@ -196,7 +201,19 @@ def _first_error(exc: ValidationError) -> tuple[tuple, str]:
         path = key if not path else (path + key[-1:] if path[-1:] != key[-1:] else path)
     message = str(cause) if cause is not None else error["msg"]
     if error["type"] == "extra_forbidden":
-        message = f"unknown key (valid: {', '.join(_valid_keys(path[:-1]))})"
+        message = f"unknown key (valid: {', '.join(_keys_at(model_class, path[:-1]))})"
     elif error["type"] == "missing":
         message = "missing"
     return path, message.removeprefix("Value error, ")
+
+
+def _keys_at(model_class, parent: tuple) -> list[str]:
+    """The keys the mapping at `parent` may hold: in a language-model recipe (_valid_keys), or in a recipe of
+    another session kind (its stage kinds' settings, else its own fields)."""
+    session = getattr(model_class, "session", None)
+    if session is None:
+        return _valid_keys(parent)
+    stages = SESSION_STAGES[session]
+    if len(parent) == 3 and parent[0] == "stages" and parent[2] in stages:
+        return [k for k in stages[parent[2]].config.model_fields if k != "kind"]
+    return list(model_class.model_fields)

@@ -1,5 +1,6 @@
 """Recipe files: read (a path or `-` for standard input), llm-compressor recipes translated, `--set`
-overrides applied, then validated, every error pointing at the file, the line and the key."""
+overrides applied, then validated, every error pointing at the file, the line and the key. A top-level
+`kind: graph` makes a graph recipe (compress/pipeline/graph_session.py); without it, a language-model recipe."""
 from __future__ import annotations
 
 import sys
@@ -7,15 +8,15 @@ from pathlib import Path
 
 from compress.errors import BadInput
 from compress.pipeline.llmcompressor import is_llmcompressor, translate
-from compress.pipeline.recipe import Recipe, validate_recipe
+from compress.pipeline.recipe import Recipe, validate_config, validate_recipe
 from compress.pipeline.yaml_lines import parse_scalar, read_yaml
 
-__all__ = ["read_recipe", "recipe_from_data", "apply_override"]
+__all__ = ["read_recipe", "recipe_from_data", "apply_override", "recipe_class"]
 
 
-def read_recipe(source: str, sets: list[str] = (), model: str | None = None, out: str | None = None) -> Recipe:
-    """A validated recipe from a YAML file (or `-`: standard input), with the MODEL/--out arguments and
-    `--set key=value` overrides applied on top."""
+def read_recipe(source: str, sets: list[str] = (), model: str | None = None, out: str | None = None):
+    """A validated recipe (a Recipe, or a GraphRecipe for `kind: graph`) from a YAML file (or `-`: standard
+    input), with the MODEL/--out arguments and `--set key=value` overrides applied on top."""
     where = "<stdin>" if source == "-" else source
     if source == "-":
         text = sys.stdin.read()
@@ -33,15 +34,30 @@ def read_recipe(source: str, sets: list[str] = (), model: str | None = None, out
     return recipe_from_data(data, lines, where, sets, model, out)
 
 
-def recipe_from_data(data, lines: dict, where: str, sets=(), model=None, out=None) -> Recipe:
+def recipe_class(data: dict, where: str = "recipe", lines: dict | None = None) -> type:
+    """The recipe model a recipe's top-level `kind` names: absent, a language-model Recipe; graph, a GraphRecipe."""
+    kind = data.get("kind")
+    if kind is None:
+        return Recipe
+    if kind == "graph":
+        from compress.pipeline.graph_session import GraphRecipe
+
+        return GraphRecipe
+    line = (lines or {}).get(("kind",))
+    raise BadInput(f"{where}{f':{line}' if isinstance(line, int) else ''}: kind: unknown recipe kind {kind!r} "
+                   "(graph, or no kind for a language-model recipe)")
+
+
+def recipe_from_data(data, lines: dict, where: str, sets=(), model=None, out=None):
     if not isinstance(data, dict):
         raise BadInput(f"{where}:1: a recipe is a mapping of model, calibrate, stages and out")
+    recipe_type = recipe_class(data, where, lines)
     if model is not None:
         data["model"], lines[("model",)] = model, "the MODEL argument"
     if out is not None:
         data["out"], lines[("out",)] = out, "--out"
     for assignment in sets:
-        apply_override(data, lines, assignment)
+        apply_override(data, lines, assignment, recipe_type)
 
     def locate(path: tuple) -> str:
         for end in range(len(path), -1, -1):
@@ -50,7 +66,7 @@ def recipe_from_data(data, lines: dict, where: str, sets=(), model=None, out=Non
                 return f"{where}:{found}: " if isinstance(found, int) else f"{found}: "
         return f"{where}: "
 
-    return validate_recipe(data, locate)
+    return validate_recipe(data, locate) if recipe_type is Recipe else validate_config(recipe_type, data, locate)
 
 
 def _stage_index(stages: list, name: str) -> int | None:
@@ -65,9 +81,10 @@ def _stage_index(stages: list, name: str) -> int | None:
     return None
 
 
-def apply_override(data: dict, lines: dict, assignment: str) -> None:
+def apply_override(data: dict, lines: dict, assignment: str, recipe_type: type = Recipe) -> None:
     """`key=value`: a top-level key (model, out, dtype, …), `calibrate.KEY`, `STAGE.KEY` (a stage's name
-    or its kind when unique) or `stages.INDEX.KEY`; the value reads as a YAML scalar."""
+    or its kind when unique) or `stages.INDEX.KEY`; the value reads as a YAML scalar. `recipe_type` (the
+    recipe's model) tells its top-level keys from stage names."""
     key, sep, text = assignment.partition("=")
     parts = [p for p in key.strip().split(".")]
     if not sep or not all(parts):
@@ -79,7 +96,7 @@ def apply_override(data: dict, lines: dict, assignment: str) -> None:
         index, rest = int(rest[0]), rest[1:]
         if index >= len(stages):
             raise BadInput(f"--set {key}: the recipe has {len(stages)} stages")
-    elif rest and head not in Recipe.model_fields:
+    elif rest and head not in recipe_type.model_fields:
         index = _stage_index(stages, head)
         if index is None:
             raise BadInput(f"--set {key}: no stage or key {head!r} in the recipe")

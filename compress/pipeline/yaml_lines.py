@@ -1,8 +1,10 @@
 """YAML read with `safe_load` semantics, keeping the line of every key so errors can point at it.
 
 Only plain YAML types are built (mappings, lists, strings, numbers, booleans, null); any other tag
-(`!!python/object`, …) is refused. N:M patterns written without quotes stay strings (YAML 1.1 would
-read `2:4` as a base-60 integer).
+(`!!python/object`, …) is refused, but one: the `run_type` that older llm-compressor versions saved as their
+StageRunType enum (`run_type: !!python/object/apply:llmcompressor.recipe.stage.StageRunType [oneshot]`) reads
+as the plain string it holds; nothing is imported or called. N:M patterns written without quotes stay
+strings (YAML 1.1 would read `2:4` as a base-60 integer).
 """
 from __future__ import annotations
 
@@ -10,12 +12,30 @@ import yaml
 
 from compress.errors import BadInput
 
-__all__ = ["Lines", "read_yaml", "parse_scalar", "path_text"]
+__all__ = ["Lines", "read_yaml", "parse_scalar", "path_text", "STAGE_RUN_TYPE_TAG"]
 
 Lines = dict  # path tuple -> line number (1-based) or a description such as "--set prune.pattern"
 
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
 _MAX_NODES = 100_000
+STAGE_RUN_TYPE_TAG = "tag:yaml.org,2002:python/object/apply:llmcompressor.recipe.stage.StageRunType"
+_RUN_TYPES = ("oneshot", "train")  # StageRunType's values
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader and one constructor more, for STAGE_RUN_TYPE_TAG alone."""
+
+
+def _construct_run_type(loader, node) -> str:
+    """The enum's value: PyYAML wrote StageRunType.ONESHOT as the tag applied to [oneshot]."""
+    item = node.value[0] if isinstance(node, yaml.SequenceNode) and len(node.value) == 1 else None
+    if not (isinstance(item, yaml.ScalarNode) and item.tag == "tag:yaml.org,2002:str" and item.value in _RUN_TYPES):
+        raise yaml.constructor.ConstructorError(None, None, f"llm-compressor's StageRunType tag holds one value, "
+                                                f"{' or '.join(_RUN_TYPES)}", node.start_mark)
+    return item.value
+
+
+_RecipeLoader.add_constructor(STAGE_RUN_TYPE_TAG, _construct_run_type)
 
 
 def path_text(path: tuple) -> str:
@@ -28,7 +48,7 @@ def path_text(path: tuple) -> str:
 def read_yaml(text: str, where: str) -> tuple[object, Lines]:
     """Parse YAML text into plain Python values and a map of each key's line."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_RecipeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -53,6 +73,11 @@ def _build(node, path: tuple, lines: Lines, where: str, budget: list):
     budget[0] -= 1
     if budget[0] < 0:
         raise BadInput(f"{where}: the recipe is too large (more than {_MAX_NODES} values)")
+    if node.tag == STAGE_RUN_TYPE_TAG and path[-1:] == ("run_type",):
+        try:
+            return _RecipeLoader("").construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            raise BadInput(f"{where}:{line}: {path_text(path)}: {exc.problem}") from None
     if node.tag not in _PLAIN_TAGS:
         raise BadInput(f"{where}:{line}: {path_text(path) or 'recipe'}: the tag {node.tag} is not allowed "
                        "(recipes are plain YAML)")
