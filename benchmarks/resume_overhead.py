@@ -123,13 +123,15 @@ def gpu_shape(args, scratch: Path) -> tuple[list[dict], dict]:
     calibration = torch.randint(0, 32000, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
     config = prune_config("wanda", "2:4")
     rows = []
+    pass_row(model, original, config, calibration[:1], args.device, scratch, False)  # untimed warm-up
     for repeat in range(args.repeats):
-        for checkpoints in (False, True):
-            rows.append({"repeat": repeat, **pass_row(model, original, config, calibration, "cuda", scratch,
+        for checkpoints in (False, True) if repeat % 2 == 0 else (True, False):  # ABBA against drift
+            rows.append({"repeat": repeat, **pass_row(model, original, config, calibration, args.device, scratch,
                                                        checkpoints)})
             print(json.dumps(rows[-1]), flush=True)
+    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device
     setup = {"mode": "gpu-shape", "model": f"random 7B-shape Llama, {args.layers} layers, bfloat16",
-             "device": torch.cuda.get_device_name(0), "method": "wanda", "pattern": "2:4", "nsamples": args.nsamples,
+             "device": device, "method": "wanda", "pattern": "2:4", "nsamples": args.nsamples,
              "seqlen": args.seqlen, "hidden": 4096, "layers_asked": args.layers, "model_gib": round(size / 2**30, 2),
              "digest_estimate_s": round(_sha256_seconds(model, size), 2)}
     return rows, setup
@@ -156,6 +158,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--gpu-shape", action="store_true", help="a random 7B-shape Llama on one GPU")
     parser.add_argument("--layers", type=int, default=32, help="--gpu-shape: decoder layers (32 is the 7B shape)")
+    parser.add_argument("--device", default="cuda", help="--gpu-shape: where the layers run (cpu: a slow check)")
     parser.add_argument("--scratch", default=None, help="folder for the outputs and checkpoints (default: a temp one)")
     parser.add_argument("--tiny", action="store_true", help="tiny random model, one repeat")
     args = parser.parse_args()
