@@ -106,6 +106,8 @@ class WorkFolder:
 
     def begin(self, session) -> None:
         """Compare the run's fingerprint with the saved one (resume) or save it (a fresh start)."""
+        if _calibrates(session):
+            session.calibration()  # drawn for the stages anyway: not a cost of the fingerprint
         started = time.perf_counter()
         new, path = fingerprint(session), self.path / FINGERPRINT
         if path.exists():
@@ -186,7 +188,6 @@ def fingerprint(session, loaded: bool = True) -> dict:
     """What must not change between a run and its resume: the resolved recipe (its out and model path aside:
     the folder is the out, the model is its digest), the versions of the code that computes and, once the
     model is `loaded`, the sha256 of its files and of the calibration tokens."""
-    from compress.pipeline.registry import STAGES
     from compress.pipeline.run_report import file_digest, tokens_digest
     from compress.provenance import versions
 
@@ -197,10 +198,16 @@ def fingerprint(session, loaded: bool = True) -> dict:
     parts = {"recipe": recipe, "versions": {key: found[key] for key in VERSION_KEYS}}
     if loaded:
         calibration = None
-        if any(STAGES[stage.kind].needs_calibration(stage) for stage in session.recipe.stages):
+        if _calibrates(session):
             calibration = tokens_digest(session.calibration(), session.report.calibration.source).sha256
         parts.update(model=file_digest(session.report.model).sha256 or session.report.model, calibration=calibration)
     return parts
+
+
+def _calibrates(session) -> bool:
+    from compress.pipeline.registry import STAGES
+
+    return any(STAGES[stage.kind].needs_calibration(stage) for stage in session.recipe.stages)
 
 
 def differences(old: dict, new: dict) -> list[str]:
