@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -50,7 +51,7 @@ def session_row(recipe_data: dict, scratch: Path, checkpoints: bool) -> dict:
 
     out = scratch / ("with" if checkpoints else "without")
     session = Session(validate_recipe({**recipe_data, "out": str(out)}), resumable=checkpoints)
-    started = time.perf_counter()
+    started, load = time.perf_counter(), os.getloadavg()[0]
     session.run()
     wall = time.perf_counter() - started
     prune = session.report.stage("prune").result
@@ -58,7 +59,7 @@ def session_row(recipe_data: dict, scratch: Path, checkpoints: bool) -> dict:
     work = session.work
     costs = _checkpoint_costs(work.checkpoints if work else [], work.stats if work else {})
     return {"checkpoints": checkpoints, "wall_s": round(wall, 3), "prune_s": round(prune.seconds, 3),
-            "layers": len(prune.layers), **costs}
+            "layers": len(prune.layers), "load_average": _load_average(load), **costs}
 
 
 def pass_row(model, original: dict, config, calibration, device: str, scratch: Path, checkpoints: bool) -> dict:
@@ -74,7 +75,7 @@ def pass_row(model, original: dict, config, calibration, device: str, scratch: P
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.synchronize()
-    started = time.perf_counter()
+    started, load = time.perf_counter(), os.getloadavg()[0]
     result = prune_model(model, config, calibration, device, checkpoint=checkpoint)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -83,7 +84,12 @@ def pass_row(model, original: dict, config, calibration, device: str, scratch: P
         shutil.rmtree(folder)
     costs = _checkpoint_costs([checkpoint] if checkpoint else [], {})
     return {"checkpoints": checkpoints, "wall_s": round(wall, 3), "prune_s": round(result.seconds, 3),
-            "layers": len(result.steps), **costs}
+            "layers": len(result.steps), "load_average": _load_average(load), **costs}
+
+
+def _load_average(at_start: float) -> list[float]:
+    """The machine's 1-minute load average at the start and the end of a row (others' jobs included)."""
+    return [round(at_start, 2), round(os.getloadavg()[0], 2)]
 
 
 def summary(rows: list[dict]) -> dict:
@@ -107,7 +113,7 @@ def cpu_setup(args, scratch: Path) -> tuple[dict, dict]:
     setup = {"mode": "tiny" if args.tiny else "cpu", "model": "tiny random Llama" if args.tiny else "default",
              "device": "cpu", "method": "wanda", "pattern": "2:4", "nsamples": calibrate["nsamples"],
              "seqlen": calibrate["seqlen"], "hidden": None, "layers_asked": None, "model_gib": None,
-             "digest_estimate_s": None}
+             "digest_estimate_s": None, "cpu_count": os.cpu_count()}
     return {k: v for k, v in recipe.items() if v is not None}, setup
 
 
@@ -133,7 +139,7 @@ def gpu_shape(args, scratch: Path) -> tuple[list[dict], dict]:
     setup = {"mode": "gpu-shape", "model": f"random 7B-shape Llama, {args.layers} layers, bfloat16",
              "device": device, "method": "wanda", "pattern": "2:4", "nsamples": args.nsamples,
              "seqlen": args.seqlen, "hidden": 4096, "layers_asked": args.layers, "model_gib": round(size / 2**30, 2),
-             "digest_estimate_s": round(_sha256_seconds(model, size), 2)}
+             "digest_estimate_s": round(_sha256_seconds(model, size), 2), "cpu_count": os.cpu_count()}
     return rows, setup
 
 
