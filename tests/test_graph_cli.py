@@ -47,6 +47,12 @@ def test_train_then_prune_writes_a_model_that_reloads(checkpoint, tmp_path):
         loss = sum(torch.nn.functional.cross_entropy(model(b), b.y, reduction="sum").item() for b in test) / sum(
             b.num_graphs for b in test)
     assert abs(loss - report["pruned"]["loss"]) < 1e-5
+    record = json.loads((out / "report.json").read_text())  # validated against the schema as it was written
+    assert record["kind"] == "graph" and record["stages"][0]["kind"] == "graph_prune"
+    assert record["metrics"]["loss"] == report["pruned"]["loss"]
+    assert record["metrics"]["recovery"] == report["pruned"]["accuracy"] / report["reference"]["accuracy"]
+    assert record["metrics"]["flops_ratio"] == report["pruned"]["nonzero_flops"] / report["reference"]["nonzero_flops"]
+    assert record["inputs"]["data"]["sha256"] and record["inputs"]["model"]["files"] >= 2
 
 
 @pytest.mark.parametrize("args, words", [

@@ -38,6 +38,9 @@ def prune_checkpoint(checkpoint: str, spec, data: str | None = None, calibration
     from compress.graph.train import TrainConfig, batches, pick_device, train
     from compress.version import __version__
 
+    from compress.provenance import now
+
+    job_started, started_at = time.perf_counter(), now()
     log = log or (lambda message: None)
     check_count(calibration_graphs, "calibration_graphs")
     check_count(finetune_epochs, "finetune_epochs", minimum=0)
@@ -45,7 +48,7 @@ def prune_checkpoint(checkpoint: str, spec, data: str | None = None, calibration
     if out is not None:
         from compress.export.atomic import check_output_dir
 
-        check_output_dir(out, force, (checkpoint,))
+        out_path = check_output_dir(out, force, (checkpoint,))
     reference = load_graph_model(checkpoint)
     cap = finetune_cap(reference.config.train_epochs)
     if not 0 <= finetune_epochs <= cap:
@@ -78,5 +81,17 @@ def prune_checkpoint(checkpoint: str, spec, data: str | None = None, calibration
                               "pruned": measure(model, batches(graphs.external, EVAL_BATCH, device=run_on))}
     model.cpu()
     if out is not None:
-        report["out"] = str(save_graph_model(model, out, report, force, (checkpoint,)))
+        from compress.graph.run_record import graph_run_report
+
+        report["out"] = str(out_path)
+        used = graphs.train[:calibration_graphs] + list(graphs.test) + list(graphs.external or [])
+        run = graph_run_report(report, checkpoint, str(data or reference.config.data), used, str(run_on), started_at,
+                               time.perf_counter() - job_started, recipe or _flags_recipe(report, data, out))
+        save_graph_model(model, out, report, force, (checkpoint,), run_report=run)
     return report
+
+
+def _flags_recipe(report: dict, data: str | None, out: str) -> dict:
+    """What `compress graph prune` was asked, for report.json's recipe (a recipe file gives its own)."""
+    return {"kind": "graph", "model": report["checkpoint"], "data": data, "spec": report["spec"],
+            "finetune_epochs": report["finetune_epochs"], "out": str(out)}

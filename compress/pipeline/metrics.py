@@ -4,7 +4,8 @@ Each eval stage gives `ppl` (after its stages), and with `before`: `ppl_before` 
 before, so relative to the model as loaded); with zero-shot tasks, `accuracy.TASK` (lm-eval's acc) and with
 `before`: `recovery.TASK` (accuracy after / before, as llm-compressor's CI gates); unqualified `accuracy` and
 `recovery` are the mean over the stage's tasks. Names are qualified by the stage's name (`eval.ppl_ratio`);
-the last eval stage's are also unqualified (`ppl_ratio`).
+the last eval stage's are also unqualified (`ppl_ratio`). A graph job's graph_prune stage gives
+`accuracy`, `accuracy_before`, `recovery`, `loss`, `loss_before` and `flops_ratio` on the test split.
 """
 from __future__ import annotations
 
@@ -48,6 +49,19 @@ def _eval_values(result: dict) -> dict[str, float]:
     return values
 
 
+def _graph_values(result: dict) -> dict[str, float]:
+    """A graph_prune stage: the test split's accuracy and loss of the pruned model and of the checkpoint as
+    loaded (`_before`), `recovery` (accuracy after / before) and `flops_ratio` (nonzero FLOPs after / before)."""
+    before, after = result["reference"], result["pruned"]
+    values = {"accuracy": float(after["accuracy"]), "accuracy_before": float(before["accuracy"]),
+              "loss": float(after["loss"]), "loss_before": float(before["loss"])}
+    if before["accuracy"] > 0:
+        values["recovery"] = values["accuracy"] / values["accuracy_before"]
+    if before.get("nonzero_flops"):
+        values["flops_ratio"] = after["nonzero_flops"] / before["nonzero_flops"]
+    return values
+
+
 def planned_metrics(recipe) -> set[str]:
     """The metric names a recipe's stages will measure (known before any work)."""
     names: set[str] = set()
@@ -63,10 +77,11 @@ def planned_metrics(recipe) -> set[str]:
 def measured_metrics(stages: list[dict]) -> dict[str, float]:
     """The metrics in a report's stages (report.json's "stages": {name, kind, result})."""
     metrics: dict[str, float] = {}
-    evals = [s for s in stages if s["kind"] == "eval"]
-    for index, stage in enumerate(evals):
-        own = _eval_values(stage["result"])
-        metrics.update({f"{stage['name']}.{k}": v for k, v in own.items()})
-        if index == len(evals) - 1:
-            metrics.update(own)
+    for kind, values in (("eval", _eval_values), ("graph_prune", _graph_values)):
+        measured = [s for s in stages if s["kind"] == kind]
+        for index, stage in enumerate(measured):
+            own = values(stage["result"])
+            metrics.update({f"{stage['name']}.{k}": v for k, v in own.items()})
+            if index == len(measured) - 1:
+                metrics.update(own)
     return dict(sorted(metrics.items()))

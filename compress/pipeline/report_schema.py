@@ -15,9 +15,10 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "report-v1.schem
 def stage_result_types() -> dict[str, type]:
     """{stage kind: its result model}, read from each registered stage's run() annotation."""
     import compress.pipeline.stages  # noqa: F401  (registers the stage kinds)
-    from compress.pipeline.registry import STAGES
+    from compress.pipeline.registry import SESSION_STAGES
 
-    return {kind: typing.get_type_hints(spec.run)["return"] for kind, spec in sorted(STAGES.items())}
+    every = {kind: spec for stages in SESSION_STAGES.values() for kind, spec in stages.items()}
+    return {kind: typing.get_type_hints(spec.run)["return"] for kind, spec in sorted(every.items())}
 
 
 def build_schema() -> dict:

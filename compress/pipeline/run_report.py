@@ -19,8 +19,8 @@ from pydantic import ConfigDict, Field
 from compress.pipeline.gates import GateOutcome
 from compress.pipeline.report import Report, ReportModel
 
-__all__ = ["RunReport", "SCHEMA_VERSION", "REPORT_FILE", "file_digest", "tokens_digest", "provenance",
-           "write_run_report"]
+__all__ = ["RunReport", "SCHEMA_VERSION", "REPORT_FILE", "file_digest", "tokens_digest", "tensors_digest",
+           "provenance", "write_run_report"]
 
 SCHEMA_VERSION = 1
 REPORT_FILE = "report.json"
@@ -45,6 +45,8 @@ class Inputs(ReportModel):
     model: Digest
     calibration: TokensDigest | None = None
     evaluation: list[TokensDigest] = Field(default_factory=list)
+    data: Digest | None = None
+    """Data that is not text (a graph job's graphs): its source and the sha256 of the tensors used."""
 
 
 class Provenance(ReportModel):
@@ -62,7 +64,7 @@ class RunReport(Report):
 
     schema_name: Literal["compress-report"] = Field("compress-report", alias="schema")
     schema_version: Literal[1] = SCHEMA_VERSION
-    kind: str  # what wrote it: run (recipes, prune, factorize), eval, graph-prune
+    kind: str  # what wrote it: run (recipes, prune, factorize), eval, graph
     inputs: Inputs
     seed: int | None
     machine: dict[str, Any]
@@ -102,6 +104,20 @@ def tokens_digest(ids, source: str, stage: str | None = None) -> TokensDigest:
     flat = ids.detach().to("cpu", torch.int64).contiguous().reshape(-1)
     return TokensDigest(source=source, sha256=hashlib.sha256(flat.numpy().tobytes()).hexdigest(),
                         tokens=int(flat.numel()), stage=stage)
+
+
+def tensors_digest(tensors, source: str) -> Digest:
+    """sha256 over tensors' dtypes, shapes and values, in order (e.g. the graphs a graph job used)."""
+    import torch
+
+    h, total = hashlib.sha256(), 0
+    for tensor in tensors:
+        flat = tensor.detach().cpu().contiguous()
+        h.update(f"{flat.dtype}{tuple(flat.shape)}".encode())
+        data = flat.reshape(-1).view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+        h.update(data)
+        total += len(data)
+    return Digest(source=source, sha256=h.hexdigest(), bytes=total)
 
 
 def provenance() -> Provenance:
