@@ -149,6 +149,17 @@ def test_eval_command_adds_zero_shot_to_each_row(long_model):
     assert table.exit_code == 0 and "zero-shot accuracy" in table.output and "25%" in table.output
 
 
+def test_eval_double_sparsity_scores_tasks_dense_and_sparse(long_model, channel_file):
+    result = invoke("eval", long_model[0], "--double-sparsity", channel_file, "--channels", "1/4", "--tokens", "16",
+                    "--dense-layers", 0, "--tasks", TASK, "--limit", 2, "--device", "cpu", "--max-tokens", 256,
+                    "--context", 64, "--json")
+    assert result.exit_code == 0, result.output
+    dense, sparse = json.loads(result.output)["results"]
+    assert "kept_share" in sparse and "kept_share" not in dense
+    for row in (dense, sparse):
+        assert row["zero_shot"]["n-samples"][TASK]["effective"] == 2
+
+
 def test_recipe_eval_stage_runs_tasks_with_double_sparsity(long_model, tmp_path):
     """An attention stage writes the channel file and a later eval stage reads it in the same job (it is
     published when the job ends); the eval stage's Double Sparsity settings are DoubleSparsity's keys."""
