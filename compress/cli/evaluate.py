@@ -7,6 +7,7 @@ import typer
 
 from compress.cli.common import error_line, exit_codes, print_json, progress
 from compress.cli.prune import DEVICE_MAP_HELP, MAX_MEMORY_HELP, OFFLOAD_HELP
+from compress.cli.run import GATE_HELP
 
 __all__ = ["evaluate", "EXAMPLES"]
 
@@ -88,6 +89,12 @@ def evaluate(
                                         "runs offline (4 choices, chance 25%); lm-eval's own (hellaswag, arc_easy, ...) "
                                         "need the Hugging Face hub."),
     limit: Optional[int] = typer.Option(None, "--limit", help="With --tasks: score only the first N items of each task."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Also write the evaluation as a job's record here: a "
+                                          "folder with report.json (and compression.json, the marker)."),
+    force: bool = typer.Option(False, help="Replace --out if it holds an earlier output of compress."),
+    gates: Optional[List[str]] = typer.Option(None, "--gate", help=GATE_HELP + " Needs --out. Here: ppl, and with "
+                                              "--double-sparsity or --kernels ppl_before, ppl_ratio (sparse / dense), "
+                                              "with --kernels speedup, with --tasks accuracy."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -112,6 +119,7 @@ def evaluate(
             label=lambda path: {"tasks": "--tasks", "limit": "--limit"}.get(path[0], label_for_cli(path)))
         settings = _double_sparsity(ctx, double_sparsity, channels, ds_tokens, dense_layers, label_bits, sink, recent,
                                     labels, position_prior)
+        record = _record_checks(config, settings, out_dir, force, gates)
         with progress(quiet or as_json) as hooks:
             try:
                 if settings is not None:
@@ -128,6 +136,47 @@ def evaluate(
         else:
             print_compare_report(report)
             _print_zero_shot(report)
+        if record is not None:
+            _write_record(config, report, settings is not None or config.kernels, record, force, as_json)
+
+
+def _record_checks(config, settings, out_dir, force: bool, gates) -> dict | None:
+    """Before any work: the --out folder and the --gate metrics (named as eval measures them), or None."""
+    import time
+
+    from compress.errors import BadInput
+
+    if out_dir is None:
+        if gates or force:
+            raise BadInput(f"{'--gate' if gates else '--force'} goes with --out (the record the gates are written into)")
+        return None
+    from compress.export.atomic import check_output_dir
+    from compress.pipeline.eval_record import planned_eval_metrics
+    from compress.pipeline.gates import Gate, require_metrics
+    from compress.pipeline.recipe import validate_config
+    from compress.provenance import now
+
+    parsed = [validate_config(Gate, text, label=lambda path: "--gate") for text in gates or []]
+    require_metrics(parsed, planned_eval_metrics(len(config.models), settings is not None or config.kernels,
+                                                 config.kernels, config.tasks))
+    path = check_output_dir(out_dir, force, tuple(m for m in config.models if m))
+    return {"out": path, "gates": parsed, "started": now(), "clock": time.perf_counter()}
+
+
+def _write_record(config, report, paired: bool, record: dict, force: bool, as_json: bool) -> None:
+    import time
+
+    from compress.cli.render import print_gates
+    from compress.pipeline.eval_record import eval_run_report, write_eval_folder
+    from compress.pipeline.gates import GateBreach
+
+    run = eval_run_report(config, report, paired, record["started"], time.perf_counter() - record["clock"],
+                          record["gates"])
+    write_eval_folder(record["out"], force, run)
+    if not as_json:
+        print_gates(run.gates)
+    if not run.gates_passed:
+        raise GateBreach(run.gates, run)
 
 
 def _print_zero_shot(report) -> None:

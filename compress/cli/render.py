@@ -6,7 +6,7 @@ from rich.text import Text
 
 from compress.cli.common import out
 
-__all__ = ["print_run_report", "print_compare_report"]
+__all__ = ["print_run_report", "print_compare_report", "print_gates"]
 
 
 def _pattern_text(pattern: dict) -> str:
@@ -59,10 +59,14 @@ def print_run_report(report) -> None:
             out.print(f"wrote {stage.result.out} ({stage.result.format})")
         else:
             out.print(f"{stage.name}: done in {stage.seconds:.1f} s")
-    for gate in getattr(report, "gates", None) or []:  # a RunReport (report.json) carries the gates' outcomes
+    print_gates(getattr(report, "gates", None) or [])  # a RunReport (report.json) carries the gates' outcomes
+    out.print(f"total {report.seconds_total:.1f} s")
+
+
+def print_gates(gates) -> None:
+    for gate in gates:
         measured = "not measured" if gate.measured is None else f"{gate.measured:.4g}"
         out.print(f"gate {gate.metric} {gate.op} {gate.limit!r}: {measured} {'passed' if gate.passed else 'BREACHED'}")
-    out.print(f"total {report.seconds_total:.1f} s")
 
 
 def print_compare_report(report) -> None:

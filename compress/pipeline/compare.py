@@ -47,6 +47,8 @@ class CompareReport(ReportModel):
     source: str
     results: list[dict[str, Any]]
     versions: dict[str, str]
+    models: list[str] = Field(default_factory=list)  # each model as resolved, in order
+    held_out: list[dict[str, Any]] = Field(default_factory=list)  # digest of the token ids each model's tokenizer made
 
 
 def _kernel_rows(model, ids, context: int, device: str, source: str, bos_id, allow_fallback: bool) -> list[dict]:
@@ -120,12 +122,17 @@ def measure_each_model(config, measure, progress: Progress | None = None, what: 
             raise BadInput("zero-shot tasks run on the model in PyTorch; they do not combine with --kernels",
                            key="kernels")
         check_tasks(config.tasks)
+    from compress.pipeline.run_report import tokens_digest
+
     source = config.source()
-    results = []
+    described = source.describe("austen:" + EVALUATION_NOVEL)
+    results, models, digests = [], [], []
     for name in config.models:
         progress.stage(f"evaluating {name or 'the default model'}{what}")
         loaded = load_placed(config, name)
-        results += measure(loaded, evaluation_tokens(loaded.tokenizer, source, config.tokens),
-                           window_bos(loaded.tokenizer, config.bos))
+        ids = evaluation_tokens(loaded.tokenizer, source, config.tokens)
+        results += measure(loaded, ids, window_bos(loaded.tokenizer, config.bos))
+        models.append(loaded.source)
+        digests.append(tokens_digest(ids, described).model_dump())
         del loaded
-    return CompareReport(source=source.describe("austen:" + EVALUATION_NOVEL), results=results, versions=versions())
+    return CompareReport(source=described, results=results, versions=versions(), models=models, held_out=digests)

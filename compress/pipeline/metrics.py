@@ -3,7 +3,8 @@
 Each eval stage gives `ppl` (after its stages), and with `before`: `ppl_before` and `ppl_ratio` (after /
 before, so relative to the model as loaded); with zero-shot tasks, `accuracy.TASK` (lm-eval's acc) and with
 `before`: `recovery.TASK` (accuracy after / before, as llm-compressor's CI gates); unqualified `accuracy` and
-`recovery` are the mean over the stage's tasks. Names are qualified by the stage's name (`eval.ppl_ratio`);
+`recovery` are the mean over the stage's tasks. `compress eval --kernels` adds `speedup` (tokens/s on the
+sparse kernels / on the dense path, both as CUDA graphs). Names are qualified by the stage's name (`eval.ppl_ratio`);
 the last eval stage's are also unqualified (`ppl_ratio`). A graph job's graph_prune stage gives
 `accuracy`, `accuracy_before`, `recovery`, `loss`, `loss_before` and `flops_ratio` on the test split.
 """
@@ -37,6 +38,8 @@ def _eval_values(result: dict) -> dict[str, float]:
     if before:
         values["ppl_before"] = float(before["perplexity"])
         values["ppl_ratio"] = values["ppl"] / values["ppl_before"]
+        if result["after"].get("tokens_per_second") and before.get("tokens_per_second"):  # eval --kernels
+            values["speedup"] = result["after"]["tokens_per_second"] / before["tokens_per_second"]
     after_acc, before_acc = _task_accuracy(result.get("zero_shot")), _task_accuracy(result.get("zero_shot_before"))
     for task, acc in after_acc.items():
         values[f"accuracy.{task}"] = acc

@@ -47,6 +47,8 @@ class Inputs(ReportModel):
     evaluation: list[TokensDigest] = Field(default_factory=list)
     data: Digest | None = None
     """Data that is not text (a graph job's graphs): its source and the sha256 of the tensors used."""
+    models: list[Digest] = Field(default_factory=list)
+    """compress eval of several models: each, in order (`model` is the first)."""
 
 
 class Provenance(ReportModel):
