@@ -78,7 +78,7 @@ def render_html(reports: list[dict], names: list[str]) -> str:
         f"<header><h1>compress report</h1><p class=\"note\">{runs}, one column each; "
         f"written by compress {escape(__version__)} from each run's report.json</p></header>",
         '<section id="summary"><h2>Summary</h2>'
-        + _table("summary-table", labels, R.merge([R.summary_rows(r, n) for r, n in zip(reports, names)])) + "</section>",
+        + _table("summary-table", labels, R.merge([R.summary_rows(r) for r in reports])) + "</section>",
         '<section id="metrics"><h2>Metrics per stage</h2><p class="note">Perplexity <em>before</em> is the model as '
         "loaded (dense), <em>after</em> the model after the stages before that eval stage; recovery is accuracy "
         "after / before.</p>" + _table("metrics-table", labels, R.merge([R.metric_rows(r) for r in reports]))

@@ -75,11 +75,10 @@ def _digest_text(digest: dict) -> Cell:
     return Cell(text, "text", sha)
 
 
-def summary_rows(report: dict, given: str) -> list[tuple[str, str, Cell]]:
+def summary_rows(report: dict) -> list[tuple[str, str, Cell]]:
     inputs, provenance, machine = report["inputs"], report["provenance"], report["machine"]
     model = inputs["model"]
-    rows = [("folder", "report of", Cell(given, "code")),
-            ("kind", "job", Cell(report["kind"])),
+    rows = [("kind", "job", Cell(report["kind"])),
             ("command", "command", Cell(provenance["command"], "code")),
             ("model", "model", Cell(report["model"], "text", report.get("model_note"))),
             ("model.sha256", "model sha256", short_hash(model.get("sha256"))),
