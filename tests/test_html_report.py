@@ -24,8 +24,8 @@ from tests.conftest import TEXT, save_tiny_model
 
 runner = CliRunner()
 MARKUP = '<script>alert(1)<script><img src=x onerror=alert(2)>&amp;"m"'  # a folder name: no slash
-ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "p", "em", "section", "table",
-                "thead", "tbody", "tr", "th", "td", "div", "figure", "svg", "text", "rect", "line", "details",
+ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "h3", "p", "em", "section",
+                "table", "thead", "tbody", "tr", "th", "td", "div", "figure", "svg", "text", "rect", "line", "details",
                 "summary", "pre"}
 
 
@@ -116,6 +116,8 @@ def expected_numbers(report: dict) -> dict[tuple[str, str], tuple[float, float]]
                 ("timings-table", "whole job"): (report["seconds_total"], 1)}
     for s in report["stages"]:
         expected[("timings-table", f"{s['name']} ({s['kind']})")] = (s["seconds"], 1)
+    for name, value in report["metrics"].items():
+        expected[("named-metrics-table", name)] = (value, 1)
     for g in report["gates"]:
         expected[("gates-table", f"{g['metric']} {g['op']} {g['limit']:g}")] = (g["measured"], 1)
     ev = stage(report, "eval")["result"]
@@ -175,7 +177,8 @@ def test_markup_in_the_model_name_is_escaped(runs, tmp_path):
 def test_two_runs_side_by_side_have_two_columns_with_their_numbers(runs, tmp_path):
     page = Page(write_report(runs, tmp_path / "both.html"))
     reports = [report_of(run) for run in runs]
-    assert set(page.tables) == {"summary-table", "metrics-table", "gates-table", "timings-table"}
+    assert set(page.tables) == {"summary-table", "metrics-table", "gates-table", "named-metrics-table",
+                                "timings-table"}
     for rows in page.tables.values():
         assert rows[0] == ["", str(runs[0]), str(runs[1])]  # one column per DIR, as given
         assert all(len(row) == 3 for row in rows)
@@ -184,7 +187,7 @@ def test_two_runs_side_by_side_have_two_columns_with_their_numbers(runs, tmp_pat
     gates = {row[0]: row[1:] for row in page.tables["gates-table"]}
     assert gates["ppl <= 1"][0].endswith(" breach") and gates["ppl <= 1"][1] == ""
     assert gates["ppl_ratio <= 1000"][0].endswith(" pass") and gates["ppl_ratio <= 1000"][1].endswith(" pass")
-    assert check_numbers(page.tables, reports) >= 25
+    assert check_numbers(page.tables, reports) >= 40
 
 
 @pytest.mark.parametrize("case", ["no report", "no such folder", "not json", "not a report", "schema", "newer"])
@@ -256,7 +259,8 @@ def test_axis_top_is_a_round_number_just_above_the_largest_value(largest):
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.lists(st.one_of(st.none(), st.just(0.0), st.floats(1e-30, 1e6)), min_size=3, max_size=3), min_size=1, max_size=4))
+@given(st.lists(st.lists(st.one_of(st.none(), st.just(0.0), st.floats(1e-30, 1e6)), min_size=3, max_size=3),
+                min_size=1, max_size=4))
 def test_bar_heights_are_proportional_to_the_values(columns):
     import xml.etree.ElementTree as ET
 
@@ -303,7 +307,7 @@ def test_in_a_real_headless_browser_every_chart_renders_and_the_numbers_match(ru
             return found;""")
         driver.save_screenshot(str(tmp_path / "report.png"))
     assert (tmp_path / "report.png").stat().st_size > 10_000
-    assert check_numbers(tables, reports) >= 25
+    assert check_numbers(tables, reports) >= 40
 
     by_label = {c["label"]: c for c in charts}
     expected = {"seconds per stage", "prune (prune): sparsity per layer", "prune (prune): reconstruction error per layer",

@@ -32,6 +32,10 @@ pre { background: #f6f8fa; padding: 8px; overflow-x: auto; font-size: 12px; }
 """
 
 
+EVAL_NOTE = ('<p class="note">Perplexity <em>before</em> is the model as loaded (dense), <em>after</em> the model '
+             "after the stages before that eval stage; recovery is accuracy after / before.</p>")
+
+
 def column_labels(given: list[str]) -> list[str]:
     """The run names as given, with #2, #3 ... on repeats so that every column is told apart."""
     seen: dict[str, int] = {}
@@ -71,6 +75,8 @@ def render_html(reports: list[dict], names: list[str]) -> str:
 
     labels = column_labels(names)
     gates = R.merge([R.gate_rows(r) for r in reports])
+    named = R.merge([R.named_metric_rows(r) for r in reports])
+    evaluated = any(s["kind"] == "eval" for r in reports for s in r["stages"])
     layers = layer_charts(reports, labels)
     kept = kept_token_chart(reports, labels)
     runs = f"{len(reports)} run{'s' if len(reports) != 1 else ''}"
@@ -79,12 +85,13 @@ def render_html(reports: list[dict], names: list[str]) -> str:
         f"written by compress {escape(__version__)} from each run's report.json</p></header>",
         '<section id="summary"><h2>Summary</h2>'
         + _table("summary-table", labels, R.merge([R.summary_rows(r) for r in reports])) + "</section>",
-        '<section id="metrics"><h2>Metrics per stage</h2><p class="note">Perplexity <em>before</em> is the model as '
-        "loaded (dense), <em>after</em> the model after the stages before that eval stage; recovery is accuracy "
-        "after / before.</p>" + _table("metrics-table", labels, R.merge([R.metric_rows(r) for r in reports]))
+        '<section id="metrics"><h2>Metrics per stage</h2>' + (EVAL_NOTE if evaluated else "")
+        + _table("metrics-table", labels, R.merge([R.metric_rows(r) for r in reports]))
         + "</section>",
         '<section id="gates"><h2>Gates</h2>'
-        + (_table("gates-table", labels, gates) if gates else '<p class="note">No gates were set.</p>') + "</section>",
+        + (_table("gates-table", labels, gates) if gates else '<p class="note">No gates were set.</p>')
+        + (f'<h3>Named metrics (what a gate may name)</h3>{_table("named-metrics-table", labels, named)}'
+           if named else "") + "</section>",
         '<section id="timings"><h2>Timings (seconds)</h2>'
         + _table("timings-table", labels, R.merge([R.timing_rows(r) for r in reports])
                  + R.merge([R.total_rows(r) for r in reports]))

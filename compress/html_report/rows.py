@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from compress.pipeline.metrics import _task_accuracy as task_accuracy  # lm-eval's {task: acc}
 
-__all__ = ["Cell", "Row", "merge", "summary_rows", "metric_rows", "gate_rows", "timing_rows", "total_rows", "number", "short_hash"]
+__all__ = ["Cell", "Row", "merge", "summary_rows", "metric_rows", "gate_rows", "named_metric_rows", "timing_rows",
+           "total_rows", "number", "short_hash"]
 
 
 @dataclass
@@ -87,6 +88,14 @@ def summary_rows(report: dict) -> list[tuple[str, str, Cell]]:
         rows.append(("calibration", "calibration tokens", _digest_text(inputs["calibration"])))
     for index, digest in enumerate(inputs.get("evaluation") or []):
         rows.append((f"evaluation.{index}", "evaluation tokens", _digest_text(digest)))
+    if inputs.get("data"):  # a graph job's graphs
+        data = inputs["data"]
+        rows.append(("data", "data", Cell(f"{data['source']}: {data.get('bytes', 0):,} bytes, sha256 "
+                                          f"{(data.get('sha256') or '—')[:12]}…", "text", data.get("sha256"))))
+    for index, other in enumerate((inputs.get("models") or [])[1:], start=2):  # compress eval of several models
+        rows.append((f"model.{index}", f"model {index}", Cell(f"{other['source']}, sha256 "
+                                                            f"{(other.get('sha256') or '—')[:12]}…", "text",
+                                                            other.get("sha256"))))
     commit = provenance.get("commit")
     rows.append(("commit", "commit", Cell(f"{commit[:12]} ({provenance['state']})" if commit
                                           else f"none ({provenance['state']})", "code", commit)))
@@ -137,6 +146,22 @@ def _layer_rows(name: str, layers: list[dict]) -> list[tuple[str, str, Cell]]:
     return rows
 
 
+def _reference_rows(name: str, reference: dict, pruned: dict) -> list[tuple[str, str, Cell]]:
+    """Each number measured on both the checkpoint as loaded and the pruned model (a graph job's test split)."""
+    rows = []
+    for key, value in reference.items():
+        if isinstance(value, (int, float)) and isinstance(pruned.get(key), (int, float)):
+            spec = "d" if isinstance(value, int) and not isinstance(value, bool) else ".4f"
+            rows += [(f"{name}.{key}.reference", f"{name} · {key}: checkpoint", number(value, spec)),
+                     (f"{name}.{key}.pruned", f"{name} · {key}: pruned", number(pruned[key], spec))]
+    return rows
+
+
+def named_metric_rows(report: dict) -> list[tuple[str, str, Cell]]:
+    """report.json's named metrics: the names gates read."""
+    return [(name, name, number(value, ".6g")) for name, value in report["metrics"].items()]
+
+
 def metric_rows(report: dict) -> list[tuple[str, str, Cell]]:
     rows = []
     for stage in report["stages"]:
@@ -152,6 +177,8 @@ def metric_rows(report: dict) -> list[tuple[str, str, Cell]]:
             rows += _layer_rows(name, result.get("layers") or [])
         elif kind == "eval":
             rows += _eval_rows(name, result, report["metrics"])
+        elif isinstance(result.get("reference"), dict) and isinstance(result.get("pruned"), dict):  # graph_prune
+            rows += _reference_rows(name, result["reference"], result["pruned"])
         elif kind == "attention":
             rows.append((f"{name}.channel_file", f"{name} · channel file", Cell(result["channel_file"], "code")))
         elif kind == "export":
