@@ -86,8 +86,10 @@ def summary_rows(report: dict) -> list[tuple[str, str, Cell]]:
             ("model.size", "model files", Cell(f"{model.get('files', 0)} files, {model.get('bytes', 0):,} bytes"))]
     if inputs.get("calibration"):
         rows.append(("calibration", "calibration tokens", _digest_text(inputs["calibration"])))
-    for index, digest in enumerate(inputs.get("evaluation") or []):
-        rows.append((f"evaluation.{index}", "evaluation tokens", _digest_text(digest)))
+    evaluations = inputs.get("evaluation") or []
+    for index, digest in enumerate(evaluations):
+        which = f" ({digest['stage']})" if digest.get("stage") else f" {index + 1}" if len(evaluations) > 1 else ""
+        rows.append((f"evaluation.{index}", f"evaluation tokens{which}", _digest_text(digest)))
     if inputs.get("data"):  # a graph job's graphs
         data = inputs["data"]
         rows.append(("data", "data", Cell(f"{data['source']}: {data.get('bytes', 0):,} bytes, sha256 "
@@ -118,13 +120,18 @@ def summary_rows(report: dict) -> list[tuple[str, str, Cell]]:
 
 def _eval_rows(name: str, result: dict, metrics: dict) -> list[tuple[str, str, Cell]]:
     before, after = result.get("before") or {}, result.get("after") or {}
-    rows = [(f"{name}.source", f"{name} · text", Cell(result["source"])),
-            (f"{name}.ppl_before", f"{name} · perplexity before", number(before.get("perplexity"), ".6g")),
-            (f"{name}.ppl", f"{name} · perplexity after", number(after.get("perplexity"), ".6g")),
-            (f"{name}.ppl_ratio", f"{name} · perplexity after / before", number(metrics.get(f"{name}.ppl_ratio"), ".4f"))]
+    rows = [(f"{name}.source", f"{name} · text", Cell(result["source"]))]
+    if "model" in after:  # compress eval: which model (and attention) each side measured
+        rows.append((f"{name}.models", f"{name} · before → after",
+                     Cell(f"{before.get('model', '—')} → {after['model']}")))
+    rows += [(f"{name}.ppl_before", f"{name} · perplexity before", number(before.get("perplexity"), ".6g")),
+             (f"{name}.ppl", f"{name} · perplexity after", number(after.get("perplexity"), ".6g")),
+             (f"{name}.ppl_ratio", f"{name} · perplexity after / before",
+              number(metrics.get(f"{name}.ppl_ratio"), ".4f"))]
     if "kept_share" in after:  # Double Sparsity attention measured `after`
         rows += [(f"{name}.budget", f"{name} · Double Sparsity token budget", number(after.get("budget"), ".4g")),
-                 (f"{name}.kept_per_query", f"{name} · tokens kept per query", number(after.get("kept_per_query"), ".4g")),
+                 (f"{name}.kept_per_query", f"{name} · tokens kept per query",
+                  number(after.get("kept_per_query"), ".4g")),
                  (f"{name}.kept_share", f"{name} · kept share of visible tokens", percent(after.get("kept_share")))]
     accuracy, accuracy_before = task_accuracy(result.get("zero_shot")), task_accuracy(result.get("zero_shot_before"))
     for task in dict.fromkeys([*accuracy_before, *accuracy]):
