@@ -114,8 +114,11 @@ def prune(
                               weight_pattern=weight_pattern, random=random, seed=seed,
                               recalibrate=recalibrate)
         spec.pattern  # a bad N:M pattern fails here, before anything is loaded
+        from compress.pipeline.stages.graph_prune import graph_recorder
+
         report = prune_checkpoint(checkpoint, spec, data, calibration_graphs, finetune_epochs, out=out_dir,
-                                  force=force, device=device, log=None if quiet else err.print, command=_command())
+                                  force=force, device=device, log=None if quiet else err.print, command=_command(),
+                                  record=graph_recorder())
         if as_json:
             print_json(report)
         else:

@@ -14,8 +14,8 @@ CONFIG_FILE, WEIGHTS_FILE = "graph.json", "model.safetensors"
 
 
 def save_graph_model(model, out: str | Path, manifest: dict, force: bool = False, inputs: tuple = (),
-                     run_report=None) -> Path:
-    """Write the model completely or not at all (export.atomic), with report.json when given one."""
+                     finish=None) -> Path:
+    """Write the model completely or not at all (export.atomic); `finish(folder)` adds files before the rename."""
     from safetensors.torch import save_file
 
     from compress.export.atomic import atomic_directory, check_output_dir
@@ -27,10 +27,8 @@ def save_graph_model(model, out: str | Path, manifest: dict, force: bool = False
         save_file(state, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(model.config.model_dump_json(indent=2) + "\n")
         write_manifest(tmp, manifest)
-        if run_report is not None:
-            from compress.pipeline.run_report import write_run_report
-
-            write_run_report(tmp, run_report)
+        if finish is not None:
+            finish(tmp)
     return path
 
 

@@ -27,11 +27,13 @@ def measure(model, batch_list: list) -> dict:
 
 def prune_checkpoint(checkpoint: str, spec, data: str | None = None, calibration_graphs: int = 1024,
                      finetune_epochs: int = 0, finetune_lr: float = 3e-4, out: str | None = None, force: bool = False,
-                     device: str = "auto", log=None, command: str = "", recipe: dict | None = None) -> dict:
+                     device: str = "auto", log=None, command: str = "", recipe: dict | None = None,
+                     record=None) -> dict:
     """Prune the model at `checkpoint` with `spec` (a GraphPruneSpec); calibration graphs are the first
     `calibration_graphs` of the training split of `data` (default: the data the model was trained on).
     `compress graph prune` and a graph recipe's graph_prune stage both run this; `recipe` (the recipe as run)
-    goes into the report."""
+    goes into the report; `record(folder, report, checkpoint, data, graphs, device, started, seconds)` writes
+    more files into the output folder while it is built."""
     from compress.graph.checkpoint import load_graph_model, save_graph_model
     from compress.graph.data import load_graphs
     from compress.graph.prune import prune_graph_model
@@ -81,17 +83,12 @@ def prune_checkpoint(checkpoint: str, spec, data: str | None = None, calibration
                               "pruned": measure(model, batches(graphs.external, EVAL_BATCH, device=run_on))}
     model.cpu()
     if out is not None:
-        from compress.graph.run_record import graph_run_report
-
         report["out"] = str(out_path)
         used = graphs.train[:calibration_graphs] + list(graphs.test) + list(graphs.external or [])
-        run = graph_run_report(report, checkpoint, str(data or reference.config.data), used, str(run_on), started_at,
-                               time.perf_counter() - job_started, recipe or _flags_recipe(report, data, out))
-        save_graph_model(model, out, report, force, (checkpoint,), run_report=run)
+        finish = None
+        if record is not None:  # e.g. report.json (compress.pipeline.graph_record), inside the folder being built
+            def finish(folder):
+                record(folder, report, str(checkpoint), str(data or reference.config.data), used, str(run_on),
+                       started_at, time.perf_counter() - job_started)
+        save_graph_model(model, out, report, force, (checkpoint,), finish=finish)
     return report
-
-
-def _flags_recipe(report: dict, data: str | None, out: str) -> dict:
-    """What `compress graph prune` was asked, for report.json's recipe (a recipe file gives its own)."""
-    return {"kind": "graph", "model": report["checkpoint"], "data": data, "spec": report["spec"],
-            "finetune_epochs": report["finetune_epochs"], "out": str(out)}

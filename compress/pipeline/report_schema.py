@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import typing
-from pathlib import Path
+
+from compress.pipeline.run_report import SCHEMA_PATH
 
 __all__ = ["SCHEMA_PATH", "build_schema", "stage_result_types"]
-
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "report-v1.schema.json"
 
 
 def stage_result_types() -> dict[str, type]:

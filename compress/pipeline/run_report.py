@@ -19,11 +19,12 @@ from pydantic import ConfigDict, Field
 from compress.pipeline.gates import GateOutcome
 from compress.pipeline.report import Report, ReportModel
 
-__all__ = ["RunReport", "SCHEMA_VERSION", "REPORT_FILE", "file_digest", "tokens_digest", "tensors_digest",
+__all__ = ["RunReport", "SCHEMA_VERSION", "SCHEMA_PATH", "REPORT_FILE", "file_digest", "tokens_digest", "tensors_digest",
            "provenance", "write_run_report"]
 
 SCHEMA_VERSION = 1
 REPORT_FILE = "report.json"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "report-v1.schema.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".json", ".model", ".txt")
 
 
@@ -142,8 +143,6 @@ def validate_against_schema(document: dict) -> None:
     import json
 
     import jsonschema
-
-    from compress.pipeline.report_schema import SCHEMA_PATH
 
     jsonschema.validate(document, json.loads(SCHEMA_PATH.read_text()))
 

@@ -11,7 +11,7 @@ from compress.graph.prune import WEIGHT_METHODS
 from compress.pipeline.registry import StageSpec, register
 from compress.pipeline.report import StageResult
 
-__all__ = ["GraphPruneStage", "GraphPruneResult"]
+__all__ = ["GraphPruneStage", "GraphPruneResult", "graph_run_report", "graph_recorder"]
 
 
 class GraphPruneStage(StrictConfig):
@@ -82,7 +82,7 @@ def _run(session, config: GraphPruneStage) -> GraphPruneResult:
     recipe = session.recipe
     job = prune_checkpoint(recipe.model, config.spec(), recipe.data, recipe.calibration_graphs, config.finetune_epochs,
                            config.finetune_lr, out=recipe.out, force=session.force, device=recipe.device,
-                           log=session.progress.stage, recipe=recipe.to_dict())
+                           log=session.progress.stage, recipe=recipe.to_dict(), record=graph_recorder(recipe.to_dict()))
     return GraphPruneResult.model_validate({key: job[key] for key in GraphPruneResult.model_fields if key in job})
 
 
@@ -90,3 +90,41 @@ SPEC = register(StageSpec(
     kind="graph_prune", config=GraphPruneStage, run=_run, session="graph",
     summary="GTSP: prune a GraphGPS's tokens, heads, attention layers and weights (compress graph prune)",
 ))
+
+
+# -- report.json of a graph job: compress.graph.job calls the hook graph_recorder makes, inside the folder it
+# builds (the graph room itself knows nothing of reports); the graph data's digest stands for token digests
+def graph_run_report(job: dict, checkpoint: str, data_source: str, graphs: list, device: str, started: str,
+                     seconds: float, recipe: dict):
+    """`job`: prune_checkpoint's report; `graphs`: the calibration and test graphs the job used."""
+    from compress.pipeline.gates import check_gates
+    from compress.pipeline.metrics import measured_metrics
+    from compress.pipeline.report import StageReport
+    from compress.pipeline.run_report import Inputs, RunReport, file_digest, provenance, tensors_digest
+    from compress.provenance import machine, versions
+
+    result = GraphPruneResult.model_validate({key: job[key] for key in GraphPruneResult.model_fields if key in job})
+    stage = StageReport(name="graph_prune", kind="graph_prune", seconds=round(seconds, 3), result=result)
+    tensors = [t for graph in graphs for t in (graph.x, graph.edge_index, getattr(graph, "edge_attr", None), graph.y)
+               if t is not None]
+    metrics = measured_metrics([stage.model_dump(mode="json")])
+    gates = check_gates([], metrics)
+    return RunReport(model=str(checkpoint), dtype="float32", device=device, stages=[stage], recipe=recipe,
+                     versions=versions(), seconds_total=round(seconds, 3), out=job.get("out"), kind="graph",
+                     inputs=Inputs(model=file_digest(checkpoint), data=tensors_digest(tensors, data_source)),
+                     seed=job.get("spec", {}).get("seed"), machine=machine(), provenance=provenance(),
+                     started=started, metrics=metrics, gates=gates, gates_passed=True)
+
+
+def graph_recorder(recipe: dict | None = None):
+    """The `record` hook compress.graph.job.prune_checkpoint calls inside the folder it is building: writes
+    report.json there (a recipe file gives its own recipe; flags give what was asked)."""
+    def record(folder, job: dict, checkpoint: str, data_source: str, graphs: list, device: str, started: str,
+               seconds: float) -> None:
+        from compress.pipeline.run_report import write_run_report
+
+        asked = recipe or {"kind": "graph", "model": job["checkpoint"], "data": data_source, "spec": job["spec"],
+                           "finetune_epochs": job["finetune_epochs"], "out": job.get("out")}
+        write_run_report(folder, graph_run_report(job, checkpoint, data_source, graphs, device, started, seconds,
+                                                  asked))
+    return record
