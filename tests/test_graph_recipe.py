@@ -150,11 +150,26 @@ def test_missing_checkpoint_and_unknown_kind(tmp_path):
     assert result.exit_code == 2 and "r.yaml:1: kind: unknown recipe kind 'grpah'" in result.output
 
 
-def test_gate_and_resume_are_refused_for_graph_recipes(checkpoint, tmp_path):
+def test_unmeasured_gate_and_resume_are_refused_for_graph_recipes(checkpoint, tmp_path):
     recipe = GRAPH_RECIPES[0]
-    for flag, words in ((["--gate", "ppl_ratio<=1.3"], "--gate: a graph recipe has no gates"),
+    for flag, words in ((["--gate", "ppl_ratio<=1.3"], "--gate: gate ppl_ratio<=1.3: this job does not measure"),
                         (["--resume"], "--resume: a graph recipe runs in one step")):
         result = invoke("run", recipe, checkpoint, "--out", tmp_path / "o", *flag)
         lines = result.output.strip().splitlines()
         assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {words}"), result.output
         assert not (tmp_path / "o").exists()
+
+
+def test_graph_gates_pass_or_breach_with_everything_written(checkpoint, tmp_path):
+    recipe = GRAPH_RECIPES[0]
+    passed = invoke("run", recipe, checkpoint, "--out", tmp_path / "a", "-q", *small(), "--gate", "flops_ratio<=1")
+    assert passed.exit_code == 0, passed.output
+    record = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert record["gates_passed"] and record["recipe"]["gates"] == ["flops_ratio<=1.0"]
+    pruned, reference = record["stages"][0]["result"]["pruned"], record["stages"][0]["result"]["reference"]
+    assert record["gates"][0]["measured"] == pruned["nonzero_flops"] / reference["nonzero_flops"]
+
+    breached = invoke("run", recipe, checkpoint, "--out", tmp_path / "b", "-q", *small(), "--gate", "recovery>=2")
+    assert breached.exit_code == 3 and breached.stderr.startswith("error: gate breached: recovery "), breached.output
+    record = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert not record["gates_passed"] and (tmp_path / "b" / "model.safetensors").is_file()

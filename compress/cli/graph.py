@@ -134,14 +134,25 @@ def execute_graph(recipe, force: bool, as_json: bool, quiet: bool, resume: bool 
     if resume:
         raise BadInput("--resume: a graph recipe runs in one step, with no checkpoints to resume from")
 
+    from compress.cli.render import print_gates
+    from compress.pipeline.gates import GateBreach, check_gates
+    from compress.pipeline.metrics import measured_metrics
+
+    breach = None
     with progress(quiet or as_json) as hooks:
-        report = run_graph_recipe(recipe, hooks, force)
+        try:
+            report = run_graph_recipe(recipe, hooks, force)
+        except GateBreach as caught:
+            breach, report = caught, caught.report
     if as_json:
         print_json(report.to_json())
-        return
-    for stage in report.stages:
-        out.print(f"{stage.name}:", soft_wrap=True)
-        _show_pruned(stage.result.model_dump(mode="json"))
+    else:
+        for stage in report.stages:
+            out.print(f"{stage.name}:", soft_wrap=True)
+            _show_pruned(stage.result.model_dump(mode="json"))
+        print_gates(check_gates(recipe.gates, measured_metrics(report.to_json()["stages"])))
+    if breach is not None:
+        raise breach
 
 
 def _show_pruned(report: dict) -> None:

@@ -77,15 +77,12 @@ def with_gates(recipe, gates: list[str] | None):
     """The recipe with the --gate flags added to its gates (checked against what it measures)."""
     if not gates:
         return recipe
-    if getattr(recipe, "session", "llm") == "graph":
-        from compress.errors import BadInput
-
-        raise BadInput("--gate: a graph recipe has no gates (its metrics are in the report: --json)")
-    from compress.pipeline.recipe import validate_recipe
+    from compress.pipeline.recipe import validate_config
 
     data = recipe.to_dict()
     data["gates"] = data.get("gates", []) + list(gates)
-    return validate_recipe(data)
+    return validate_config(type(recipe), data, label=lambda path: "--gate" if path[:1] == ("gates",) else
+                           ".".join(map(str, path)))
 
 
 def execute_flags(data: dict, dry_run: bool, force: bool, as_json: bool, quiet: bool, resume: bool = False) -> None:

@@ -20,6 +20,7 @@ from compress.config import StrictConfig, count
 from compress.errors import BadInput
 import compress.pipeline.stages  # noqa: F401  (registers the stage kinds)
 from compress.pipeline.recipe import flatten_stages, stage_item
+from compress.pipeline.gates import Gate
 from compress.pipeline.registry import GRAPH_STAGES
 from compress.pipeline.report import ReportModel, StageReport
 
@@ -44,7 +45,10 @@ class GraphRecipe(StrictConfig):
     """auto | cpu | cuda."""
     stages: list[_GraphStage] = Field(min_length=1)
     out: str | None = None
-    """Write the pruned checkpoint here (model.safetensors, graph.json, compression.json)."""
+    """Write the pruned checkpoint here (model.safetensors, graph.json, compression.json, report.json)."""
+    gates: list[Gate] = Field(default_factory=list)
+    """Quality gates on the test split, e.g. [recovery>=0.95, flops_ratio<=0.6]: a breach still writes the
+    outputs, marks it in report.json and exits 3."""
 
     @model_validator(mode="before")
     @classmethod
@@ -60,6 +64,10 @@ class GraphRecipe(StrictConfig):
                            key="model")
         if len(self.stages) > 1:  # each graph_prune loads the checkpoint and writes out: one job, one stage
             raise BadInput("a graph recipe has one graph_prune stage", key="stages.1")
+        from compress.pipeline.gates import require_metrics
+        from compress.pipeline.metrics import planned_metrics
+
+        require_metrics(self.gates, planned_metrics(self))
         return self
 
     def stage_names(self) -> list[str]:
@@ -68,6 +76,10 @@ class GraphRecipe(StrictConfig):
     def to_dict(self) -> dict:
         data = self.model_dump(mode="json", exclude_none=True)
         data["stages"] = [stage_item(stage) for stage in self.stages]
+        if self.gates:
+            data["gates"] = [gate.text() for gate in self.gates]
+        else:
+            data.pop("gates", None)
         return data
 
 
@@ -108,6 +120,12 @@ class GraphSession:
                                              seconds=round(time.perf_counter() - stage_started, 3)))
             report.out = getattr(result, "out", None) or report.out
         report.seconds_total = round(time.perf_counter() - started, 3)
+        from compress.pipeline.gates import GateBreach, check_gates
+        from compress.pipeline.metrics import measured_metrics
+
+        outcomes = check_gates(recipe.gates, measured_metrics(report.to_json()["stages"]))
+        if not all(o.passed for o in outcomes):  # the outputs and report.json are written and mark the breach
+            raise GateBreach(outcomes, report)
         return report
 
 

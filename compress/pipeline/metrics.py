@@ -65,9 +65,15 @@ def _graph_values(result: dict) -> dict[str, float]:
     return values
 
 
+GRAPH_METRICS = ("accuracy", "accuracy_before", "recovery", "loss", "loss_before", "flops_ratio")
+
+
 def planned_metrics(recipe) -> set[str]:
     """The metric names a recipe's stages will measure (known before any work)."""
     names: set[str] = set()
+    if getattr(recipe, "kind", None) == "graph":  # one graph_prune stage
+        stage = recipe.stage_names()[0]
+        return set(GRAPH_METRICS) | {f"{stage}.{m}" for m in GRAPH_METRICS}
     evals = [(n, s) for n, s in zip(recipe.stage_names(), recipe.stages) if s.kind == "eval"]
     for index, (stage_name, config) in enumerate(evals):
         own = _eval_names(config)

@@ -82,7 +82,8 @@ def _run(session, config: GraphPruneStage) -> GraphPruneResult:
     recipe = session.recipe
     job = prune_checkpoint(recipe.model, config.spec(), recipe.data, recipe.calibration_graphs, config.finetune_epochs,
                            config.finetune_lr, out=recipe.out, force=session.force, device=recipe.device,
-                           log=session.progress.stage, recipe=recipe.to_dict(), record=graph_recorder(recipe.to_dict()))
+                           log=session.progress.stage, recipe=recipe.to_dict(),
+                           record=graph_recorder(recipe.to_dict(), recipe.gates))
     return GraphPruneResult.model_validate({key: job[key] for key in GraphPruneResult.model_fields if key in job})
 
 
@@ -95,7 +96,7 @@ SPEC = register(StageSpec(
 # -- report.json of a graph job: compress.graph.job calls the hook graph_recorder makes, inside the folder it
 # builds (the graph room itself knows nothing of reports); the graph data's digest stands for token digests
 def graph_run_report(job: dict, checkpoint: str, data_source: str, graphs: list, device: str, started: str,
-                     seconds: float, recipe: dict):
+                     seconds: float, recipe: dict, gates: list = ()):
     """`job`: prune_checkpoint's report; `graphs`: the calibration and test graphs the job used."""
     from compress.pipeline.gates import check_gates
     from compress.pipeline.metrics import measured_metrics
@@ -108,15 +109,15 @@ def graph_run_report(job: dict, checkpoint: str, data_source: str, graphs: list,
     tensors = [t for graph in graphs for t in (graph.x, graph.edge_index, getattr(graph, "edge_attr", None), graph.y)
                if t is not None]
     metrics = measured_metrics([stage.model_dump(mode="json")])
-    gates = check_gates([], metrics)
+    outcomes = check_gates(list(gates), metrics)
     return RunReport(model=str(checkpoint), dtype="float32", device=device, stages=[stage], recipe=recipe,
                      versions=versions(), seconds_total=round(seconds, 3), out=job.get("out"), kind="graph",
                      inputs=Inputs(model=file_digest(checkpoint), data=tensors_digest(tensors, data_source)),
                      seed=job.get("spec", {}).get("seed"), machine=machine(), provenance=provenance(),
-                     started=started, metrics=metrics, gates=gates, gates_passed=True)
+                     started=started, metrics=metrics, gates=outcomes, gates_passed=all(o.passed for o in outcomes))
 
 
-def graph_recorder(recipe: dict | None = None):
+def graph_recorder(recipe: dict | None = None, gates: list = ()):
     """The `record` hook compress.graph.job.prune_checkpoint calls inside the folder it is building: writes
     report.json there (a recipe file gives its own recipe; flags give what was asked)."""
     def record(folder, job: dict, checkpoint: str, data_source: str, graphs: list, device: str, started: str,
@@ -126,5 +127,5 @@ def graph_recorder(recipe: dict | None = None):
         asked = recipe or {"kind": "graph", "model": job["checkpoint"], "data": data_source, "spec": job["spec"],
                            "finetune_epochs": job["finetune_epochs"], "out": job.get("out")}
         write_run_report(folder, graph_run_report(job, checkpoint, data_source, graphs, device, started, seconds,
-                                                  asked))
+                                                  asked, gates))
     return record
