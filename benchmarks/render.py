@@ -18,6 +18,7 @@ from benchmarks import figures_graph  # noqa: F401  (registers the graph-transfo
 from benchmarks import figures_attention  # noqa: F401  (registers the Double Sparsity figures)
 from benchmarks import figures_perm  # noqa: F401  (registers the permutation figures)
 from benchmarks import figures_resume  # noqa: F401  (registers the crash-safe resume figures)
+from benchmarks import figures_zero_shot  # noqa: F401  (registers the zero-shot figures)
 from benchmarks.figures import FIGURES
 
 DOC = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
