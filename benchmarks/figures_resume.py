@@ -18,10 +18,13 @@ def _verdict(value: float) -> str:
     return "**met**" if value <= _summary()["target"] else "**missed**"
 
 
+GPU = "resume-overhead-gpu"
+
+
 @figure("resume")
-def resume_table() -> str:
+def resume_table(stem: str = STEM) -> str:
     body = []
-    for r in load(STEM)["rows"]:
+    for r in load(stem)["rows"]:
         body.append([r["repeat"], "with" if r["checkpoints"] else "without", f"{r['wall_s']:.1f}", f"{r['prune_s']:.1f}",
                      f"{r['pass_checkpoint_s']:.2f}", f"{r['flush_wait_s']:.2f}", f"{r['fingerprint_s']:.2f}",
                      f"{r['cleanup_s']:.2f}", f"{r['bytes_written'] / 2**30:.2f}",
@@ -29,6 +32,11 @@ def resume_table() -> str:
                      " → ".join(f"{v:.1f}" for v in r["load_average"])])
     return table(["repeat", "checkpoints", "job s", "prune s", "hand-over s", "wait at the end s", "fingerprint s",
                   "folder removal s", "GiB written", "hidden states kept", "load average"], body)
+
+
+@figure("resume-gpu")
+def resume_gpu_table() -> str:
+    return resume_table(GPU)
 
 
 def _setup() -> str:
@@ -57,3 +65,13 @@ FIGURES["resume.accounted_share"] = lambda: f"{100 * _summary()['accounted_share
 FIGURES["resume.verdict_accounted"] = lambda: _verdict(_summary()["accounted_share"])
 FIGURES["resume.spread"] = lambda: _spread(False)
 FIGURES["resume.spread_with"] = lambda: _spread(True)
+
+FIGURES["resume-gpu.device"] = lambda: load(GPU)["setup"]["device"]
+FIGURES["resume-gpu.model"] = lambda: f"{load(GPU)['setup']['model']}, {load(GPU)['setup']['model_gib']} GiB"
+FIGURES["resume-gpu.wall_without"] = lambda: f"{load(GPU)['summary']['wall_without_s']:.1f} s"
+FIGURES["resume-gpu.wall_with"] = lambda: f"{load(GPU)['summary']['wall_with_s']:.1f} s"
+FIGURES["resume-gpu.overhead"] = lambda: _share(load(GPU)["summary"]["overhead"])
+FIGURES["resume-gpu.accounted_share"] = lambda: f"{100 * load(GPU)['summary']['accounted_share']:.1f}%"
+FIGURES["resume-gpu.verdict"] = lambda: ("**met**" if load(GPU)["summary"]["overhead"] <= load(GPU)["summary"]["target"]
+                                         else "**missed**")
+FIGURES["resume-gpu.digest"] = lambda: f"{load(GPU)['setup']['digest_estimate_s']:.1f} s"
