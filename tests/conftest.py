@@ -19,6 +19,16 @@ TEXT = (
 ) * 40
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test, or a benchmark script it runs in this process (graph_b3db.py sets one thread), may change torch's
+    thread count; later tests compare this process's results bit for bit with child processes', and a matmul's
+    float32 sums depend on how many threads split it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_llama_config(**overrides):
     from transformers import LlamaConfig
 
