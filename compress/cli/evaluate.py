@@ -92,7 +92,7 @@ def evaluate(
     out_dir: Optional[str] = typer.Option(None, "--out", help="Also write the evaluation as a job's record here: a "
                                           "folder with report.json (and compression.json, the marker)."),
     force: bool = typer.Option(False, help="Replace --out if it holds an earlier output of compress."),
-    gates: Optional[List[str]] = typer.Option(None, "--gate", help=GATE_HELP + " Needs --out. Here: ppl, and with "
+    gates: Optional[List[str]] = typer.Option(None, "--gate", metavar="METRIC<=LIMIT", help=GATE_HELP + " Needs --out. Here: ppl, and with "
                                               "--double-sparsity or --kernels ppl_before, ppl_ratio (sparse / dense), "
                                               "with --kernels speedup, with --tasks accuracy."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON on stdout."),

@@ -60,7 +60,7 @@ def factorize(
     eval_tokens: Optional[int] = typer.Option(None, help="Use at most this many held-out tokens."),
     bos: bool = typer.Option(True, "--bos/--no-bos", help="Start calibration and evaluation windows with the tokenizer's BOS where it adds one."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the equivalent recipe (YAML) and exit; writes nothing."),
-    gates: Optional[List[str]] = typer.Option(None, "--gate", help=GATE_HELP),
+    gates: Optional[List[str]] = typer.Option(None, "--gate", metavar="METRIC<=LIMIT", help=GATE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:

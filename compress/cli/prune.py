@@ -68,7 +68,7 @@ def prune(
     bos: bool = typer.Option(True, "--bos/--no-bos", help="Start calibration and evaluation windows with the tokenizer's BOS where it adds one."),
     trust_remote_code: bool = typer.Option(False, help="Allow code shipped with the checkpoint to run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the equivalent recipe (YAML) and exit; writes nothing."),
-    gates: Optional[List[str]] = typer.Option(None, "--gate", help=GATE_HELP),
+    gates: Optional[List[str]] = typer.Option(None, "--gate", metavar="METRIC<=LIMIT", help=GATE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:

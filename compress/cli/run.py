@@ -57,7 +57,7 @@ def run(
     out_dir: Optional[str] = typer.Option(None, "--out", help="Output directory (overrides the recipe's out)."),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="Override a setting: KEY=VALUE, e.g. prune.pattern=6:8."),
     force: bool = typer.Option(False, help="Replace --out if it holds an earlier output of compress."),
-    gates: Optional[List[str]] = typer.Option(None, "--gate", help=GATE_HELP),
+    gates: Optional[List[str]] = typer.Option(None, "--gate", metavar="METRIC<=LIMIT", help=GATE_HELP),
     resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the resolved recipe; load nothing, write nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
