@@ -95,3 +95,33 @@ def test_a_checkpoint_of_other_layers_is_refused(dense, calibration, tmp_path):
     (tmp_path / PROGRESS).write_bytes(b"cut short")
     with pytest.raises(BadInput, match="unreadable checkpoint"):
         prune_model(copy.deepcopy(dense), CONFIG, calibration, checkpoint=LayerCheckpoint(tmp_path))
+
+
+@pytest.mark.gpu
+def test_a_gpu_pass_checkpoints_its_layers_as_they_were_and_resumes(dense, calibration, tmp_path):
+    """On a GPU the writer thread copies each finished layer on a stream of its own while the pass goes on:
+    every saved layer equals the pruned model's layer, and a resume ends where an uninterrupted pass does."""
+    from compress.prune.checkpoint_writer import read_checkpoint
+
+    expected_model = copy.deepcopy(dense).cuda()
+    expected = prune_model(expected_model, CONFIG, calibration, "cuda")
+    stop_after = LAYERS - 2
+
+    def stop(step, total):
+        if step.index == stop_after:
+            raise Stop
+
+    with pytest.raises(Stop):
+        prune_model(copy.deepcopy(dense).cuda(), CONFIG, calibration, "cuda", on_layer=stop,
+                    checkpoint=LayerCheckpoint(tmp_path, share=1e9))
+    model = copy.deepcopy(dense).cuda()
+    checkpoint = LayerCheckpoint(tmp_path, share=1e9)
+    result = prune_model(model, CONFIG, calibration, "cuda", checkpoint=checkpoint)
+    assert checkpoint.stats["layers_restored"] >= 1 and checkpoint.stats["writer_copy_seconds"] > 0
+    for (name, value), (_, reference_value) in zip(model.state_dict().items(), expected_model.state_dict().items()):
+        assert torch.equal(value, reference_value), name
+    assert rows(result) == rows(expected)
+    for index, layer in enumerate(model.model.layers):
+        _, tensors = read_checkpoint(tmp_path / f"layer-{index:05d}.safetensors")
+        for key, value in layer.state_dict().items():
+            assert torch.equal(tensors["state." + key], value.cpu()), (index, key)

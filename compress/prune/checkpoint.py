@@ -8,12 +8,13 @@ that enter the next one. Those are the only activations the rest of the pass nee
 
 One background thread writes the files in the order they are handed over, each under a temporary name,
 flushed to disk and renamed, so `progress` never counts a layer whose file is incomplete. The pass hands
-over references to the layer's tensors where they live (on the CPU nothing is copied: the pass never touches
-a finished layer again, and the end of the pass waits for the writes) and a copy of the hidden states. That
-copy is what the pass itself pays (on a GPU, a device-to-host copy), so it is taken only while the pass's
-time spent on checkpoints stays within `share` of its wall time (5%), and not while the previous copy is
-still being written. A resume restarts after the last layer whose hidden states were kept: at most about
-(copy time / share) of work is done again.
+over references to the layer's tensors where they live (the pass never touches a finished layer again, and
+the end of the pass waits for the writes): on the CPU nothing is copied, and from a GPU the writer thread
+copies them to host memory on a stream of its own (compress/prune/checkpoint_writer.py). The hidden states
+are another matter: the next layer replaces them, so the pass copies them itself (on a GPU, a device-to-host
+copy), and only while the pass's time spent on checkpoints stays within `share` of its wall time (5%), and
+not while the previous copy is still being written. A resume restarts after the last layer whose hidden
+states were kept: at most about (copy time / share) of work is done again.
 
 COMPRESS_TEST_KILL_AFTER_LAYER=K is for tests only: the process kills itself with SIGKILL as soon as layer K
 (0-based) of a pass is checkpointed, hidden states included (tests/test_resume.py crashes runs with it).
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import threading
 import time
@@ -33,6 +33,7 @@ import torch
 
 from compress.calibrate.engine import LayerInputs, LayerStep
 from compress.errors import BadInput
+from compress.prune.checkpoint_writer import CheckpointWriter, read_checkpoint
 
 __all__ = ["LayerCheckpoint", "KILL_AFTER_LAYER", "PROGRESS", "layers_done"]
 
@@ -57,10 +58,11 @@ class LayerCheckpoint:
     def __init__(self, folder: str | Path, share: float = 0.05):
         self.folder, self.share = Path(folder), share
         self.stats = {"layers_restored": 0, "layers_saved": 0, "hidden_saved": 0, "hidden_skipped": 0,
-                      "bytes_queued": 0, "pass_seconds": 0.0, "flush_seconds": 0.0}
+                      "bytes_queued": 0, "pass_seconds": 0.0, "flush_seconds": 0.0,
+                      "writer_copy_seconds": 0.0}
         self._names: list[str] = []
         self._hidden: list[torch.Tensor] | None = None
-        self._writer: _Writer | None = None
+        self._writer: CheckpointWriter | None = None
         self._hidden_pending = threading.Event()
         self._started = time.perf_counter()
         self._copy_rate = 2e9  # bytes/s of the hidden-state copy, until one is measured
@@ -75,7 +77,7 @@ class LayerCheckpoint:
         path = self.folder / PROGRESS
         if not path.exists():
             return 0
-        meta, hidden = _read(path)
+        meta, hidden = read_checkpoint(path)
         if json.loads(meta.get("names", "null")) != self._names:
             raise BadInput(f"{path}: saved for other decoder layers than this model's; pass --force to start over")
         done = int(meta["done"])
@@ -97,7 +99,7 @@ class LayerCheckpoint:
 
     def _restore_layer(self, index: int, layer: torch.nn.Module, result) -> None:
         path = self.folder / _layer_file(index)
-        meta, tensors = _read(path)
+        meta, tensors = read_checkpoint(path)
         state = layer.state_dict()
         saved = {k[len(_STATE):]: v for k, v in tensors.items() if k.startswith(_STATE)}
         if set(saved) != set(state):
@@ -124,7 +126,7 @@ class LayerCheckpoint:
         allows, the hidden states `inputs` now holds (those entering the next layer)."""
         started = time.perf_counter()
         prefix = step.name + "."
-        tensors = {_STATE + key: _in_cpu_memory(value) for key, value in layer.state_dict().items()}
+        tensors = {_STATE + key: _where_it_lives(value) for key, value in layer.state_dict().items()}
         perms = {name: perm for name, perm in result.permutations.items() if name.startswith(prefix)}
         tensors.update({_PERM + name: perm.detach().to("cpu", copy=True) for name, perm in perms.items()})  # shared
         meta = {"step": json.dumps(asdict(step), default=_plain),
@@ -160,7 +162,7 @@ class LayerCheckpoint:
     def _put(self, name: str, tensors: dict, meta: dict, after=None) -> None:
         self.stats["bytes_queued"] += sum(t.numel() * t.element_size() for t in tensors.values())
         if self._writer is None:
-            self._writer = _Writer(self.folder)
+            self._writer = CheckpointWriter(self.folder)
         self._writer.put(name, tensors, meta, after)
 
     def _put_progress(self, done: int, hidden: list[torch.Tensor] | None) -> None:
@@ -179,6 +181,8 @@ class LayerCheckpoint:
                 self._writer.flush()
         finally:
             self.stats["flush_seconds"] += time.perf_counter() - started
+            if self._writer is not None:
+                self.stats["writer_copy_seconds"] = round(self._writer.copy_seconds, 3)
 
     def __enter__(self) -> "LayerCheckpoint":
         return self
@@ -206,84 +210,11 @@ def layers_done(folder: str | Path) -> tuple[int, int] | None:
         return None
 
 
-class _Writer:
-    """One thread writing files in the order given; what it meets is raised by the next put() or flush()."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self._jobs: queue.Queue = queue.Queue()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="compress-checkpoint", daemon=True)
-        self._thread.start()
-
-    def put(self, name: str, tensors: dict, meta: dict, after=None) -> None:
-        self._raise()
-        self._jobs.put((name, tensors, meta, after))
-
-    def flush(self) -> None:
-        self._jobs.join()
-        self._raise()
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            if isinstance(error, OSError):
-                raise BadInput(f"cannot write checkpoints in {self.folder} ({error.strerror or error})") from error
-            raise error
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                if self._error is None:
-                    name, tensors, meta, after = job
-                    _write(self.folder / name, tensors, meta)
-                    if after is not None:
-                        after()
-            except BaseException as exc:  # handed to the pass's thread
-                self._error = exc
-            finally:
-                self._jobs.task_done()
-        self._jobs.task_done()
-
-
-def _write(path: Path, tensors: dict, meta: dict) -> None:
-    """`tensors` as safetensors at `path`, complete or not at all: a temporary name, fsync, rename."""
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    _fsync(tmp)
-    os.replace(tmp, path)
-    _fsync(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read(path: Path) -> tuple[dict, dict]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            return dict(f.metadata() or {}), {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as exc:  # missing, truncated or not safetensors
-        raise BadInput(f"{path}: unreadable checkpoint ({exc}); pass --force to start over") from exc
-
-
-def _in_cpu_memory(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor itself where it lives in CPU memory (never changed again by the pass), else a CPU copy."""
+def _where_it_lives(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor itself, in host or GPU memory: the pass never changes it again and the writer copies it."""
     if tensor.device.type == "meta":
         raise BadInput("layers offloaded by a device map cannot be checkpointed")
-    return tensor.detach().to("cpu").contiguous()
+    return tensor.detach()
 
 
 def _plain(value):
