@@ -90,7 +90,7 @@ def settings_for(channel_file):
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "double-sparsity"])
 def test_accuracy_equals_the_brute_force_definition(long_model, items, channel_file, sparse):
-    from compress.attention.runtime import sparse_attention
+    from compress.attention.evaluation.runtime import sparse_attention
 
     _, model, tokenizer = long_model
     settings = settings_for(channel_file) if sparse else None
@@ -190,3 +190,18 @@ def test_recipe_eval_stage_runs_tasks_with_double_sparsity(long_model, tmp_path)
     missing = invoke("run", alone, long_model[0], "--quiet", "--set", "device=cpu", "--set",
                      f"eval.double_sparsity.channel_file={tmp_path / 'none.json'}")
     assert missing.exit_code == 2 and "no such channel file" in missing.output
+
+
+def test_a_hub_task_without_the_hub_is_one_line_and_exit_2(tiny_model_dir, monkeypatch, tmp_path):
+    """lm-eval's own tasks download their data: where the hub cannot be reached (forced here by the offline
+    switches and an empty cache, so the test never uses a network) the job ends in one line naming the task."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
+    out = tmp_path / "out"
+    result = invoke("eval", tiny_model_dir, "--tasks", "arc_easy", "--limit", 2, "--device", "cpu", "--out", out)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: could not load the data of arc_easy")
+    assert "Traceback" not in result.output and not out.exists()
