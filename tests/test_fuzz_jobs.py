@@ -51,6 +51,7 @@ class World:
     graph_checkpoint: str
     prune_recipe: str  # prune, attention (a channel file), eval
     llmc_recipe: str  # llm-compressor's SparseGPT recipe
+    run: str  # a prune job's output folder, with its report.json
     count: int = 0
 
     def fresh(self, stem: str = "out") -> str:
@@ -308,7 +309,7 @@ def world(tmp_path_factory) -> World:
 
     w = World(root=root, model=model.relative_to(root).as_posix(), text=text_path.relative_to(root).as_posix(),
               channels="inputs/ch [c].json", graphs="inputs/graphs [g].pt", graph_checkpoint="inputs/gps [g]",
-              prune_recipe="inputs/prune-attention.yaml", llmc_recipe="inputs/llmc.yaml")
+              prune_recipe="inputs/prune-attention.yaml", llmc_recipe="inputs/llmc.yaml", run="inputs/run [r] é")
     outcome = invoke(["attention", "calibrate", w.model, "--out", w.channels, "--projection", "--text", w.text,
                       "--nsamples", "2", "--seqlen", "32", "--device", "cpu", "-q"], root)
     assert outcome.code == 0, str(outcome)
@@ -331,6 +332,8 @@ def world(tmp_path_factory) -> World:
         f"  - eval: {{context: 16, tokens: 48, text: {json.dumps(w.text)}}}\n")
     shutil.copyfile(Path(__file__).parent.parent / "recipes" / "llmcompressor-sparsegpt-2of4.yaml",
                     root / w.llmc_recipe)
+    outcome = invoke(["prune", w.model, "--text", w.text, *CALIBRATION, "--device", "cpu", "--out", w.run, "-q"], root)
+    assert outcome.code == 0, str(outcome)
     return w
 
 
@@ -417,7 +420,7 @@ CALIBRATE = {"--mode": "string", "--text": "path", "--dataset": "string", "--tex
 
 
 def _channel_outputs(w: World, out: str) -> list:
-    from compress.attention.projection import projection_path
+    from compress.attention.calibration.projection import projection_path
 
     rel = _normal(w.root, out)
     return [rel, None if rel in (None, ".") else projection_path(rel).as_posix()]
@@ -512,11 +515,21 @@ def bench_case(w: World, option: str, value: str):
     return ["bench", which, flag, value], [], []  # on a CPU: refused, nothing written
 
 
+REPORT = {"DIR": "path", "--out": "path"}
+
+
+def report_case(w: World, option: str, value: str):
+    """`compress report` of the world's run (twice: two columns), or of the fuzzed folder."""
+    out = value if option == "--out" else w.fresh("report") + ".html"
+    return ["report", *([value] if option == "DIR" else [w.run, w.run]), "--out", out], [_normal(w.root, out)], []
+
+
 COMMANDS = {"prune": (PRUNE, prune_case), "eval": (EVAL, eval_case),
             "eval-double-sparsity": (DOUBLE_SPARSITY, double_sparsity_case), "factorize": (FACTORIZE, factorize_case),
             "attention-calibrate": (CALIBRATE, calibrate_case), "attention-generate": (GENERATE, generate_case),
             "run": (RUN_SETS, run_case_argv), "graph-train": (GRAPH_TRAIN, graph_train_case),
-            "graph-prune": (GRAPH_PRUNE, graph_prune_case), "bench": (BENCH, bench_case)}
+            "graph-prune": (GRAPH_PRUNE, graph_prune_case), "bench": (BENCH, bench_case),
+            "report": (REPORT, report_case)}
 
 
 OUTPUT_OPTIONS = {"--out", "out", "--offload-folder", "attention.channel_file", "model", "checkpoint"}
@@ -536,7 +549,8 @@ def run_command(w: World, command: str, option: str, value: str, extra: list = (
 BASELINE = {"prune": ("--method", "wanda"), "eval": ("--context", "16"),
             "eval-double-sparsity": ("--tokens", "1/4"), "factorize": ("--split", "cluster"),
             "attention-calibrate": ("--mode", "qk"), "attention-generate": ("--tokens", "1/4"),
-            "run": ("prune.method", "sparsegpt"), "graph-train": ("--seed", "1"), "graph-prune": ("--seed", "1")}
+            "run": ("prune.method", "sparsegpt"), "graph-train": ("--seed", "1"), "graph-prune": ("--seed", "1"),
+            "report": ("DIR", "inputs/run [r] é")}
 
 
 @pytest.mark.parametrize("command", sorted(BASELINE))
@@ -616,7 +630,7 @@ def _fuzz(command: str, examples: int):
     more = {k: v for k, v in options.items() if k not in OUTPUT_OPTIONS and (k in CHOICES or v in ("number", "size"))}
 
     @settings(JOBS, max_examples=examples)
-    @given(case=drawn(options), extra=st.lists(drawn(more, odd=False), max_size=0 if command == "bench" else 2))
+    @given(case=drawn(options), extra=st.lists(drawn(more, odd=False), max_size=0 if command in ("bench", "report") else 2))
     def test(world, case, extra):
         event(f"exit {run_command(world, command, *case, extra).code}")  # --hypothesis-show-statistics: how many ran
 
@@ -634,6 +648,7 @@ test_fuzz_run = _fuzz("run", 40)
 test_fuzz_graph_train = _fuzz("graph-train", 20)
 test_fuzz_graph_prune = _fuzz("graph-prune", 20)
 test_fuzz_bench = _fuzz("bench", 20)
+test_fuzz_report = _fuzz("report", 20)
 
 
 @settings(JOBS, max_examples=30)
