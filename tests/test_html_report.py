@@ -2,13 +2,17 @@
 passed and one breached; a recipe that factorizes, calibrates Double Sparsity and evaluates with it). Checked:
 markup is escaped, two runs give two columns, the tables' numbers equal report.json (recomputed where they are
 derived) to the printed precision, bad input is one line and exit 2 with nothing written, an existing file is
-replaced only with --force and only if compress wrote it, and, in headless Chromium, every chart renders with bar
-heights proportional to the values and nothing is fetched."""
+replaced only with --force and only if compress wrote it; each chart's matplotlib figure plots report.json's values
+(recomputed from its raw results: a layer's sparsity from its Linears' zero counts); the page is the same bytes
+twice, with unique ids; and, in headless Chromium, every chart renders with bar heights proportional to those
+values and nothing is fetched."""
 from __future__ import annotations
 
 import html
 import json
 import math
+import re
+import xml.etree.ElementTree as ET
 from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
@@ -25,8 +29,11 @@ from tests.conftest import TEXT, save_tiny_model
 runner = CliRunner()
 MARKUP = '<script>alert(1)<script><img src=x onerror=alert(2)>&amp;"m"'  # a folder name: no slash
 ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "h3", "p", "em", "section",
-                "table", "thead", "tbody", "tr", "th", "td", "div", "figure", "svg", "text", "rect", "line", "details",
-                "summary", "pre"}
+                "table", "thead", "tbody", "tr", "th", "td", "div", "figure", "figcaption", "details", "summary", "pre",
+                # matplotlib's SVG
+                "svg", "defs", "g", "path", "use", "clippath", "rect", "text"}
+NAMESPACES = {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
+MARK = re.compile(r"-(bar|cell)-(\d+)-(\d+)$")  # a bar's or heatmap cell's gid, after its chart's prefix
 
 
 def invoke(*args):
@@ -169,9 +176,21 @@ def test_markup_in_the_model_name_is_escaped(runs, tmp_path):
     assert page.tags <= ALLOWED_TAGS, page.tags - ALLOWED_TAGS  # markup in the name made no element
     summary = {row[0]: row[1:] for row in page.tables["summary-table"]}
     assert summary["model"] == [model]  # shown as the very text it is
-    # self-contained: nothing to load (the only URL is the SVG namespace)
+    # self-contained: nothing to load (the only URLs are the SVG namespaces; links point inside the page)
     assert not [a for a in page.attrs if a[0] in ("src", "href")]
-    assert {v for _, v in page.attrs if v and "://" in v} == {"http://www.w3.org/2000/svg"}
+    assert all(v.startswith("#") for k, v in page.attrs if k == "xlink:href")
+    assert {v for _, v in page.attrs if v and "://" in v} == NAMESPACES
+
+
+def test_markup_and_dollar_signs_in_a_run_name_stay_text_in_the_charts(runs):
+    from compress.html_report import render_html
+
+    name = MARKUP + " $x$"  # a `$` pair would be math to matplotlib
+    text = render_html([report_of(run) for run in runs], [name, "b"])
+    assert Page(text).tags <= ALLOWED_TAGS and "<script" not in text.lower()
+    legend = "…" + name[-47:]  # shortened from the start: a path's end tells runs apart
+    assert len(re.findall(f"<text[^>]*>{re.escape(html.escape(legend, quote=False))}</text>", text)) >= 4
+    assert f"<title>{html.escape(name, quote=False)} · stage prune: " in text  # the tooltip names it in full
 
 
 def test_two_runs_side_by_side_have_two_columns_with_their_numbers(runs, tmp_path):
@@ -247,38 +266,120 @@ def test_the_marker_counts_only_in_the_head(tmp_path):
     assert not is_ours(tmp_path / "link.html")
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.floats(min_value=1e-12, max_value=1e12))
-def test_axis_top_is_a_round_number_just_above_the_largest_value(largest):
-    from compress.html_report.svg import nice_top
+def expected_marks(reports: list[dict], labels: list[str]) -> dict[str, dict[tuple[str, int, int], float]]:
+    """{chart heading: {(bar|cell, series or column, category or row): value}}, recomputed from report.json's raw
+    results: a layer's sparsity from its Linears' zero counts, the rest as recorded. Series are the runs holding
+    the stage, in order; categories the layers (or stages) in order."""
+    expected = {}
+    stage_names = list(dict.fromkeys(s["name"] for r in reports for s in r["stages"]))
+    expected["seconds per stage"] = {("bar", run, c): s["seconds"] for run, r in enumerate(reports)
+                                     for c, name in enumerate(stage_names) for s in r["stages"] if s["name"] == name}
+    for kind in ("prune", "factorize"):
+        holding = [(r, label) for r, label in zip(reports, labels) if any(s["kind"] == kind for s in r["stages"])]
+        for s, (report, label) in enumerate(holding):
+            result = stage(report, kind)["result"]
+            for c, layer in enumerate(sorted(result["layers"], key=lambda layer: layer["index"])):
+                for key, title in (("relative_error", "reconstruction error"),
+                                   ("token_error", "per-token reconstruction error")):
+                    expected.setdefault(f"{kind} ({kind}): {title} per layer", {})[("bar", s, c)] = layer[key]
+                if kind == "prune":
+                    mine = [x for name, x in result["linears"].items() if name.startswith(layer["name"] + ".")]
+                    zeros = sum(x["zeros"] for x in mine) / sum(x["numel"] for x in mine)
+                    expected.setdefault("prune (prune): sparsity per layer", {})[("bar", s, c)] = zeros
+                else:
+                    load = layer["info"]["load"]
+                    assert math.isclose(sum(load), 1, rel_tol=1e-5)  # shares of the routed tokens
+                    expected.setdefault(f"factorize (factorize): expert load per layer · {label}", {}).update(
+                        {("cell", c, e): share for e, share in enumerate(load)})
+    kept = [stage(r, "eval")["result"]["after"].get("kept_share") for r in reports]
+    expected["Double Sparsity: kept share of visible tokens"] = {
+        ("bar", s, 0): share for s, share in enumerate(v for v in kept if v is not None)}
+    return expected
 
-    top, step = nice_top(largest)
-    mantissa = Decimal(repr(step)).normalize().as_tuple()
-    assert top >= largest * (1 - 1e-9) and round(top / step) <= 5 and math.isclose(top / step, round(top / step))
-    assert "".join(map(str, mantissa.digits)) in ("1", "2", "25", "5")
+
+def drawn_marks(chart) -> dict[tuple[str, int, int], object]:
+    """The chart's figure: each mark's gid parsed, to its matplotlib patch."""
+    patches = [p for axes in chart.figure.axes for p in axes.patches if p.get_gid()]
+    return {(found[1], int(found[2]), int(found[3])): p for p in patches
+            if (found := MARK.search("-" + p.get_gid()))}
 
 
-@settings(max_examples=50, deadline=None)
+def all_charts(reports, labels):
+    from compress.html_report.plots import kept_token_chart, layer_charts, timing_chart
+
+    return timing_chart(reports, labels) + layer_charts(reports, labels) + kept_token_chart(reports, labels)
+
+
+def test_each_chart_plots_the_values_of_report_json(runs):
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    reports, labels = [report_of(run) for run in runs], [str(run) for run in runs]
+    charts = {chart.heading: chart for chart in all_charts(reports, labels)}
+    expected = expected_marks(reports, labels)
+    assert set(charts) == set(expected)
+    layers = [str(layer["index"]) for layer in stage(reports[0], "prune")["result"]["layers"]]
+    categories = {"seconds per stage": ["prune", "eval", "export", "factorize", "attention"],
+                  "Double Sparsity: kept share of visible tokens": ["eval"]}
+    for heading, values in expected.items():
+        marks = drawn_marks(charts[heading])
+        assert set(marks) == set(values), heading
+        if heading.startswith("factorize (factorize): expert load"):  # colour encodes share / largest share
+            largest = max(values.values())
+            for key, patch in marks.items():
+                assert to_hex(patch.get_facecolor()) == to_hex(matplotlib.colormaps["viridis"](values[key] / largest))
+                assert (patch.get_x() + 0.5, patch.get_y() + 0.5) == key[1:]  # column = layer, row = expert
+            continue
+        for key, patch in marks.items():
+            assert patch.get_height() == values[key] and patch.get_y() == 0, (heading, key)
+        axes = charts[heading].figure.axes[0]
+        assert axes.get_ylim()[0] == 0 and axes.get_ylim()[1] >= max(values.values())  # every bar in view
+        assert [t.get_text() for t in axes.get_xticklabels()] == categories.get(heading, layers)  # under their bars
+
+
+def test_the_page_is_the_same_bytes_twice_and_every_id_is_unique(runs):
+    from compress.html_report import render_html
+
+    reports = [report_of(run) for run in runs]
+    text = render_html(reports, [str(run) for run in runs])
+    assert text == render_html(reports, [str(run) for run in runs])
+    ids = re.findall(r'<[^>]*\sid="([^"]*)"', text)
+    assert len(ids) == len(set(ids)) and len([i for i in ids if MARK.search(i)]) > 20
+    references = set(re.findall(r'(?:url\(#|href="#)([^")]*)', text))
+    assert references and references <= set(ids)  # each clip path and marker resolves
+
+
+@settings(max_examples=40, deadline=None)
 @given(st.lists(st.lists(st.one_of(st.none(), st.just(0.0), st.floats(1e-30, 1e6)), min_size=3, max_size=3),
                 min_size=1, max_size=4))
-def test_bar_heights_are_proportional_to_the_values(columns):
-    import xml.etree.ElementTree as ET
+def test_bar_heights_in_the_svg_are_proportional_to_the_values(columns):
+    from compress.html_report.figures import Series, bar_figure
 
-    from compress.html_report.svg import Series, bar_chart
-
-    series = [Series(f"run{i}", values, i) for i, values in enumerate(columns)]
-    svg = ET.fromstring(bar_chart("t", ["0", "1", "2"], series, "y"))
-    bars = [e for e in svg.iter("{http://www.w3.org/2000/svg}rect") if e.get("class") == "bar"]
-    drawn = [(int(b.get("data-series")), int(b.get("data-category")), float(b.get("data-value")),
-              float(b.get("height")), float(b.get("y"))) for b in bars]
-    assert sorted((s, c) for s, c, *_ in drawn) == [(s, c) for s in range(len(columns)) for c in range(3)
-                                                    if columns[s][c] is not None]
-    assert all(value == columns[s][c] for s, c, value, _, _ in drawn)
-    positive = [(value, height) for _, _, value, height, _ in drawn if value > 0]
+    chart = bar_figure(["0", "1", "2"], [Series(f"run{i}", values, i) for i, values in enumerate(columns)], "y")
+    svg = ET.fromstring(chart.svg("t-"))
+    drawn = {}
+    for group in svg.iter("{http://www.w3.org/2000/svg}g"):
+        if found := MARK.search(group.get("id", "")):
+            path = group.find("{http://www.w3.org/2000/svg}path")
+            ys = [float(y) for y in re.findall(r"[ML] [-\d.e]+ ([-\d.e]+)", path.get("d"))]
+            drawn[int(found[2]), int(found[3])] = (min(ys), max(ys))  # SVG's y grows downwards
+            assert group.find("{http://www.w3.org/2000/svg}title").text.endswith(f": {columns[int(found[2])][int(found[3])]:.4g}")
+    assert sorted(drawn) == [(s, c) for s in range(len(columns)) for c in range(3) if columns[s][c] is not None]
+    assert len({round(bottom, 3) for _, bottom in drawn.values()}) <= 1  # one baseline
+    positive = [(columns[s][c], bottom - top) for (s, c), (top, bottom) in drawn.items() if columns[s][c] > 0]
     if positive:
         top_value, top_height = max(positive)
-        assert all(math.isclose(h / top_height, v / top_value, rel_tol=1e-3, abs_tol=2e-5) for v, h in positive)
-    assert len({round(y + h, 2) for *_, h, y in drawn}) <= 1  # every bar stands on the same baseline
+        assert all(math.isclose(h / top_height, v / top_value, rel_tol=1e-3, abs_tol=1e-5) for v, h in positive)
+
+
+def test_without_matplotlib_the_report_is_one_line_naming_the_extra(runs, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    result = invoke("report", runs[0], "--out", tmp_path / "report.html")
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "error: compress report draws its charts with matplotlib: pip install 'compress[report]'"]
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.skipif(browser_missing() is not None, reason=f"no headless browser to drive: {browser_missing()}; "
@@ -297,9 +398,13 @@ def test_in_a_real_headless_browser_every_chart_renders_and_the_numbers_match(ru
         charts = driver.execute_script("""return [...document.querySelectorAll('figure')].map(f => {
             const svg = f.querySelector('svg'), box = svg.getBoundingClientRect();
             return {label: f.getAttribute('aria-label'), width: box.width, height: box.height,
-                    marks: [...svg.querySelectorAll('rect.bar, rect.cell')].map(r => ({
-                        value: Number(r.dataset.value), series: r.dataset.series, category: r.dataset.category,
-                        row: r.dataset.row, height: r.getBBox().height, width: r.getBBox().width}))};
+                    marks: [...svg.querySelectorAll('g[id]')].map(g => {
+                        const r = g.getBoundingClientRect();
+                        return {id: g.id, height: g.getBBox().height, width: g.getBBox().width,
+                                inside: r.left >= box.left - 1 && r.right <= box.right + 1 &&
+                                        r.top >= box.top - 1 && r.bottom <= box.bottom + 1};
+                    }),
+                    texts: [...svg.querySelectorAll('text')].filter(t => t.getBBox().width > 0).length};
             });""")
         tables = driver.execute_script("""const found = {};
             for (const t of document.querySelectorAll('table'))
@@ -309,32 +414,23 @@ def test_in_a_real_headless_browser_every_chart_renders_and_the_numbers_match(ru
     assert (tmp_path / "report.png").stat().st_size > 10_000
     assert check_numbers(tables, reports) >= 40
 
-    by_label = {c["label"]: c for c in charts}
-    expected = {"seconds per stage", "prune (prune): sparsity per layer", "prune (prune): reconstruction error per layer",
-                "prune (prune): per-token reconstruction error per layer",
-                "factorize (factorize): reconstruction error per layer",
-                "factorize (factorize): per-token reconstruction error per layer",
-                f"factorize (factorize): expert load per layer · {runs[1]}",
-                "Double Sparsity: kept share of visible tokens"}
-    assert set(by_label) == expected
-    for chart in charts:  # rendered: a real box, and every mark of a positive value has a height
-        assert chart["width"] > 100 and chart["height"] > 50 and chart["marks"], chart["label"]
-        assert all(m["height"] > 0 and m["width"] > 0 for m in chart["marks"] if m["value"] > 0), chart["label"]
-        bars = [m for m in chart["marks"] if m["series"] is not None and m["value"] > 0]
+    expected = expected_marks(reports, [str(run) for run in runs])
+    assert {c["label"] for c in charts} == set(expected) == {
+        "seconds per stage", "prune (prune): sparsity per layer", "prune (prune): reconstruction error per layer",
+        "prune (prune): per-token reconstruction error per layer",
+        "factorize (factorize): reconstruction error per layer",
+        "factorize (factorize): per-token reconstruction error per layer",
+        f"factorize (factorize): expert load per layer · {runs[1]}", "Double Sparsity: kept share of visible tokens"}
+    for chart in charts:  # rendered: a real box with text, every mark in it, each positive one with an area
+        values = expected[chart["label"]]
+        marks = {(m[1], int(m[2]), int(m[3])): mark for mark in chart["marks"] if (m := MARK.search(mark["id"]))}
+        assert chart["width"] > 300 and chart["height"] > 100 and chart["texts"] >= 4, chart["label"]
+        assert set(marks) == set(values) and all(mark["inside"] for mark in marks.values()), chart["label"]
+        assert all(m["height"] > 0 and m["width"] > 0 for key, m in marks.items() if values[key] > 0), chart["label"]
+        bars = [(values[key], mark["height"]) for key, mark in marks.items() if key[0] == "bar" and values[key] > 0]
         if bars:  # laid out to scale by the browser
-            ratio = bars[0]["height"] / bars[0]["value"]
-            assert all(math.isclose(b["height"], b["value"] * ratio, rel_tol=1e-3, abs_tol=0.01) for b in bars)
-
-    prune_layers = stage(reports[0], "prune")["result"]["layers"]
-    sparsity = by_label["prune (prune): sparsity per layer"]["marks"]
-    assert [m["value"] for m in sparsity] == [layer["info"]["sparsity"] for layer in prune_layers]
-    errors = by_label["prune (prune): reconstruction error per layer"]["marks"]
-    assert [m["value"] for m in errors] == [layer["relative_error"] for layer in prune_layers]
-    load = by_label[f"factorize (factorize): expert load per layer · {runs[1]}"]["marks"]
-    factorize_layers = stage(reports[1], "factorize")["result"]["layers"]
-    assert [m["value"] for m in load] == [v for layer in factorize_layers for v in layer["info"]["load"]]
-    kept = by_label["Double Sparsity: kept share of visible tokens"]["marks"]
-    assert [m["value"] for m in kept] == [stage(reports[1], "eval")["result"]["after"]["kept_share"]]
+            ratio = bars[0][1] / bars[0][0]
+            assert all(math.isclose(height, value * ratio, rel_tol=1e-3, abs_tol=0.01) for value, height in bars)
 
 
 def test_zero_shot_accuracy_and_recovery_are_shown_per_task(runs):

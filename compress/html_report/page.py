@@ -1,5 +1,5 @@
 """The HTML page: one self-contained file (inline CSS and SVG; no script, no external resource), one column
-per run in every table. Every string from a report is escaped."""
+per run in every table, the charts as matplotlib's SVG. Every string from a report is escaped."""
 from __future__ import annotations
 
 import json
@@ -25,9 +25,9 @@ td.code { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px
 td.pass { color: #05603a; background: #e8f7ee; } td.breach { color: #a10b0b; background: #fdecec; font-weight: 600; }
 td.missing { color: #999; }
 .note { color: #555; margin: 4px 0; } .charts { display: flex; flex-wrap: wrap; gap: 12px; }
-figure { margin: 0 0 10px; } svg.chart { background: #fff; border: 1px solid #e5e7eb; }
-svg .grid { stroke: #eee; } svg .axis { stroke: #888; } svg text { font-size: 11px; fill: #333; }
-svg .chart-title { font-size: 13px; font-weight: 600; } svg .axis-label { fill: #555; }
+figure { margin: 0 0 10px; border: 1px solid #e5e7eb; background: #fff; }
+figcaption { font-weight: 600; padding: 6px 10px 0; max-width: 520px; overflow-wrap: anywhere; }
+svg.chart { display: block; max-width: 100%; height: auto; }
 pre { background: #f6f8fa; padding: 8px; overflow-x: auto; font-size: 12px; }
 """
 
@@ -57,9 +57,11 @@ def _table(table_id: str, labels: list[str], rows: list[R.Row]) -> str:
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
-def _charts(charts: list[Chart]) -> str:
+def _charts(charts: list[Chart], section: str) -> str:
+    """The charts of one section; each SVG's ids start with the section and the chart's place (unique in the page)."""
     return '<div class="charts">' + "".join(
-        f'<figure aria-label="{escape(c.heading)}">{c.svg}</figure>' for c in charts) + "</div>"
+        f'<figure aria-label="{escape(c.heading)}"><figcaption>{escape(c.heading)}</figcaption>'
+        f'{c.svg(f"{section}{number}-")}</figure>' for number, c in enumerate(charts)) + "</div>"
 
 
 def _recipes(reports: list[dict], labels: list[str]) -> str:
@@ -95,12 +97,12 @@ def render_html(reports: list[dict], names: list[str]) -> str:
         '<section id="timings"><h2>Timings (seconds)</h2>'
         + _table("timings-table", labels, R.merge([R.timing_rows(r) for r in reports])
                  + R.merge([R.total_rows(r) for r in reports]))
-        + _charts(timing_chart(reports, labels)) + "</section>",
+        + _charts(timing_chart(reports, labels), "timings") + "</section>",
         '<section id="layers"><h2>Per layer</h2>'
-        + (_charts(layers) if layers else '<p class="note">No stage measured per layer.</p>') + "</section>",
+        + (_charts(layers, "layers") if layers else '<p class="note">No stage measured per layer.</p>') + "</section>",
     ]
     if kept:
-        sections.append('<section id="double-sparsity"><h2>Double Sparsity</h2>' + _charts(kept) + "</section>")
+        sections.append('<section id="double-sparsity"><h2>Double Sparsity</h2>' + _charts(kept, "kept") + "</section>")
     sections.append('<section id="recipes"><h2>Recipes as run</h2>' + _recipes(reports, labels) + "</section>")
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n" + HTML_META + "\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"

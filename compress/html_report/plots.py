@@ -1,18 +1,11 @@
 """Which charts the reports call for: per-layer sparsity and reconstruction error (prune, factorize), expert load
-(factorize), kept tokens (evaluation with Double Sparsity attention) and stage timings; one series per run."""
+(factorize), kept tokens (evaluation with Double Sparsity attention) and stage timings; one series per run.
+Each chart is a matplotlib figure (compress.html_report.figures) headed by what it shows."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from compress.html_report.svg import Series, bar_chart, heatmap
+from compress.html_report.figures import Chart, Series, bar_figure, heatmap_figure
 
 __all__ = ["Chart", "layer_charts", "kept_token_chart", "timing_chart"]
-
-
-@dataclass
-class Chart:
-    heading: str
-    svg: str
 
 
 def _stage(report: dict, name: str) -> dict | None:
@@ -64,14 +57,15 @@ def layer_charts(reports: list[dict], labels: list[str]) -> list[Chart]:
 
             categories, series = _per_layer(reports, labels, name, value)
             if series:
-                charts.append(Chart(f"{name} ({kind}): {title}", bar_chart(
-                    f"{name}: {title}", categories, series, axis, percent, legend=len(reports) > 1)))
+                charts.append(bar_figure(categories, series, axis, percent, legend=len(reports) > 1,
+                                         heading=f"{name} ({kind}): {title}"))
         charts += _load_charts(reports, labels, name, kind)
     return charts
 
 
 def _load_charts(reports, labels, name, kind) -> list[Chart]:
-    """One heatmap per run: the share of routed tokens each expert of each layer received."""
+    """One heatmap per run: the share of routed tokens each expert of each layer received (layers across, as in
+    the other per-layer charts)."""
     charts = []
     for report, label in zip(reports, labels):
         layers = [layer for layer in _layers(_stage(report, name)) if isinstance(layer.get("info", {}).get("load"), list)]
@@ -80,10 +74,9 @@ def _load_charts(reports, labels, name, kind) -> list[Chart]:
         experts = max(len(layer["info"]["load"]) for layer in layers)
         values = [[_number(v) for v in layer["info"]["load"]] + [None] * (experts - len(layer["info"]["load"]))
                   for layer in layers]
-        title = f"{name}: expert load per layer · {label}"
-        charts.append(Chart(f"{name} ({kind}): expert load per layer · {label}",
-                            heatmap(title, [str(layer["index"]) for layer in layers],
-                                    [str(e) for e in range(experts)], values)))
+        charts.append(heatmap_figure([str(layer["index"]) for layer in layers], [str(e) for e in range(experts)],
+                                     values, color_label="share of routed tokens",
+                                     heading=f"{name} ({kind}): expert load per layer · {label}"))
     return charts
 
 
@@ -99,13 +92,12 @@ def kept_token_chart(reports: list[dict], labels: list[str]) -> list[Chart]:
         return []
     series = _measured([Series(label, [_kept_share(_stage(r, n)) for n in names], run)
                         for run, (r, label) in enumerate(zip(reports, labels))])
-    title = "Double Sparsity: kept share of visible tokens"
-    return [Chart(title, bar_chart(title, names, series, "kept / visible tokens per query", True, "eval stage",
-                                   legend=len(reports) > 1))]
+    return [bar_figure(names, series, "kept / visible tokens per query", True, "eval stage", legend=len(reports) > 1,
+                       heading="Double Sparsity: kept share of visible tokens")]
 
 
 def timing_chart(reports: list[dict], labels: list[str]) -> list[Chart]:
     names = _names(reports, lambda s: True)
     series = [Series(label, [(_stage(r, n) or {}).get("seconds") for n in names], run)
               for run, (r, label) in enumerate(zip(reports, labels))]
-    return [Chart("seconds per stage", bar_chart("seconds per stage", names, series, "seconds", False, "stage"))]
+    return [bar_figure(names, series, "seconds", False, "stage", heading="seconds per stage")]
