@@ -79,7 +79,7 @@ def test_fine_grained_experts_keep_the_dense_function_and_split_neurons_once():
 def test_expert_weights_are_slices_of_the_dense_weights(top_k, scale, fold):
     model = _model("llama")
     mlp = copy.deepcopy(model.model.layers[0].mlp)
-    factorize_model(model, FactorizeConfig(experts=4, top_k=top_k, split="random", steps=0, scale=scale))
+    factorize_model(model, FactorizeConfig(experts=4, top_k=top_k, split="random", router="par", steps=0, scale=scale))
     moe = model.model.layers[0].mlp
     for e, neurons in enumerate(moe.groups):
         assert torch.equal(moe.gate_up[e, :32], mlp.gate_proj.weight[neurons])
@@ -221,7 +221,7 @@ def test_stock_moe_export_reloads_with_stock_transformers_and_matches(family, ta
     from compress.factorize.export import save_moe
 
     model = _model(family)
-    factorize_model(model, FactorizeConfig(experts=4, top_k=2, split="cluster", steps=20), CALIBRATION)
+    factorize_model(model, FactorizeConfig(experts=4, top_k=2, split="cluster", router="par", steps=20), CALIBRATION)
     save_moe(model, None, tmp_path / "moe", {"note": "test"})
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "moe", dtype=torch.float32)
     assert type(loaded).__name__ == target and loaded.config.num_experts_per_tok == 2
@@ -241,7 +241,7 @@ def test_stage_b_trains_only_experts_and_routers_and_moves_toward_the_dense_mode
     with torch.no_grad():
         dense_logits = model(CALIBRATION).logits
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if ".mlp." not in n}
-    config = FactorizeConfig(experts=4, top_k=1, split="cluster", steps=20, train="router+experts", expert_steps=40,
+    config = FactorizeConfig(experts=4, top_k=1, split="cluster", router="par", steps=20, train="router+experts", expert_steps=40,
                              expert_lr=1e-3, expert_batch=4)
     stage_a = copy.deepcopy(model)
     factorize_model(stage_a, config.model_copy(update={"train": "router"}), CALIBRATION)
@@ -291,7 +291,7 @@ def test_expert_pruning_uses_each_experts_own_tokens():
     from compress.factorize.moe import route
 
     model = _model("llama")
-    factorize_model(model, FactorizeConfig(experts=4, top_k=2, split="random", steps=10), CALIBRATION)
+    factorize_model(model, FactorizeConfig(experts=4, top_k=2, split="random", router="par", steps=10), CALIBRATION)
     moe = model.model.layers[0].mlp
     seen = []
     handle = moe.register_forward_hook(lambda _m, args, _o: seen.append(args[0].reshape(-1, args[0].shape[-1])))
@@ -321,7 +321,7 @@ def test_factorized_checkpoint_round_trips_a_trained_model(family, tmp_path):
     from compress.factorize.checkpoint import save_factorized
 
     model = _model(family)
-    factorize_model(model, FactorizeConfig(experts=4, top_k=1, split="cluster", steps=10), CALIBRATION)
+    factorize_model(model, FactorizeConfig(experts=4, top_k=1, split="cluster", router="par", steps=10), CALIBRATION)
     save_factorized(model, None, tmp_path / "out", {"tool": "compress"})
     loaded = compress.load(tmp_path / "out")
     assert all(torch.equal(a.groups, b.groups) for a, b in zip(factorized_mlps(loaded).values(),

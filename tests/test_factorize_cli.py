@@ -24,7 +24,8 @@ def test_factorize_eval_export_reloads_as_mixtral(train, tiny_model_dir, text_fi
     from compress.model.loading import load_model
 
     out = tmp_path / "moe"
-    result = invoke("factorize", tiny_model_dir, "--experts", 4, "--top-k", 2, "--split", "cluster", "--steps", 30,
+    result = invoke("factorize", tiny_model_dir, "--experts", 4, "--top-k", 2, "--split", "cluster", "--router", "par",
+                    "--steps", 30,
                     "--text", text_file, "--nsamples", 8, "--seqlen", 64, "--device", "cpu", "--eval",
                     "--eval-text", text_file, "--eval-context", 64, "--eval-tokens", 512, "--json", "--out", out,
                     "--train", train, "--expert-steps", 5, "--expert-batch", 2)
@@ -45,7 +46,7 @@ def test_factorize_eval_export_reloads_as_mixtral(train, tiny_model_dir, text_fi
     # the same job in memory computes what the checkpoint computes
     model, tokenizer, _ = load_model(str(tiny_model_dir), "float32", "cpu")
     calibration = calibration_tokens(tokenizer, TextSource(path=str(text_file)), 8, 64, 0)
-    factorize_model(model, FactorizeConfig(experts=4, top_k=2, split="cluster", steps=30, train=train, expert_steps=5,
+    factorize_model(model, FactorizeConfig(experts=4, top_k=2, split="cluster", router="par", steps=30, train=train, expert_steps=5,
                                            expert_batch=2), calibration)
     ids = torch.randint(0, 320, (2, 40))
     with torch.no_grad():
@@ -53,7 +54,8 @@ def test_factorize_eval_export_reloads_as_mixtral(train, tiny_model_dir, text_fi
 
 
 def test_steps_zero_needs_no_text_and_dry_run_prints_the_recipe(tiny_model_dir, tmp_path):
-    result = invoke("factorize", tiny_model_dir, "--experts", 2, "--top-k", 1, "--steps", 0, "--dry-run")
+    result = invoke("factorize", tiny_model_dir, "--experts", 2, "--top-k", 1, "--router", "par", "--steps", 0,
+                    "--split", "contiguous", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "factorize:" in result.stdout and "experts: 2" in result.stdout
     recipe = tmp_path / "r.yaml"
@@ -76,10 +78,15 @@ def test_steps_zero_needs_no_text_and_dry_run_prints_the_recipe(tiny_model_dir, 
     (["--train", "experts"], "--train"),
     (["--train", "router+experts", "--expert-steps", 0], "--expert-steps"),
     (["--train", "router+experts", "--expert-lr", 0], "--expert-lr"),
+    (["--active", 0.3], "not a multiple of 1/16"),
+    (["--active", 0.5, "--experts", 4], "give active or experts, not both"),
+    (["--shared", 1, "--experts", 4], "does not divide the intermediate size 128"),
+    (["--router", "learned"], "--router"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
-    result = invoke("factorize", tiny_model_dir, "--steps", 0, *args, "--out", out, "--quiet")
+    result = invoke("factorize", tiny_model_dir, "--router", "par", "--steps", 0, "--split", "contiguous", *args,
+                    "--out", out, "--quiet")
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -98,7 +105,8 @@ def test_families_without_a_stock_moe_write_a_compress_load_checkpoint(tmp_path)
     gemma.save_pretrained(tmp_path / "gemma")
     make_tokenizer().save_pretrained(tmp_path / "gemma")
     out = tmp_path / "out"
-    result = invoke("factorize", tmp_path / "gemma", "--steps", 0, "--experts", 4, "--top-k", 4, "--out", out,
+    result = invoke("factorize", tmp_path / "gemma", "--steps", 0, "--experts", 4, "--top-k", 4, "--split", "contiguous",
+                    "--out", out,
                     "--json", "--quiet", "--eval", "--eval-text", tmp_path / "gemma" / "tokenizer.json",
                     "--eval-context", 32, "--eval-tokens", 128)
     assert result.exit_code == 0, result.output

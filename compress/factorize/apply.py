@@ -12,11 +12,13 @@ from torch import nn
 
 from compress.calibrate.engine import LayerStep, capture_calibration, walk_layers
 from compress.errors import BadInput
+from compress.factorize.analytic import analytic_router, expert_mass
+from compress.factorize.carve import carve, neuron_markers
 from compress.factorize.config import FactorizeConfig
 from compress.factorize.finetune import EndToEndTraining, teacher_targets, train_experts
 from compress.factorize.mlp import GatedMLP, find_gated_mlp
 from compress.factorize.moe import FactorizedMLP
-from compress.factorize.router import RouterTraining, train_router
+from compress.factorize.router import RouterTraining, held_out_split, train_router
 from compress.factorize.split import activity_pattern, split_neurons
 from compress.model.layers import decoder_layers
 
@@ -50,9 +52,9 @@ def check_factorize(model: nn.Module, config: FactorizeConfig) -> list[tuple[str
     found = []
     for name, layer in decoder_layers(model):
         mlp = find_gated_mlp(layer, name)
-        if mlp.intermediate % config.total_experts:
-            raise BadInput(f"experts × granularity = {config.total_experts} does not divide the intermediate size "
-                           f"{mlp.intermediate} of {mlp.name}", key="experts")
+        if mlp.intermediate % config.groups:
+            raise BadInput(f"(experts + shared) × granularity = {config.groups} does not divide the intermediate "
+                           f"size {mlp.intermediate} of {mlp.name}", key="experts")
         found.append((name, mlp))
     return found
 
@@ -78,13 +80,37 @@ class _Capture:
         return torch.cat(self.inputs), torch.cat(self.outputs)
 
 
-def _groups(config: FactorizeConfig, mlp: GatedMLP, inputs: torch.Tensor | None, layer_seed: int) -> torch.Tensor:
+def _sample(inputs: torch.Tensor, layer_seed: int) -> torch.Tensor:
+    pick = torch.randperm(inputs.shape[0], generator=torch.Generator().manual_seed(layer_seed))[:ACTIVITY_TOKENS]
+    return inputs[pick.to(inputs.device)]
+
+
+def _groups(config: FactorizeConfig, mlp: GatedMLP, inputs: torch.Tensor | None,
+            layer_seed: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(shared neurons or None, routed groups (experts, m)) of one layer's FFN."""
+    shared_neurons = mlp.intermediate * config.shared // (config.experts + config.shared)
+    if config.split == "carve" or shared_neurons:
+        markers = neuron_markers(_sample(inputs, layer_seed), mlp.gate.weight, mlp.up.weight, mlp.act_fn,
+                                 config.activity_top)
+        carving = carve(markers, shared_neurons, config.total_experts)
+        if config.split == "carve":
+            return (carving.shared if shared_neurons else None), carving.groups.cpu()
+        rest = torch.cat(list(carving.groups)).sort().values
+    else:
+        rest = torch.arange(mlp.intermediate)
     activity = None
     if config.split == "coactivation":
-        pick = torch.randperm(inputs.shape[0], generator=torch.Generator().manual_seed(layer_seed))[:ACTIVITY_TOKENS]
-        activity = activity_pattern(inputs[pick.to(inputs.device)].to(mlp.gate.weight.dtype), mlp.gate, mlp.up,
-                                    mlp.act_fn)
-    return split_neurons(config.split, mlp.intermediate, config.total_experts, layer_seed, mlp.gate, mlp.up, activity)
+        activity = activity_pattern(_sample(inputs, layer_seed).to(mlp.gate.weight.dtype), mlp.gate, mlp.up,
+                                    mlp.act_fn)[rest.to(inputs.device)]
+    gate, up = (_rows(mlp.gate, rest), _rows(mlp.up, rest)) if config.split == "cluster" else (None, None)
+    local = split_neurons(config.split, rest.numel(), config.total_experts, layer_seed, gate, up, activity)
+    return (carving.shared if shared_neurons else None), rest[local.cpu()]
+
+
+def _rows(linear: nn.Linear, rows: torch.Tensor) -> nn.Linear:
+    picked = nn.Linear(linear.in_features, rows.numel(), bias=False, device="meta")
+    picked.weight = nn.Parameter(linear.weight.detach()[rows.to(linear.weight.device)], requires_grad=False)
+    return picked
 
 
 def factorize_model(model: nn.Module, config: FactorizeConfig, calibration: torch.Tensor | None = None,
@@ -101,14 +127,14 @@ def factorize_model(model: nn.Module, config: FactorizeConfig, calibration: torc
     inputs = teacher = None
     if config.needs_calibration():
         if calibration is None:
-            raise BadInput("factorize with router steps, the coactivation split or router+experts training needs "
-                           "calibration data", key="calibrate")
+            raise BadInput("factorize with the analytic router, shared neurons, router steps, the carve or coactivation "
+                           "split or router+experts training needs calibration data", key="calibrate")
         if config.train == "router+experts":
             teacher = teacher_targets(model, calibration, config.distill_top, device, config.expert_batch)
         inputs = capture_calibration(model, layers, calibration, config.calib_batch, device)
         result.capture_seconds = time.perf_counter() - started
         result.tokens = calibration.numel()
-    training = RouterTraining(steps=config.steps, lr=config.lr, batch_tokens=config.batch_tokens,
+    training = RouterTraining(steps=config.router_steps, lr=config.lr, batch_tokens=config.batch_tokens,
                               par_weight=config.par_weight, balance_weight=config.balance_weight, seed=config.seed)
 
     def change_layer(index, name, layer, data) -> dict:
@@ -121,11 +147,19 @@ def factorize_model(model: nn.Module, config: FactorizeConfig, calibration: torc
             finally:
                 x, teacher = capture.tensors()
         layer_seed = config.seed * 100003 + index
-        groups = _groups(config, mlp, x, layer_seed)
-        moe = FactorizedMLP.from_dense(mlp.gate, mlp.up, mlp.down, mlp.act_fn, groups.to(mlp.gate.weight.device),
-                                       config.total_top_k, config.fold)
-        info = {"experts": config.total_experts, "top_k": config.total_top_k, "fold": config.fold}
-        if x is not None and config.steps:
+        shared, groups = _groups(config, mlp, x, layer_seed)
+        where = mlp.gate.weight.device
+        moe = FactorizedMLP.from_dense(mlp.gate, mlp.up, mlp.down, mlp.act_fn, groups.to(where), config.total_top_k,
+                                       config.fold, None if shared is None else shared.to(where))
+        info = {"experts": config.total_experts, "top_k": config.total_top_k, "fold": config.fold,
+                "shared_neurons": moe.shared_width}
+        if config.analytic_routing():  # on the tokens train_router does not hold out
+            sample = _sample(x[held_out_split(x.shape[0], training.held_out, layer_seed)[0].to(x.device)], layer_seed)
+            mass = expert_mass(sample, mlp.gate.weight, mlp.up.weight, mlp.down.weight, mlp.act_fn, groups.to(where))
+            router = analytic_router(sample, mass, config.total_top_k, config.balance)
+            moe.router.weight.copy_(router.weight.to(moe.router.weight))
+            info["calibration_load"] = router.load
+        if x is not None and (config.router_steps or config.analytic_routing()):
             fit = train_router(moe, x.to(moe.gate_up.dtype), teacher, replace(training, seed=layer_seed))
             info.update(fit.to_dict())
         setattr(mlp.parent, mlp.attribute, moe)

@@ -3,21 +3,52 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from compress.config import StrictConfig, count, seed as seed_field
 
-__all__ = ["FactorizeConfig"]
+__all__ = ["FactorizeConfig", "ACTIVE_GROUPS", "DEFAULT_ACTIVE", "translate_active"]
+
+ACTIVE_GROUPS = 16  # --active cuts the FFN into this many equal neuron groups (shared + routed)
+DEFAULT_ACTIVE = 0.5
+_EXPLICIT = ("experts", "top_k", "shared")
+
+
+def translate_active(active: float) -> dict:
+    """experts (routed E), top_k and shared S such that (S + k) / (S + E) = active, over ACTIVE_GROUPS
+    groups: half the active groups shared (always run), half routed (k of E); every group at 100%."""
+    groups = active * ACTIVE_GROUPS
+    if not 0 < active <= 1 or abs(groups - round(groups)) > 1e-9:
+        raise ValueError(f"active {active} is not a multiple of 1/{ACTIVE_GROUPS} in (0, 1] (e.g. 0.25, 0.5, 0.75)")
+    running = round(groups)
+    if running == ACTIVE_GROUPS:
+        return {"experts": ACTIVE_GROUPS, "top_k": ACTIVE_GROUPS, "shared": 0}
+    shared = running // 2
+    return {"experts": ACTIVE_GROUPS - shared, "top_k": running - shared, "shared": shared}
 
 
 class FactorizeConfig(StrictConfig):
+    active: float | None = None
+    """Share of the FFN's neurons each token runs (0.25, 0.5, 0.75, ...): sets experts, top_k and shared
+    (translate_active). Without it and without explicit experts/top_k/shared: DEFAULT_ACTIVE."""
     experts: int = count(4)
-    """E: experts per FFN (FactorLLM's 4 in 1R4E1K); a power of two keeps the k = E case exact."""
+    """E: routed experts per FFN (FactorLLM's 4 in 1R4E1K); a power of two keeps the k = E case exact."""
     top_k: int = count(1)
-    """k: experts each token runs (top-k of the router's softmax, renormalised)."""
+    """k: routed experts each token runs (top-k of the router's softmax, renormalised)."""
+    shared: int = count(0, minimum=0)
+    """S: shared neuron groups (each as wide as an expert) that every token runs: the neurons with the
+    highest activation rates on the calibration tokens (CMoE's shared experts)."""
+    router: Literal["analytic", "par"] = "analytic"
+    """analytic: a linear router in closed form from calibration statistics (compress/factorize/analytic.py);
+    par: fitted to PAR pseudo-labels by `steps` Adam steps (FactorLLM)."""
+    balance: bool = True
+    """analytic router: fold per-expert offsets into the router so each expert gets its fair share of the
+    calibration tokens' picks."""
+    activity_top: int = count(150)
+    """Neurons marked active per calibration token (CMoE's K_a) for the shared choice and the carve split."""
     granularity: int = count(1)
     """G: fine-grained experts, each expert cut into G (G·E experts, top G·k)."""
-    split: Literal["contiguous", "random", "cluster", "coactivation"] = "contiguous"
+    split: Literal["carve", "contiguous", "random", "cluster", "coactivation"] = "carve"
     """How neurons are grouped into experts (compress/factorize/split.py)."""
     scale: Literal["top-k", "experts"] = "top-k"
     """Factor folded into each expert's down projection: top-k (k, so k equally weighted experts add up
@@ -25,8 +56,9 @@ class FactorizeConfig(StrictConfig):
     train: Literal["router", "router+experts"] = "router"
     """router: stage A, each layer's router fitted to PAR pseudo-labels (expert weights stay slices of the
     dense ones); router+experts: then stage B, experts and routers trained end to end (finetune.py)."""
-    steps: int = count(200, minimum=0)
-    """Adam steps per layer's router (0: split only, zero router)."""
+    steps: int | None = Field(None, ge=0, le=10**9)
+    """Adam steps per layer's router (default 200 with the PAR router, 0 with the analytic one; 0 with PAR:
+    split only, zero router; with the analytic router: a short fine-tune of it to PAR labels and balance)."""
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     """Router learning rate (cosine schedule)."""
     batch_tokens: int = count(1024)
@@ -52,6 +84,23 @@ class FactorizeConfig(StrictConfig):
     calib_batch: int = count(0, minimum=0)
     """Calibration windows per forward (0: about 16k tokens)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_active(cls, data):
+        if not isinstance(data, dict):
+            return data
+        explicit = {key: data[key] for key in _EXPLICIT if data.get(key) is not None}
+        active = data.get("active")
+        if active is None and explicit:
+            return data
+        active = DEFAULT_ACTIVE if active is None else active
+        translated = translate_active(float(active))
+        clash = {key: value for key, value in explicit.items() if value != translated[key]}
+        if clash:
+            raise ValueError(f"active {active} means experts {translated['experts']}, top_k {translated['top_k']}, "
+                             f"shared {translated['shared']}; give active or {', '.join(clash)}, not both")
+        return {**data, **translated, "active": active}
+
     @field_validator("top_k")
     @classmethod
     def _at_most_experts(cls, value: int, info: ValidationInfo) -> int:
@@ -59,6 +108,24 @@ class FactorizeConfig(StrictConfig):
         if experts is not None and value > experts:
             raise ValueError(f"top_k {value} exceeds experts {experts}")
         return value
+
+    @property
+    def router_steps(self) -> int:
+        return (200 if self.router == "par" else 0) if self.steps is None else self.steps
+
+    @property
+    def groups(self) -> int:
+        """Neuron groups of equal width the FFN is cut into: G·(E + S)."""
+        return self.granularity * (self.experts + self.shared)
+
+    @property
+    def active_share(self) -> float:
+        """Share of the FFN's neurons each token runs: (S + k) / (S + E)."""
+        return (self.shared + self.top_k) / (self.shared + self.experts)
+
+    def analytic_routing(self) -> bool:
+        """The analytic router is computed (not where every expert runs: routing then changes nothing)."""
+        return self.router == "analytic" and self.total_top_k < self.total_experts
 
     @property
     def total_experts(self) -> int:
@@ -73,4 +140,5 @@ class FactorizeConfig(StrictConfig):
         return self.top_k * self.granularity
 
     def needs_calibration(self) -> bool:
-        return self.steps > 0 or self.split == "coactivation" or self.train == "router+experts"
+        return (self.router_steps > 0 or self.split in ("carve", "coactivation") or self.shared > 0
+                or self.analytic_routing() or self.train == "router+experts")

@@ -1,9 +1,16 @@
 """Export a factorized model as a stock MoE checkpoint that `AutoModelForCausalLM.from_pretrained` loads
 with no custom code, where the math is exact:
 
-  llama, mistral  ->  mixtral
-  qwen2           ->  qwen2_moe  (norm_topk_prob on; a shared expert of one neuron with zero weights and gate)
+  llama, mistral  ->  mixtral; with shared neurons qwen2_moe (no q/k/v biases: Llama's attention), unless
+                      a sliding window needs Mixtral
+  qwen2           ->  qwen2_moe  (norm_topk_prob on; the shared neurons as its shared expert, or one neuron with
+                      zero weights where there are none)
   qwen3           ->  qwen3_moe  (norm_topk_prob on)
+Shared neurons: Qwen2-MoE's shared expert holds them, its gate's weight zero (sigmoid 0 = 1/2, so its down
+projection is stored ×2: exact). Mixtral and Qwen3-MoE have no shared expert: the shared neurons are folded
+into every expert (expert e = shared neurons + its own), unscaled: the renormalised top-k weights sum to 1,
+so the shared part adds exactly once. The function is the same, but each of the k chosen experts recomputes
+the shared neurons (k·S + k groups per token instead of S + k): compression.json says so.
 Each MoE block keeps the router as mlp.gate (E, hidden) and the experts as experts.gate_up_proj
 (E, 2m, hidden) and experts.down_proj (E, hidden, m), the fold (k or E) already in down. These
 models route as FactorizedMLP does (softmax, top-k, renormalised), so the checkpoint computes the
@@ -22,7 +29,7 @@ from compress.export.atomic import atomic_directory
 from compress.export.marker import write_manifest
 from compress.factorize.moe import FactorizedMLP
 
-__all__ = ["EXPORTS", "check_exportable", "moe_config", "save_moe"]
+__all__ = ["EXPORTS", "check_exportable", "export_target", "moe_config", "save_moe"]
 
 EXPORTS = {"llama": "mixtral", "mistral": "mixtral", "qwen2": "qwen2_moe", "qwen3": "qwen3_moe"}
 _SHARED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -45,7 +52,7 @@ def _expert_settings(target: str, experts: int, top_k: int, m: int, dense_interm
 
 
 def check_exportable(config) -> str:
-    """The stock MoE model type the dense model's family exports to, or BadInput."""
+    """The stock MoE model type the dense model's family exports to without shared neurons, or BadInput."""
     family = getattr(config, "model_type", None)
     if family not in EXPORTS:
         raise BadInput(f"factorize exports only {', '.join(EXPORTS)} models to a stock MoE checkpoint (got "
@@ -57,40 +64,83 @@ def check_exportable(config) -> str:
     return EXPORTS[family]
 
 
+def export_target(config, shared: bool) -> str:
+    """The stock MoE type of a factorized model of this config, with or without shared neurons."""
+    target = check_exportable(config)
+    if shared and target == "mixtral" and not getattr(config, "sliding_window", None):
+        return "qwen2_moe"
+    return target
+
+
+def _factorized(model) -> dict[str, FactorizedMLP]:
+    moes = {name: m for name, m in model.named_modules() if isinstance(m, FactorizedMLP)}
+    if not moes:
+        raise BadInput("the model has no factorized MLPs to export as a mixture of experts")
+    widths = {m.shared_width for m in moes.values()}
+    if len(widths) > 1:
+        raise BadInput("the factorized MLPs have shared parts of different widths: no stock MoE config holds them")
+    return moes
+
+
+def folds_shared(model) -> bool:
+    """The shared neurons go into every expert (a stock MoE without a shared expert)."""
+    moes = _factorized(model)
+    shared = next(iter(moes.values())).shared_width > 0
+    return shared and export_target(model.config, True) != "qwen2_moe"
+
+
 def moe_config(model):
     """The stock MoE config of a factorized Llama, Mistral, Qwen2 or Qwen3 model."""
     from transformers import AutoConfig
 
-    target = check_exportable(model.config)
-    moes = [m for m in model.modules() if isinstance(m, FactorizedMLP)]
-    if not moes:
-        raise BadInput("the model has no factorized MLPs to export as a mixture of experts")
-    first = moes[0]
+    first = next(iter(_factorized(model).values()))
+    target = export_target(model.config, first.shared_width > 0)
     dense = model.config.to_dict()
     values = {key: dense[key] for key in _SHARED if key in dense and dense[key] is not None}
-    values.update(_expert_settings(target, first.num_experts, first.top_k, first.down.shape[2],
-                                   model.config.intermediate_size), output_router_logits=False)
+    width = first.down.shape[2] + (first.shared_width if folds_shared(model) else 0)
+    values.update(_expert_settings(target, first.num_experts, first.top_k, width, model.config.intermediate_size),
+                  output_router_logits=False)
+    if target == "qwen2_moe":
+        values["shared_expert_intermediate_size"] = first.shared_width or SHARED_EXPERT
+        values["qkv_bias"] = check_exportable(model.config) == "qwen2_moe"  # Llama/Mistral attention has none
     return AutoConfig.for_model(target, **values)
 
 
 def moe_state_dict(model) -> dict[str, torch.Tensor]:
     """The dense model's tensors with each FactorizedMLP renamed to Mixtral's keys."""
-    renames = {"gate_up": "experts.gate_up_proj", "down": "experts.down_proj", "router.weight": "gate.weight"}
-    moes = {name: m for name, m in model.named_modules() if isinstance(m, FactorizedMLP)}
-    state = {}
-    for key, tensor in model.state_dict().items():
-        prefix = next((p for p in moes if key.startswith(p + ".")), None)
-        if prefix is not None:
-            key = f"{prefix}.{renames[key[len(prefix) + 1:]]}"
-        state[key] = tensor
-    if check_exportable(model.config) == "qwen2_moe":
-        for prefix, moe in moes.items():
-            hidden, zeros = moe.gate_up.shape[2], dict(dtype=moe.gate_up.dtype, device=moe.gate_up.device)
-            for name, shape in (("gate_proj", (SHARED_EXPERT, hidden)), ("up_proj", (SHARED_EXPERT, hidden)),
-                                ("down_proj", (hidden, SHARED_EXPERT))):
-                state[f"{prefix}.shared_expert.{name}.weight"] = torch.zeros(shape, **zeros)
-            state[f"{prefix}.shared_expert_gate.weight"] = torch.zeros(1, hidden, **zeros)
+    moes = _factorized(model)
+    fold = folds_shared(model)
+    qwen2 = moe_config(model).model_type == "qwen2_moe"
+    state = {key: tensor for key, tensor in model.state_dict().items()
+             if not any(key.startswith(p + ".") for p in moes)}
+    for prefix, moe in moes.items():
+        gate_up, down = moe.gate_up.detach(), moe.down.detach()
+        if fold:  # every expert: [shared gate; own gate; shared up; own up], down [shared, own]
+            experts, hidden = gate_up.shape[0], gate_up.shape[2]
+            shared_gate, shared_up = (part.expand(experts, -1, -1) for part in moe.shared_gate_up.detach()[None].chunk(2, 1))
+            gate, up = gate_up.chunk(2, dim=1)
+            gate_up = torch.cat([shared_gate, gate, shared_up, up], dim=1)
+            down = torch.cat([moe.shared_down.detach().expand(experts, hidden, -1), down], dim=2)
+        state.update({f"{prefix}.experts.gate_up_proj": gate_up.contiguous(), f"{prefix}.experts.down_proj": down.contiguous(),
+                      f"{prefix}.gate.weight": moe.router.weight.detach()})
+        if qwen2:
+            state.update(_shared_expert(prefix, moe))
     return state
+
+
+def _shared_expert(prefix: str, moe: FactorizedMLP) -> dict[str, torch.Tensor]:
+    """Qwen2-MoE's shared expert: the shared neurons (down ×2 for the zero gate's sigmoid 1/2), or one zero neuron."""
+    hidden, like = moe.gate_up.shape[2], dict(dtype=moe.gate_up.dtype, device=moe.gate_up.device)
+    if moe.shared_width:
+        gate, up = moe.shared_gate_up.detach().chunk(2, dim=0)
+        down = moe.shared_down.detach() * 2
+    else:
+        gate, up, down = (torch.zeros(shape, **like) for shape in ((SHARED_EXPERT, hidden), (SHARED_EXPERT, hidden),
+                                                                  (hidden, SHARED_EXPERT)))
+    return {f"{prefix}.shared_expert.gate_proj.weight": gate.contiguous(),
+            f"{prefix}.shared_expert.up_proj.weight": up.contiguous(),
+            f"{prefix}.shared_expert.down_proj.weight": down.contiguous(),
+            f"{prefix}.shared_expert_gate.weight": torch.zeros(1, hidden, **like)}
 
 
 def build_moe_model(model):

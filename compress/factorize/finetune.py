@@ -164,7 +164,7 @@ def train_end_to_end(model: nn.Module, params: list[nn.Parameter], calibration: 
 
 def train_experts(model: nn.Module, calibration: torch.Tensor, teacher: Teacher, settings: EndToEndTraining,
                   device: torch.device, on_step: Callable[[dict], None] | None = None) -> EndToEndFit:
-    """Stage B: every factorized MLP's experts and router."""
+    """Stage B: every factorized MLP's experts (shared part included) and router."""
     params = [p for m in model.modules() if isinstance(m, FactorizedMLP)
-              for p in (m.gate_up, m.down, m.router.weight)]
+              for p in (m.gate_up, m.down, m.router.weight, m.shared_gate_up, m.shared_down) if p is not None]
     return train_end_to_end(model, params, calibration, teacher, settings, device, on_step)

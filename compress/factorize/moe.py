@@ -8,6 +8,9 @@ fold = n (`scale: experts`) is FactorLLM's ×E/k. Either way, with k = n and a z
 1/n and fold = n, so the output is the dense FFN (exactly so where n is a power of two: scaling by n and
 1/n loses no bits).
 Weights are stored as Mixtral stores them: gate_up (n, 2·m, hidden) and down (n, hidden, m).
+A shared part (CMoE's shared experts: neurons every token runs, whatever the router picks) is an ordinary
+gated FFN of s neurons, shared_gate_up (2·s, hidden) and shared_down (hidden, s), added to the routed output;
+models without one hold neither tensor.
 Inference on a GPU: up to 16 tokens go through the expert-by-expert Triton kernels (decode.py), more through
 two grouped matmuls over the (token, expert) pairs sorted by expert; neither syncs with the host, so a CUDA
 graph can hold them. Elsewhere, and while training, a loop over the experts used.
@@ -33,7 +36,8 @@ def route(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]
 
 class FactorizedMLP(nn.Module):
     def __init__(self, gate_up: torch.Tensor, down: torch.Tensor, act_fn: nn.Module, top_k: int,
-                 groups: torch.Tensor, fold: float):
+                 groups: torch.Tensor, fold: float, shared_gate_up: torch.Tensor | None = None,
+                 shared_down: torch.Tensor | None = None, shared: torch.Tensor | None = None):
         super().__init__()
         experts, _, hidden = gate_up.shape
         self.gate_up = nn.Parameter(gate_up, requires_grad=False)
@@ -42,17 +46,26 @@ class FactorizedMLP(nn.Module):
         nn.init.zeros_(self.router.weight)
         self.act_fn, self.top_k, self.fold = act_fn, top_k, fold
         self.register_buffer("groups", groups, persistent=False)  # (experts, m): dense neuron ids per expert
+        self.shared_gate_up = self.shared_down = None
+        if shared_gate_up is not None:
+            self.shared_gate_up = nn.Parameter(shared_gate_up, requires_grad=False)
+            self.shared_down = nn.Parameter(shared_down, requires_grad=False)
+        self.register_buffer("shared", shared, persistent=False)  # (s,): dense neuron ids of the shared part
 
     @classmethod
     def from_dense(cls, gate: nn.Linear, up: nn.Linear, down: nn.Linear, act_fn: nn.Module, groups: torch.Tensor,
-                   top_k: int, fold: float | None = None) -> "FactorizedMLP":
+                   top_k: int, fold: float | None = None, shared: torch.Tensor | None = None) -> "FactorizedMLP":
         """Slice a dense gated MLP; `groups` (experts, m) lists the intermediate neurons of each expert;
-        `fold` (default k) multiplies each expert's down projection."""
+        `fold` (default k) multiplies each expert's down projection; `shared` (s,) neurons always run."""
         fold = float(top_k if fold is None else fold)
+        parts = {}
         with torch.no_grad():
             gate_up = torch.cat([gate.weight[groups], up.weight[groups]], dim=1)  # (n, 2m, hidden)
             down_w = down.weight[:, groups].permute(1, 0, 2) * fold  # (n, hidden, m)
-        return cls(gate_up.contiguous(), down_w.contiguous(), act_fn, top_k, groups.clone(), fold)
+            if shared is not None and shared.numel():
+                parts = {"shared_gate_up": torch.cat([gate.weight[shared], up.weight[shared]]).contiguous(),
+                         "shared_down": down.weight[:, shared].contiguous(), "shared": shared.clone()}
+        return cls(gate_up.contiguous(), down_w.contiguous(), act_fn, top_k, groups.clone(), fold, **parts)
 
     @property
     def num_experts(self) -> int:
@@ -62,13 +75,24 @@ class FactorizedMLP(nn.Module):
         gate, up = F.linear(x, self.gate_up[e]).chunk(2, dim=-1)
         return F.linear(self.act_fn(gate) * up, self.down[e])
 
+    @property
+    def shared_width(self) -> int:
+        return 0 if self.shared_down is None else self.shared_down.shape[1]
+
+    def shared_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared neurons' output (zeros without a shared part)."""
+        if self.shared_down is None:
+            return torch.zeros_like(x)
+        gate, up = F.linear(x, self.shared_gate_up).chunk(2, dim=-1)
+        return F.linear(self.act_fn(gate) * up, self.shared_down)
+
     def all_experts(self, x: torch.Tensor) -> torch.Tensor:
         """(tokens, experts, hidden): every expert's output (×fold), for pseudo-labels and losses."""
         return torch.stack([self.expert(e, x) for e in range(self.num_experts)], dim=1)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
-        """The dense FFN the experts were cut from: Σ of every expert, the fold undone."""
-        return self.all_experts(x).sum(1) / self.fold
+        """The dense FFN the experts were cut from: Σ of every expert, the fold undone, plus the shared part."""
+        return self.all_experts(x).sum(1) / self.fold + self.shared_output(x)
 
     def grouped(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """The routed output through two grouped matmuls over the pairs sorted by expert."""
@@ -90,20 +114,26 @@ class FactorizedMLP(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
+        routed = self.routed(x)
+        if self.shared_down is not None:
+            routed = routed + self.shared_output(x)
+        return routed.reshape(shape)
+
+    def routed(self, x: torch.Tensor) -> torch.Tensor:
+        """The routed experts' output for (tokens, hidden) x."""
         if x.is_cuda and not torch.is_grad_enabled():
             activation = KERNEL_ACTIVATIONS.get(type(self.act_fn).__name__)
             if x.shape[0] <= 16 and activation is not None:
                 from compress.factorize.decode import experts_decode, route_decode  # Triton: GPU machines only
 
                 weights, indices = route_decode(x, self.router.weight, self.top_k)
-                return experts_decode(x, self.gate_up, self.down, indices, weights,
-                                      activation == "gelu_tanh").reshape(shape)
+                return experts_decode(x, self.gate_up, self.down, indices, weights, activation == "gelu_tanh")
             if hasattr(F, "grouped_mm"):
-                return self.grouped(x, *route(self.router(x), self.top_k)).reshape(shape)
+                return self.grouped(x, *route(self.router(x), self.top_k))
         weights, indices = route(self.router(x), self.top_k)
         out = torch.zeros_like(x)
         for e in indices.unique().tolist():
             token, slot = torch.where(indices == e)
             y = self.expert(e, x[token]) * weights[token, slot, None].to(x.dtype)
             out.index_add_(0, token, y)
-        return out.reshape(shape)
+        return out

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from compress.factorize.moe import FactorizedMLP, route
 
-__all__ = ["RouterTraining", "par_labels", "router_losses", "train_router", "routed_error"]
+__all__ = ["RouterTraining", "held_out_split", "par_labels", "router_losses", "train_router", "routed_error"]
 
 EXACT_SUBSETS = 128  # search every k-subset up to this many, greedy beyond
 
@@ -33,6 +33,13 @@ class RouterTraining:
     balance_weight: float = 0.01
     held_out: float = 0.1  # share of the layer's tokens kept out of training, to measure agreement
     seed: int = 0
+
+
+def held_out_split(tokens: int, held_out: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) row indices: a seeded permutation, the last `held_out` share kept out."""
+    order = torch.randperm(tokens, generator=torch.Generator().manual_seed(seed))
+    cut = max(1, int(round(tokens * (1 - held_out)))) if tokens > 1 else 1
+    return order[:cut], order[cut:]
 
 
 def _chunks(total: int, per: int):
@@ -51,7 +58,8 @@ def par_labels(moe: FactorizedMLP, inputs: torch.Tensor, teacher: torch.Tensor) 
     per = max(16, 2**24 // (width * inputs.shape[1]))
     labels = []
     for part in _chunks(inputs.shape[0], per):
-        outs, target = moe.all_experts(inputs[part]).float(), teacher[part].float()  # (t, n, h), (t, h)
+        outs = moe.all_experts(inputs[part]).float()  # (t, n, h)
+        target = (teacher[part] - moe.shared_output(inputs[part])).float()  # what the routed experts must add
         if subsets is not None:
             err = (outs[:, subsets].mean(2) - target[:, None]).pow(2).sum(-1)  # (t, C)
             labels.append(subsets[err.argmin(1)])
@@ -119,9 +127,8 @@ def train_router(moe: FactorizedMLP, inputs: torch.Tensor, teacher: torch.Tensor
                  log_every: int = 50) -> RouterFit:
     """Fit `moe.router` in place on (inputs, teacher) rows; return losses, held-out agreement and load."""
     generator = torch.Generator().manual_seed(settings.seed)
-    order = torch.randperm(inputs.shape[0], generator=generator).to(inputs.device)
-    cut = max(1, int(round(inputs.shape[0] * (1 - settings.held_out)))) if inputs.shape[0] > 1 else 1
-    train, held = order[:cut], order[cut:]
+    train, held = (part.to(inputs.device) for part in held_out_split(inputs.shape[0], settings.held_out, settings.seed))
+    torch.randperm(inputs.shape[0], generator=generator)  # keeps the mini-batch draws of earlier versions
     labels = par_labels(moe, inputs, teacher)
     fit = RouterFit(chance_agreement=moe.top_k / moe.num_experts)
     weight = moe.router.weight

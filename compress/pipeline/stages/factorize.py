@@ -1,5 +1,6 @@
-"""The factorize stage: FactorLLM over the session's model (compress/factorize/). Each dense gated FFN
-becomes E·G experts with a router fitted per layer (then, with train router+experts, experts and routers
+"""The factorize stage: each dense gated FFN of the session's model becomes shared neurons and E·G routed
+experts with a router per layer (compress/factorize/: CMoE-style carving and an analytic router by default,
+FactorLLM's PAR router as an option) (then, with train router+experts, experts and routers
 trained end to end); a later export writes a stock MoE checkpoint."""
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ class FactorizeStage(FactorizeConfig):
 
 class FactorizeResultReport(StageResult):
     split: str
+    active: float | None
+    shared: int
+    router: str
+    balance: bool
     experts: int
     top_k: int
     granularity: int
@@ -33,7 +38,7 @@ class FactorizeResultReport(StageResult):
     balance_weight: float
     seed: int
     training_tokens: int
-    ffn_flops_share: float  # FFN multiply-adds per token relative to dense: k / E (the router adds hidden·E·G)
+    ffn_flops_share: float  # FFN multiply-adds per token relative to dense: (S + k) / (S + E) (the router adds hidden·E·G)
     exports_to: str | None
     seconds: float
     capture_seconds: float
@@ -78,10 +83,11 @@ def _run(session, config: FactorizeStage) -> FactorizeResultReport:
     session.exporter = _export
     summary = result.to_dict()
     return FactorizeResultReport(
-        split=config.split, experts=config.experts, top_k=config.top_k, granularity=config.granularity,
-        total_experts=config.total_experts, total_top_k=config.total_top_k, scale=config.scale, train=config.train, steps=config.steps,
+        split=config.split, active=config.active, shared=config.shared, router=config.router, balance=config.balance,
+        experts=config.experts, top_k=config.top_k, granularity=config.granularity,
+        total_experts=config.total_experts, total_top_k=config.total_top_k, scale=config.scale, train=config.train, steps=config.router_steps,
         lr=config.lr, par_weight=config.par_weight, balance_weight=config.balance_weight, seed=config.seed,
-        training_tokens=summary.pop("tokens"), ffn_flops_share=config.top_k / config.experts,
+        training_tokens=summary.pop("tokens"), ffn_flops_share=config.active_share,
         exports_to=EXPORTS.get(getattr(session.model.config, "model_type", None), "compress-factorized (compress.load)"),
         **summary)
 
@@ -89,8 +95,9 @@ def _run(session, config: FactorizeStage) -> FactorizeResultReport:
 SPEC = register(StageSpec(
     kind="factorize", config=FactorizeStage, run=_run, check=_check,
     needs_calibration=lambda config: config.needs_calibration(),
-    summary="FactorLLM: split each FFN into experts, fit a router per layer",
-    flags={"experts": "--experts", "top_k": "--top-k", "granularity": "--granularity", "split": "--split",
+    summary="Split each FFN into shared neurons and routed experts with a router per layer (CMoE, FactorLLM)",
+    flags={"active": "--active", "shared": "--shared", "router": "--router", "balance": "--balance/--no-balance",
+           "activity_top": "--activity-top", "experts": "--experts", "top_k": "--top-k", "granularity": "--granularity", "split": "--split",
            "scale": "--scale", "train": "--train", "expert_steps": "--expert-steps", "expert_lr": "--expert-lr",
            "expert_batch": "--expert-batch", "distill_top": "--distill-top", "distill_weight": "--distill-weight",
            "lm_weight": "--lm-weight", "steps": "--steps", "lr": "--lr", "batch_tokens": "--batch-tokens",
