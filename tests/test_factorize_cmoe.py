@@ -4,6 +4,7 @@ model; the routers stay balanced on fresh tokens; shared parts survive the stock
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -143,8 +144,48 @@ def test_shared_neurons_survive_the_stock_moe_export(family, sliding, target, tm
     if target == "Qwen2MoeForCausalLM":
         assert loaded.config.shared_expert_intermediate_size == moe.shared_width == 32
         assert loaded.config.moe_intermediate_size == 8
+        assert "shared_neurons" not in json.loads((tmp_path / "moe" / "compression.json").read_text())
     else:  # no shared expert in the architecture: the shared neurons are in every expert
         width = loaded.config.moe_intermediate_size if target == "Qwen3MoeForCausalLM" else loaded.config.intermediate_size
         assert width == 32 + 8
+        note = json.loads((tmp_path / "moe" / "compression.json").read_text())["shared_neurons"]
+        assert f"{4 * (32 + 8)} FFN neurons run per token instead of {32 + 4 * 8}" in note
     with torch.no_grad():
         torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits, atol=1e-5, rtol=0)
+
+
+def test_refit_is_the_ridge_solution_around_the_sliced_weights_and_lowers_the_error():
+    from compress.factorize.refit import refit_down
+
+    torch.manual_seed(4)
+    hidden, n = 12, 32
+    gate, up, down = (torch.nn.Linear(hidden, n, bias=False), torch.nn.Linear(hidden, n, bias=False),
+                      torch.nn.Linear(n, hidden, bias=False))
+    shared, groups = torch.arange(0, 8), torch.arange(8, 32).reshape(4, 6)
+    moe = FactorizedMLP.from_dense(gate, up, down, torch.nn.SiLU(), groups, top_k=2, shared=shared)
+    torch.nn.init.normal_(moe.router.weight)
+    x = torch.randn(200, hidden)
+    with torch.no_grad():
+        teacher = down(F.silu(gate(x)) * up(x))
+        before = (moe(x) - teacher).pow(2).sum()
+        # independent: features built token by token from the dense weights and the routing definition
+        probs = torch.softmax(x @ moe.router.weight.T, -1)
+        rows = []
+        for t in range(200):
+            chosen = probs[t].topk(2).indices
+            h = F.silu(gate.weight @ x[t]) * (up.weight @ x[t])
+            row = [h[shared]]
+            for e in range(4):
+                w = probs[t, e] / probs[t, chosen].sum() if e in chosen else 0.0
+                row.append(h[groups[e]] * w)
+            rows.append(torch.cat(row))
+        features = torch.stack(rows).double()
+        start = torch.cat([down.weight[:, shared]] + [down.weight[:, groups[e]] * 2 for e in range(4)], 1).double()
+        lam = 1e-2 * (features * features).sum(0).mean()
+        augmented = torch.cat([features, lam.sqrt() * torch.eye(32, dtype=torch.double)])
+        target = torch.cat([teacher.double() - features @ start.T, torch.zeros(32, hidden, dtype=torch.double)])
+        expected = start + torch.linalg.lstsq(augmented, target).solution.T
+        refit_down(moe, x, teacher, ridge=1e-2)
+        got = torch.cat([moe.shared_down] + [moe.down[e] for e in range(4)], 1)
+        torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-4)
+        assert (moe(x) - teacher).pow(2).sum() < before

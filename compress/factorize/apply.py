@@ -18,6 +18,7 @@ from compress.factorize.config import FactorizeConfig
 from compress.factorize.finetune import EndToEndTraining, teacher_targets, train_experts
 from compress.factorize.mlp import GatedMLP, find_gated_mlp
 from compress.factorize.moe import FactorizedMLP
+from compress.factorize.refit import refit_down
 from compress.factorize.router import RouterTraining, held_out_split, train_router
 from compress.factorize.split import activity_pattern, split_neurons
 from compress.model.layers import decoder_layers
@@ -153,12 +154,15 @@ def factorize_model(model: nn.Module, config: FactorizeConfig, calibration: torc
                                        config.fold, None if shared is None else shared.to(where))
         info = {"experts": config.total_experts, "top_k": config.total_top_k, "fold": config.fold,
                 "shared_neurons": moe.shared_width}
+        fitting = held_out_split(x.shape[0], training.held_out, layer_seed)[0].to(x.device) if x is not None else None
         if config.analytic_routing():  # on the tokens train_router does not hold out
-            sample = _sample(x[held_out_split(x.shape[0], training.held_out, layer_seed)[0].to(x.device)], layer_seed)
+            sample = _sample(x[fitting], layer_seed)
             mass = expert_mass(sample, mlp.gate.weight, mlp.up.weight, mlp.down.weight, mlp.act_fn, groups.to(where))
             router = analytic_router(sample, mass, config.total_top_k, config.balance)
             moe.router.weight.copy_(router.weight.to(moe.router.weight))
             info["calibration_load"] = router.load
+        if config.refit and x is not None and config.total_top_k < config.total_experts:
+            info["refit_residual"] = refit_down(moe, x[fitting], teacher[fitting], config.refit_ridge)
         if x is not None and (config.router_steps or config.analytic_routing()):
             fit = train_router(moe, x.to(moe.gate_up.dtype), teacher, replace(training, seed=layer_seed))
             info.update(fit.to_dict())

@@ -44,6 +44,10 @@ class FactorizeConfig(StrictConfig):
     balance: bool = True
     """analytic router: fold per-expert offsets into the router so each expert gets its fair share of the
     calibration tokens' picks."""
+    refit: bool = False
+    """Refit the down projections in closed form to the dense FFN's outputs given the routing (refit.py)."""
+    refit_ridge: float = Field(1e-2, gt=0.0, le=1e6)
+    """Ridge of the refit, relative to the mean diagonal of the features' Gram matrix."""
     activity_top: int = count(150)
     """Neurons marked active per calibration token (CMoE's K_a) for the shared choice and the carve split."""
     granularity: int = count(1)
@@ -140,5 +144,5 @@ class FactorizeConfig(StrictConfig):
         return self.top_k * self.granularity
 
     def needs_calibration(self) -> bool:
-        return (self.router_steps > 0 or self.split in ("carve", "coactivation") or self.shared > 0
+        return (self.router_steps > 0 or self.split in ("carve", "coactivation") or self.shared > 0 or self.refit
                 or self.analytic_routing() or self.train == "router+experts")

@@ -171,6 +171,13 @@ def save_moe(model, tokenizer, out: str | Path, manifest: dict, force: bool = Fa
              extra_files: dict[str, str] | None = None) -> Path:
     """Write the factorized model as a stock MoE checkpoint with compression.json, atomically."""
     moe = build_moe_model(model)
+    if folds_shared(model):
+        first = next(iter(_factorized(model).values()))
+        shared, k, width = first.shared_width, first.top_k, first.down.shape[2]
+        manifest = {**manifest, "shared_neurons": (
+            f"{moe.config.model_type} has no shared expert: each layer's {shared} shared neurons are in every expert, "
+            f"so the {k} chosen experts each recompute them: {k * (shared + width)} FFN neurons run per token "
+            f"instead of {shared + k * width}")}
     with atomic_directory(out, force) as tmp:
         moe.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
