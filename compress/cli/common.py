@@ -78,7 +78,8 @@ def progress(quiet: bool):
         return
     if not err.is_terminal:  # a CI log: plain timestamped lines, no bar, no ANSI
         yield Hooks(stage=lambda message: _plain_line(message),
-                    layer=lambda step, total: _plain_line(f"({step.index + 1}/{total}) {step.name}"))
+                    layer=lambda step, total: _plain_line(f"({step.index + 1}/{total}) {step.name}"
+                                                          + (f" {step.info['note']}" if step.info.get("note") else "")))
         return
     bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True)
@@ -92,6 +93,8 @@ def progress(quiet: bool):
         if "layers" not in tasks:
             tasks["layers"] = bar.add_task("layers", total=total)
         bar.update(tasks["layers"], advance=1, description=f"({step.index + 1}/{total}) {step.name}")
+        if step.info.get("note"):
+            bar.console.print(Text(f"({step.index + 1}/{total}) {step.name} {step.info['note']}"))
 
     with bar:
         yield Hooks(stage=stage, layer=layer)

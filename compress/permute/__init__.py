@@ -7,6 +7,8 @@ export. Which permutations fold into the model at zero run-time cost (see fold.p
   o_proj input    → v_proj output rows, within a head, one permutation per KV head (exact; the search
                     is restricted to such permutations);
   q/k/v, gate/up  → per-layer permutations of the residual stream do not fold: the index is carried.
+Kinds: heuristic (heuristic.py); learned (learned.py: a swap search on each Linear's own output error);
+global (global_mode.py: block-diagonal Sinkhorn permutations learned against the dense decoder layer's output).
 """
 from __future__ import annotations
 
@@ -18,12 +20,13 @@ from compress.errors import BadInput
 from compress.model.roles import HeadLayout, names_with, role_of
 from compress.permute.fold import attention_values_perm, fold_attention_values, fold_mlp, inverse
 from compress.permute.heuristic import heuristic_permutation
+from compress.permute.global_mode import GlobalConfig
 from compress.permute.learned import LearnConfig, learned_permutation
 
-__all__ = ["PERMUTATIONS", "PermuteConfig", "HeadLayout", "site_of", "find_permutation", "permutation_candidates",
+__all__ = ["PERMUTATIONS", "PermuteConfig", "GlobalConfig", "HeadLayout", "site_of", "find_permutation", "permutation_candidates",
            "SITE_NOTES", "fold_into_model"]
 
-PERMUTATIONS = ("none", "heuristic", "learned")
+PERMUTATIONS = ("none", "heuristic", "learned", "global")
 SITE_NOTES = {
     "mlp": "folds into gate/up output rows",
     "heads": "folds into v_proj output rows (per KV head)",
@@ -36,6 +39,7 @@ class PermuteConfig:
     kind: str = "none"
     blocks: int = 1  # split the Hungarian refinement into this many independent blocks
     learn: LearnConfig = field(default_factory=LearnConfig)
+    global_: GlobalConfig = field(default_factory=GlobalConfig)
 
     def __post_init__(self):
         if self.kind not in PERMUTATIONS:

@@ -15,6 +15,7 @@ from compress.errors import BadInput
 from compress.model.layers import decoder_layers, target_linears
 from compress.model.roles import HeadLayout
 from compress.permute import permutation_candidates, site_of, unpermute
+from compress.permute.layer_step import GroupStart, global_note, global_options
 from compress.prune.checkpoint import LayerCheckpoint
 from compress.prune.config import PruneConfig
 from compress.prune.method import Method
@@ -56,8 +57,8 @@ def _method(name: str) -> Method:
 def check_config(model, config: PruneConfig) -> list[tuple[str, nn.Module]]:
     """Validate method, targets and pattern against the model before any work; return the layers."""
     method = _method(config.method)
-    if config.permuting and config.permute == "learned" and method.collector is None:
-        raise BadInput(f"learned permutations need calibration data, which {method.name} does not use", key="permute")
+    if config.permuting and config.permute in ("learned", "global") and method.collector is None:
+        raise BadInput(f"{config.permute} permutations need calibration data, which {method.name} does not use", key="permute")
     layers = decoder_layers(model)
     chosen = {n: m for name, layer in layers for n, m in target_linears(layer, name, config.targets, config.ignore).items()}
     if not chosen:
@@ -95,9 +96,17 @@ def _apply(names, linears, choice: _Choice, result: PruneResult, site: str | Non
             result.permutations[name], result.permutation_sites[name] = choice.perm, site
 
 
+def _pruned_in_order(stacked, stats, perm, method, config: PruneConfig) -> torch.Tensor:
+    """`method` run on the columns in `perm` order, the result put back in the original order."""
+    permuted_stats = stats.permuted(perm) if stats is not None else None
+    return unpermute(method.prune(stacked[:, perm.to(stacked.device)], permuted_stats, config.parsed_pattern,
+                                  config.options), perm)
+
+
 def _prune_group(names, linears, collectors, hessians, method, config: PruneConfig, permute, heads,
-                 result: PruneResult) -> list[_Choice]:
-    """Prune one group in place with its first choice; return every choice (several for learned permutations)."""
+                 result: PruneResult, stash: list | None = None) -> list[_Choice]:
+    """Prune one group in place with its first choice; return every choice (several for learned permutations).
+    With `stash`, what a global permutation search starts from is appended to it."""
     weights = [linears[n].weight.data for n in names]
     stats = collectors[names[0]] if method.collector else None
     stacked = torch.cat(weights, 0) if len(weights) > 1 else weights[0]
@@ -106,13 +115,11 @@ def _prune_group(names, linears, collectors, hessians, method, config: PruneConf
         site = site_of(names[0], stacked.shape[1], heads)
         score = method.score(stacked, stats, config.options)  # stacks only form for row-independent scores
         hessian = hessians[names[0]].matrix() if hessians else None
-        choices = []
-        for label, perm, info in permutation_candidates(permute, pattern, stacked.float(), score,
-                                                        hessian, site, heads):
-            permuted_stats = stats.permuted(perm) if stats is not None else None
-            pruned = unpermute(method.prune(stacked[:, perm.to(stacked.device)], permuted_stats, pattern,
-                                            config.options), perm)
-            choices.append(_Choice(label, perm, pruned, info))
+        choices = [_Choice(label, perm, _pruned_in_order(stacked, stats, perm, method, config), info)
+                   for label, perm, info in permutation_candidates(permute, pattern, stacked.float(), score,
+                                                                   hessian, site, heads)]
+        if stash is not None:
+            stash.append(GroupStart(names, stacked.clone(), score, site, stats, choices[0]))  # stacked may alias
     else:
         choices = [_Choice("none", None, method.prune(stacked, stats, pattern, config.options), {})]
     _apply(names, linears, choices[0], result, site)
@@ -188,12 +195,20 @@ def prune_model(
                     data()
             if method.collector == "hessian":
                 hessians = collectors
-        options = {}
+        options, stash = {}, ([] if config.permute == "global" else None)
         for group in _groups(linears, collectors, method):
-            choices = _prune_group(group, linears, collectors, hessians, method, config, permute, heads, result)
+            choices = _prune_group(group, linears, collectors, hessians, method, config, permute, heads, result,
+                                   stash)
             if len(choices) > 1:
                 site = result.permutation_sites[group[0]]
                 options[group[0][len(name) + 1:]] = (group, choices, site)
+        training = None
+        if stash:
+            found, training = global_options(name, layer, stash, data, permute.global_, config.parsed_pattern,
+                                             heads, lambda g, perm: _pruned_in_order(g.stacked, g.stats, perm,
+                                                                                       method, config))
+            options = {start.names[0][len(name) + 1:]: (start.names, [start.choice, _Choice("global", perm, pruned, info)],
+                                                       start.site) for start, perm, pruned, info in found}
         learned = _keep_by_layer_error(options, linears, data, result) if options else None
         per_linear, zeros, numel = {}, 0, 0
         for lname, linear in linears.items():
@@ -202,7 +217,10 @@ def prune_model(
             per_linear[lname[len(name) + 1:]] = z / n
             zeros, numel = zeros + z, numel + n
         report = {"sparsity": zeros / max(numel, 1), "per_linear": per_linear}
-        if learned:
+        if learned and training is not None:
+            report["global_permutation"] = {**learned, "training": training}
+            report["note"] = global_note(report["global_permutation"])
+        elif learned:
             report["learned_permutation"] = learned
         return report
 

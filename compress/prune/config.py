@@ -33,14 +33,20 @@ class PruneConfig(StrictConfig):
     """RIA activation exponent."""
     calib_batch: int = count(0, minimum=0)
     """Calibration windows per forward (0: about 16k tokens)."""
-    permute: Literal["none", "heuristic", "learned"] = "none"
-    """Input-channel permutation before N:M masking."""
+    permute: Literal["none", "heuristic", "learned", "global"] = "none"
+    """Input-channel permutation before N:M masking: global learns block-diagonal permutations against the
+    dense decoder layer's output (compress/permute/global_mode.py)."""
     perm_blocks: int = count(1)
     """Split the Hungarian refinement into this many blocks (faster)."""
     perm_steps: int = count(8, minimum=0)
     """Search rounds per Linear for learned permutations."""
     perm_block_size: int = count(64, minimum=2)
-    """Learned permutations score every channel swap inside windows of this many channels."""
+    """Learned permutations score every channel swap inside windows of this many channels; global ones
+    permute within blocks of this many channels."""
+    perm_iters: int = count(40, minimum=0)
+    """Optimisation steps per decoder layer for global permutations."""
+    perm_tokens: int = count(4096)
+    """Calibration tokens per optimisation step for global permutations."""
     mask_rule: Literal["row", "block"] = "row"
     """SparseGPT unstructured masks: the same fraction of every row per column block (row), or one
     threshold over the whole block as the reference code does (block)."""
@@ -84,8 +90,8 @@ class PruneConfig(StrictConfig):
             raise BadInput(f"permute {self.permute} needs an N:M pattern, not unstructured sparsity", key="permute")
         if self.mask_rule != "row" and (self.method != "sparsegpt" or self._pattern.is_nm):
             raise BadInput("mask_rule applies to sparsegpt with unstructured sparsity", key="mask_rule")
-        if self.permute == "learned" and self.method == "magnitude":
-            raise BadInput("permute learned needs calibration data, which magnitude does not use", key="permute")
+        if self.permute in ("learned", "global") and self.method == "magnitude":
+            raise BadInput(f"permute {self.permute} needs calibration data, which magnitude does not use", key="permute")
         return self
 
     @property
@@ -102,8 +108,10 @@ class PruneConfig(StrictConfig):
         return {"blocksize": self.blocksize, "damp": self.damp, "ria_alpha": self.ria_alpha, "mask_rule": self.mask_rule}
 
     def permute_config(self):
-        from compress.permute import PermuteConfig
+        from compress.permute import GlobalConfig, PermuteConfig
         from compress.permute.learned import LearnConfig
 
         return PermuteConfig(self.permute, self.perm_blocks, LearnConfig(block=self.perm_block_size, steps=self.perm_steps,
-                                                                       deflate=self.perm_deflate, seed=self.perm_seed))
+                                                                       deflate=self.perm_deflate, seed=self.perm_seed),
+                             GlobalConfig(steps=self.perm_iters, block=self.perm_block_size, tokens=self.perm_tokens,
+                                          seed=self.perm_seed))

@@ -82,6 +82,7 @@ def _permute_report(config: PruneStage) -> dict:
     learn = config.permute_config().learn
     return {"kind": config.permute, "perm_blocks": config.perm_blocks, "sites": SITE_NOTES,
             "learned": learn.to_dict() if config.permute == "learned" else None,
+            "global": config.permute_config().global_.to_dict() if config.permute == "global" else None,
             "stored_in": "permutations.safetensors (one int64 index per Linear: W_pruned[:, perm] is N:M)"}
 
 
@@ -122,5 +123,6 @@ SPEC = register(StageSpec(
     flags={"method": "--method", "pattern": "--pattern", "sparsity": "--sparsity", "targets": "--targets",
            "ignore": "--ignore", "blocksize": "--blocksize", "damp": "--damp", "ria_alpha": "--ria-alpha", "mask_rule": "--mask-rule",
            "calib_batch": "--calib-batch", "permute": "--permute", "perm_blocks": "--perm-blocks",
-           "perm_steps": "--perm-steps", "perm_block_size": "--perm-block-size"},
+           "perm_steps": "--perm-steps", "perm_block_size": "--perm-block-size", "perm_iters": "--perm-iters",
+           "perm_tokens": "--perm-tokens"},
 ))
