@@ -1,7 +1,8 @@
 """Perplexity of the default model pruned with and without channel permutations, in one process.
 
 Usage: python -m benchmarks.permutations --out benchmarks/results/permutations.json
-       [--methods wanda ria sparsegpt] [--patterns 2:4 4:8] [--kinds none heuristic learned]
+       [--methods wanda ria sparsegpt] [--patterns 2:4 4:8] [--kinds none heuristic learned global]
+       [--global-iters 40 --global-tokens 4096]
        [--calib-seed 0 1 2 ...] [--device cuda]
        python -m benchmarks.permutations --tiny --out /tmp/tiny.json   # tiny random model: a quick check
 """
@@ -37,6 +38,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=64)
     parser.add_argument("--deflate", type=int, default=1)
     parser.add_argument("--search-seed", type=int, default=0)
+    parser.add_argument("--global-iters", type=int, default=40, help="--permute global: steps per decoder layer")
+    parser.add_argument("--global-tokens", type=int, default=4096, help="--permute global: tokens per step")
     parser.add_argument("--calib-seed", type=int, nargs="+", default=[0],
                         help="which calibration windows are drawn; several seeds give one row set per draw")
     parser.add_argument("--device", default="cpu")
@@ -68,13 +71,20 @@ def run(args, run_meta, model, tokenizer, source, text) -> None:
                "calibration": f"{args.nsamples}x{args.seqlen} {text.describe('Austen (5 novels)')}, seeds {args.calib_seed}",
                "eval": f"{text.describe('Persuasion')}, first {evaluation.numel()} tokens, context {args.context}",
                "learned": learn.to_dict(), "rows": []}
+    if "global" in args.kinds:
+        from compress.permute import GlobalConfig
+
+        summary["global"] = GlobalConfig(steps=args.global_iters, block=args.block, tokens=args.global_tokens,
+                                         seed=args.search_seed).to_dict()
     print(f"dense {dense:.3f}", flush=True)
     for calib_seed in args.calib_seed:
         calib = calibration_tokens(tokenizer, text, args.nsamples, args.seqlen, seed=calib_seed)
         for pattern, method, kind in itertools.product(args.patterns, args.methods, args.kinds):
             model.load_state_dict(original)
             config = prune_config(method, pattern, permute=kind, perm_steps=args.steps, perm_block_size=args.block,
-                                  perm_deflate=args.deflate, perm_seed=args.search_seed)
+                                  perm_deflate=args.deflate, perm_seed=args.search_seed,
+                                  **({"perm_iters": args.global_iters, "perm_tokens": args.global_tokens}
+                                     if kind == "global" else {}))
             started = time.perf_counter()
             result = prune_model(model, config, calib, args.device)
             seconds = time.perf_counter() - started
@@ -82,10 +92,10 @@ def run(args, run_meta, model, tokenizer, source, text) -> None:
             row = {"pattern": pattern, "method": method, "permute": kind, "ppl": round(ppl, 3),
                    "gap": round(ppl - dense, 3), "prune_s": round(seconds, 1), "calib_seed": calib_seed,
                    "mean_layer_error": sum(s.relative_error for s in result.steps) / len(result.steps)}
-            kept = [g["kept"] for s in result.steps
-                    for g in s.info.get("learned_permutation", {}).get("groups", {}).values()]
+            report_key = "global_permutation" if kind == "global" else "learned_permutation"
+            kept = [g["kept"] for s in result.steps for g in s.info.get(report_key, {}).get("groups", {}).values()]
             if kept:
-                row["groups_kept_learned"] = f"{kept.count('learned')}/{len(kept)}"
+                row[f"groups_kept_{kind}"] = f"{kept.count(kind)}/{len(kept)}"
             summary["rows"].append(row)
             print(json.dumps(row), flush=True)
             with open(args.out, "w") as f:

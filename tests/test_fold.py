@@ -183,3 +183,28 @@ def test_unknown_linear_in_a_decoder_layer_raises_and_changes_nothing():
     with pytest.raises(ValueError, match="mystery"):
         fold_residual(model, torch.randperm(64))
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("kind", ["heuristic", "global"])
+def test_pruning_permutations_fold_exactly(kind):
+    """What prune --permute heuristic|global chose folds at the mlp and heads sites without changing the model;
+    afterwards those consumers are N:M in memory order and only the index sites remain."""
+    from compress.model.roles import HeadLayout
+    from compress.permute import fold_into_model
+    from compress.prune.apply import PruneConfig, prune_model
+
+    model = tiny("llama")
+    ids = torch.randint(0, 320, (8, 32), generator=torch.Generator().manual_seed(2))
+    config = PruneConfig(method="wanda", pattern="2:4", permute=kind, perm_block_size=16, perm_iters=8,
+                         perm_tokens=64)
+    result = prune_model(model, config, ids)
+    before = logits(model)
+    remaining = fold_into_model(model, dict(result.permutations), result.permutation_sites,
+                                HeadLayout.of(model.config))
+    torch.testing.assert_close(logits(model), before, atol=1e-5, rtol=1e-5)
+    folded = set(result.permutations) - set(remaining)
+    assert folded == {n for n, site in result.permutation_sites.items() if site in ("mlp", "heads")}
+    assert all(result.permutation_sites[n] == "index" for n in remaining)
+    for name in folded:
+        weight = model.get_submodule(name).weight
+        assert ((weight != 0).view(weight.shape[0], -1, 4).sum(-1) == 2).all(), name

@@ -142,11 +142,13 @@ def test_head_permutations_stay_inside_heads_and_are_shared_by_kv_groups():
 
 
 @pytest.mark.parametrize("method,kind", [("wanda", "heuristic"), ("ria", "heuristic"), ("sparsegpt", "heuristic"),
-                                         ("wanda", "learned"), ("sparsegpt", "learned")])
+                                         ("wanda", "learned"), ("sparsegpt", "learned"), ("wanda", "global"),
+                                         ("ria", "global"), ("sparsegpt", "global")])
 def test_pruned_model_is_n_m_in_permuted_order(method, kind):
     ids = torch.randint(0, 320, (8, 32), generator=torch.Generator().manual_seed(0))
     model = tiny()
-    config = PruneConfig(method=method, pattern="2:4", permute=kind, perm_block_size=16, perm_steps=2)
+    extra = {"perm_iters": 4, "perm_tokens": 64} if kind == "global" else {"perm_steps": 2}
+    config = PruneConfig(method=method, pattern="2:4", permute=kind, perm_block_size=16, **extra)
     result = prune_model(model, config, ids)
     assert result.overall_sparsity == pytest.approx(0.5)
     named = dict(model.named_modules())
