@@ -148,3 +148,37 @@ def test_global_changes_something_on_a_tiny_model():
     kept = [g["kept"] for s in result.steps for g in s.info["global_permutation"]["groups"].values()]
     assert "global" in kept
     assert any(s.token_error < s.info["global_permutation"]["layer_error_heuristic"] for s in result.steps)
+
+
+def test_cli_global_reports_the_loss_per_layer_and_folds(tiny_model_dir, text_file, tmp_path):
+    """compress prune --permute global: one plain progress line per layer with its errors (no terminal here),
+    the global settings in compression.json, and an N:M export whose permutations are indices."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from tests.test_cli import common, invoke
+
+    out = tmp_path / "global"
+    result = invoke("prune", tiny_model_dir, "--method", "wanda", "--pattern", "2:4", "--permute", "global",
+                    "--perm-block-size", 16, "--perm-iters", 3, "--perm-tokens", 64, "--out", out, *common(text_file))
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "global permutation: layer error" in line]
+    assert len(lines) == 2 and "(1/2) model.layers.0" in lines[0] and "training loss" in lines[0]
+    pruned = json.loads((out / "compression.json").read_text())["stages"][0]["result"]
+    assert pruned["permute"]["kind"] == "global" and pruned["permute"]["global"]["steps"] == 3
+    report = pruned["layers"][1]["info"]["global_permutation"]
+    assert report["layer_error"] <= report["layer_error_heuristic"]
+    assert len(load_file(out / "permutations.safetensors")) == 14
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "magnitude", "--permute", "global"], "calibration data"),
+    (["--permute", "heuristic", "--perm-iters", "3"], "--perm-iters does not apply"),
+    (["--permute", "global", "--perm-steps", "3"], "--perm-steps does not apply"),
+])
+def test_cli_global_refuses_what_does_not_apply(args, message, tiny_model_dir):
+    from tests.test_cli import invoke
+
+    result = invoke("prune", tiny_model_dir, *args)
+    assert result.exit_code == 2 and message in result.output

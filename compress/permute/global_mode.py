@@ -14,6 +14,20 @@ and heads that share a KV head share one unit, so the result folds into v_proj a
 down_proj folds into gate/up; the others are carried as an index (fold.py). The caller (prune/apply.py)
 prunes with the hardened result — SparseGPT then runs its own update on the permuted weights — and keeps it
 per group only where the decoder layer's output error does not rise above its start.
+
+Follows PermLLM (arXiv 2510.10136): block-diagonal learnable permutations (block 64), Sinkhorn normalisation
+with a temperature annealed over the steps, Hungarian hardening per block each step with the hard permutation
+forward and the Sinkhorn gradient backward, the N:M mask recomputed from the permuted weights' importance,
+frozen weights, one permutation per shared input (q/k/v together, gate/up together, o_proj, down_proj), an
+objective on the dense model's outputs.
+Departs from it: PermLLM's reference code trains the permutations of all decoder layers together against the
+dense model's last hidden states (1 − cosine similarity, several epochs over the calibration set, AdamW with a
+cosine schedule); here each decoder layer learns alone against its own dense output (per-token relative
+error, a few random windows per step), in the layer-sequential pass — cheaper, but blind to how errors grow
+downstream. The logits start at the heuristic permutation, not at random. The mask's straight-through gradient
+is a per-group sigmoid around the midpoint of the N-th and (N+1)-th scores. o_proj's blocks are heads shared by
+KV group, so that it folds. SparseGPT learns with the mask-only relaxation; its weight update runs once, after
+hardening. A result is kept per group only where the layer's error does not rise; else the heuristic stays.
 """
 from __future__ import annotations
 
