@@ -23,15 +23,18 @@ GPU = "resume-overhead-gpu"
 
 @figure("resume")
 def resume_table(stem: str = STEM) -> str:
+    rows = load(stem)["rows"]
+    # files written before resumes replayed the restored layers also kept hidden states (the last layer: none)
+    hidden = "hidden_saved" in rows[0]
     body = []
-    for r in load(stem)["rows"]:
+    for r in rows:
         body.append([r["repeat"], "with" if r["checkpoints"] else "without", f"{r['wall_s']:.1f}", f"{r['prune_s']:.1f}",
                      f"{r['pass_checkpoint_s']:.2f}", f"{r['flush_wait_s']:.2f}", f"{r['fingerprint_s']:.2f}",
                      f"{r['cleanup_s']:.2f}", f"{r['bytes_written'] / 2**30:.2f}",
-                     f"{r['hidden_saved']} of {r['layers'] - 1}" if r["checkpoints"] else "—",  # the last layer: none
+                     *([f"{r['hidden_saved']} of {r['layers'] - 1}" if r["checkpoints"] else "—"] if hidden else []),
                      " → ".join(f"{v:.1f}" for v in r["load_average"])])
     return table(["repeat", "checkpoints", "job s", "prune s", "hand-over s", "wait at the end s", "fingerprint s",
-                  "folder removal s", "GiB written", "hidden states kept", "load average"], body)
+                  "folder removal s", "GiB written", *(["hidden states kept"] if hidden else []), "load average"], body)
 
 
 @figure("resume-gpu")

@@ -41,7 +41,6 @@ def _checkpoint_costs(checkpoints: list, work_stats: dict) -> dict:
             "fingerprint_s": round(work_stats.get("fingerprint_seconds", 0.0), 3),
             "cleanup_s": round(work_stats.get("cleanup_seconds", 0.0), 3),
             "bytes_written": total("bytes_queued"), "layers_saved": total("layers_saved"),
-            "hidden_saved": total("hidden_saved"), "hidden_skipped": total("hidden_skipped"),
             "writer_copy_s": round(total("writer_copy_seconds"), 3)}
 
 

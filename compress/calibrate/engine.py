@@ -182,6 +182,21 @@ def walk_layers(
     return steps
 
 
+@torch.no_grad()
+def replay_layers(layers: list[tuple[str, nn.Module]], inputs: LayerInputs, device: torch.device, upto: int) -> None:
+    """Run every calibration batch through layers[:upto] as they are (finished, e.g. restored from a
+    checkpoint), each on the device walk_layers gives it, so that `inputs` enter layer `upto`: the same
+    forward as the pass's propagation (LayerData.errors), hence the same hidden states. Layers offloaded by a
+    device map are not replayed (they cannot be checkpointed)."""
+    for _, layer in layers[:upto]:
+        layer_device = execution_device(layer, device)
+        home, home_device = _move_to(layer, layer_device)
+        data = LayerData(layer, inputs, layer_device, 0, None)
+        for i, hidden, args, kwargs in inputs.batches():
+            inputs.hidden[i] = data._forward(hidden, args, kwargs).to(hidden.device)
+        _move_back(layer, home, home_device)
+
+
 class LayerData:
     """The calibration data of one layer's step. Calling it runs every batch through the layer (with the
     caller's collectors attached) and keeps the first batches' outputs as the dense reference;

@@ -178,7 +178,7 @@ def prune_model(
     inputs, result.capture_seconds = (None, 0.0) if done == len(layers) else method_inputs(
         method, model, layers, calibration, config.calib_batch, device, started)
     if done and inputs is not None:
-        checkpoint.restore_inputs(inputs)
+        checkpoint.replay(layers, inputs, device, done)
     heads = HeadLayout.of(model.config)
     learn_needs_hessian = config.permuting and config.permute == "learned" and method.collector != "hessian"
     permute = config.permute_config()
@@ -226,7 +226,7 @@ def prune_model(
 
     def finished(step: LayerStep) -> None:
         if checkpoint is not None:
-            checkpoint.save(step, layers[step.index][1], inputs, result)
+            checkpoint.save(step, layers[step.index][1], result)
         if on_layer:
             on_layer(step, len(layers))
 

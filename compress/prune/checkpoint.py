@@ -2,36 +2,32 @@
 
 A pass's folder holds one `layer-NNNNN.safetensors` per finished decoder layer (the layer's tensors after
 pruning and its permutations; in its metadata the layer's report entry, its Linears' statistics and their
-permutation sites) and `progress.safetensors`: how many layers are done, with the calibration hidden states
-that enter the next one. Those are the only activations the rest of the pass needs: the layers' other inputs
-(mask, positions) are captured again from the embeddings.
+permutation sites) and `progress.safetensors`: how many layers are done. A resume restores those layers and
+rebuilds the calibration hidden states that enter the next one by running the calibration batches through
+the restored layers (compress.calibrate.engine.replay_layers: one forward a layer, the pass's own
+propagation, so the same states bit for bit); nothing of the pass's activations is written.
 
 One background thread writes the files in the order they are handed over, each under a temporary name,
 flushed to disk and renamed, so `progress` never counts a layer whose file is incomplete. The pass hands
 over references to the layer's tensors where they live (the pass never touches a finished layer again, and
-the end of the pass waits for the writes): on the CPU nothing is copied, and from a GPU the writer thread
-copies them to host memory on a stream of its own (compress/prune/checkpoint_writer.py). The hidden states
-are another matter: the next layer replaces them, so the pass copies them itself (on a GPU, a device-to-host
-copy), and only while the pass's time spent on checkpoints stays within `share` of its wall time (5%), and
-not while the previous copy is still being written. A resume restarts after the last layer whose hidden
-states were kept: at most about (copy time / share) of work is done again.
+the end of the pass waits for the writes): in host memory nothing is copied, and from a GPU the writer
+thread copies them on a stream of its own (compress/prune/checkpoint_writer.py).
 
 COMPRESS_TEST_KILL_AFTER_LAYER=K is for tests only: the process kills itself with SIGKILL as soon as layer K
-(0-based) of a pass is checkpointed, hidden states included (tests/test_resume.py crashes runs with it).
+(0-based) of a pass is checkpointed (tests/test_resume.py crashes runs with it).
 """
 from __future__ import annotations
 
 import json
 import os
 import signal
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from compress.calibrate.engine import LayerInputs, LayerStep
+from compress.calibrate.engine import LayerInputs, LayerStep, replay_layers
 from compress.errors import BadInput
 from compress.prune.checkpoint_writer import CheckpointWriter, read_checkpoint
 
@@ -55,17 +51,12 @@ class LayerCheckpoint:
             ... checkpoint.save(step, layer, inputs, result) after each layer ...
     """
 
-    def __init__(self, folder: str | Path, share: float = 0.05):
-        self.folder, self.share = Path(folder), share
-        self.stats = {"layers_restored": 0, "layers_saved": 0, "hidden_saved": 0, "hidden_skipped": 0,
-                      "bytes_queued": 0, "pass_seconds": 0.0, "flush_seconds": 0.0,
-                      "writer_copy_seconds": 0.0}
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.stats = {"layers_restored": 0, "layers_saved": 0, "bytes_queued": 0, "pass_seconds": 0.0,
+                      "flush_seconds": 0.0, "writer_copy_seconds": 0.0, "replay_seconds": 0.0}
         self._names: list[str] = []
-        self._hidden: list[torch.Tensor] | None = None
         self._writer: CheckpointWriter | None = None
-        self._hidden_pending = threading.Event()
-        self._started = time.perf_counter()
-        self._copy_rate = 2e9  # bytes/s of the hidden-state copy, until one is measured
 
     # -- resuming ------------------------------------------------------------------------------------
     def resume(self, layers: list[tuple[str, torch.nn.Module]], result) -> int:
@@ -73,29 +64,23 @@ class LayerCheckpoint:
         permutations into `result`, a PruneResult) and return how many there are."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self._names = [name for name, _ in layers]
-        self._started = time.perf_counter()
         path = self.folder / PROGRESS
         if not path.exists():
             return 0
-        meta, hidden = read_checkpoint(path)
+        meta, _ = read_checkpoint(path)
         if json.loads(meta.get("names", "null")) != self._names:
             raise BadInput(f"{path}: saved for other decoder layers than this model's; pass --force to start over")
         done = int(meta["done"])
         for index in range(done):
             self._restore_layer(index, layers[index][1], result)
-        self._hidden = [hidden[f"hidden.{i}"] for i in range(len(hidden))] if done < len(layers) else None
         self.stats["layers_restored"] = done
         return done
 
-    def restore_inputs(self, inputs: LayerInputs) -> None:
-        """Replace the freshly captured hidden states (those entering layer 0) by the saved ones."""
-        saved = self._hidden or []
-        fresh = inputs.hidden
-        if len(saved) != len(fresh) or any(s.shape != f.shape or s.dtype != f.dtype for s, f in zip(saved, fresh)):
-            raise BadInput(f"{self.folder / PROGRESS}: its hidden states do not fit these calibration batches; "
-                           "pass --force to start over")
-        inputs.hidden[:] = [s.to(f.device) for s, f in zip(saved, fresh)]
-        self._hidden = None
+    def replay(self, layers: list[tuple[str, torch.nn.Module]], inputs: LayerInputs, device, done: int) -> None:
+        """Bring the freshly captured hidden states (those entering layer 0) to those entering layer `done`."""
+        started = time.perf_counter()
+        replay_layers(layers, inputs, device, done)
+        self.stats["replay_seconds"] += time.perf_counter() - started
 
     def _restore_layer(self, index: int, layer: torch.nn.Module, result) -> None:
         path = self.folder / _layer_file(index)
@@ -121,9 +106,9 @@ class LayerCheckpoint:
                 result.permutations[name], result.permutation_sites[name] = perm, sites[name]
 
     # -- saving --------------------------------------------------------------------------------------
-    def save(self, step: LayerStep, layer: torch.nn.Module, inputs: LayerInputs | None, result) -> None:
-        """Hand layer `step.index` (finished, back in its home memory) to the writer; with it, when the share
-        allows, the hidden states `inputs` now holds (those entering the next layer)."""
+    def save(self, step: LayerStep, layer: torch.nn.Module, result) -> None:
+        """Hand layer `step.index` (finished, back in its home memory) to the writer, then the progress that
+        counts it."""
         started = time.perf_counter()
         prefix = step.name + "."
         tensors = {_STATE + key: _where_it_lives(value) for key, value in layer.state_dict().items()}
@@ -133,45 +118,18 @@ class LayerCheckpoint:
                 "linears": json.dumps({k: v for k, v in result.linears.items() if k.startswith(prefix)}),
                 "sites": json.dumps({name: result.permutation_sites[name] for name in perms})}
         self._put(_layer_file(step.index), tensors, meta)
+        self._put(PROGRESS, {}, {"done": str(step.index + 1), "names": json.dumps(self._names)})
         self.stats["layers_saved"] += 1
-        done = step.index + 1
-        kill = os.environ.get(KILL_AFTER_LAYER) == str(step.index)
-        if inputs is None or done == len(self._names):
-            self._put_progress(done, None)
-        elif kill or (not self._hidden_pending.is_set() and self._within_share(inputs.hidden)):
-            self._put_progress(done, self._copy(inputs.hidden))
-        else:
-            self.stats["hidden_skipped"] += 1
         self.stats["pass_seconds"] += time.perf_counter() - started
-        if kill:
+        if os.environ.get(KILL_AFTER_LAYER) == str(step.index):
             self.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _within_share(self, hidden: list[torch.Tensor]) -> bool:
-        estimate = sum(h.numel() * h.element_size() for h in hidden) / self._copy_rate
-        elapsed = time.perf_counter() - self._started
-        return self.stats["pass_seconds"] + estimate <= self.share * elapsed
-
-    def _copy(self, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
-        started = time.perf_counter()
-        copies = [h.detach().to("cpu", copy=True) for h in hidden]
-        size = sum(c.numel() * c.element_size() for c in copies)
-        self._copy_rate = size / max(time.perf_counter() - started, 1e-6)
-        return copies
-
-    def _put(self, name: str, tensors: dict, meta: dict, after=None) -> None:
+    def _put(self, name: str, tensors: dict, meta: dict) -> None:
         self.stats["bytes_queued"] += sum(t.numel() * t.element_size() for t in tensors.values())
         if self._writer is None:
             self._writer = CheckpointWriter(self.folder)
-        self._writer.put(name, tensors, meta, after)
-
-    def _put_progress(self, done: int, hidden: list[torch.Tensor] | None) -> None:
-        meta = {"done": str(done), "names": json.dumps(self._names)}
-        tensors = {f"hidden.{i}": h for i, h in enumerate(hidden or [])}
-        if hidden is not None:
-            self._hidden_pending.set()
-            self.stats["hidden_saved"] += 1
-        self._put(PROGRESS, tensors, meta, after=self._hidden_pending.clear if hidden is not None else None)
+        self._writer.put(name, tensors, meta)
 
     def flush(self) -> None:
         """Wait until everything handed over is on disk (raises what the writer met)."""

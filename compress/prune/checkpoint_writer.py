@@ -47,11 +47,11 @@ class CheckpointWriter:
         self._thread = threading.Thread(target=self._work, name="compress-checkpoint", daemon=True)
         self._thread.start()
 
-    def put(self, name: str, tensors: dict, meta: dict, after=None) -> None:
+    def put(self, name: str, tensors: dict, meta: dict) -> None:
         """Queue `tensors` (host or one GPU's memory; GPU ones must not change or be freed before the
-        write) to be written as `name`; `after()` runs once the file is in place."""
+        write) to be written as `name`."""
         self._raise()
-        self._jobs.put((name, tensors, meta, ready_marker(tensors), after))
+        self._jobs.put((name, tensors, meta, ready_marker(tensors)))
 
     def flush(self) -> None:
         self._jobs.join()
@@ -94,10 +94,8 @@ class CheckpointWriter:
                 self._jobs.task_done()
         self._jobs.task_done()
 
-    def _write(self, name: str, tensors: dict, meta: dict, ready, after) -> None:
+    def _write(self, name: str, tensors: dict, meta: dict, ready) -> None:
         write_checkpoint(self.folder / name, self._on_host(tensors, ready), meta)
-        if after is not None:
-            after()
 
 
 def write_checkpoint(path: Path, tensors: dict, meta: dict) -> None:
