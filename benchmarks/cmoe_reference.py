@@ -20,8 +20,10 @@ rest, analytic router), training-free. The departures needed to run it here, eac
      stands in (an exact solver too; ties may be broken differently). matplotlib is imported by the
      reference for plots it does not draw here; a stub stands in when it is not installed.
 Activation (share of FFN neurons a token runs) = (shared + activated) / experts, experts of equal size.
-`ours(model, calibration, active)` is the hook for the project's conversion on the same tokens (--ours).
+`ours(model, calibration, active)`: the project's conversion (compress.factorize, FactorizeConfig(active=...)) on the
+same calibration windows and held-out tokens, the rows of method ours.
 Usage: CMOE_SRC=/path/to/CMoE python -m benchmarks.cmoe_reference --seeds 0 1 2
+       python -m benchmarks.cmoe_reference --methods ours --seeds 0 1 2 --append   # ours beside a stored run
        python -m benchmarks.cmoe_reference --cmoe-src DIR --tiny --out /tmp/tiny.json   # quick check
 """
 from __future__ import annotations
@@ -46,6 +48,7 @@ from benchmarks._meta import meta
 OUT = "benchmarks/results/factorize-cmoe-reference.json"
 CONFIGS = {0.25: (2, 2, 16), 0.5: (4, 4, 16), 0.75: (6, 6, 16)}  # active: (shared, activated, experts)
 CARVE_BATCH = 8  # cmoe_sequential's bsz: it carves on the first batch of this many windows
+METHODS = ("cmoe-reference", "ours")  # rows per activation: CMoE's code, then the project's
 REFERENCE_FILES = ("CMoE_model.py", "CMoE_utils.py", "zero_eval.py", "run_cmoe.py")
 
 
@@ -227,47 +230,50 @@ def expert_loads(model):
 
 
 def ours(model, calibration: torch.Tensor, active: float, settings: dict):
-    """The project's conversion at `active` on the same tokens, or None while compress.factorize has no such knob."""
+    """The project's conversion at `active` on the same tokens (in place), or None without such a knob."""
     from compress.factorize import FactorizeConfig, factorize_model
 
     if "active" not in FactorizeConfig.model_fields:
         return None
-    factorize_model(model, FactorizeConfig(active=active, **settings), calibration)
-    return model
+    config = FactorizeConfig(active=active, **settings)
+    factorize_model(model, config, calibration)
+    return config
 
 
 def main() -> None:
-    from compress.evaluate import perplexity
     from benchmarks._tiny import model_and_text
+    from compress.evaluate import perplexity
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--cmoe-src", default=os.environ.get("CMOE_SRC"), help="a CMoE checkout (or CMOE_SRC)")
     parser.add_argument("--out", default=OUT)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--append", action="store_true",
+                        help="add rows to --out, measured on the same model and tokens (checked)")
     parser.add_argument("--active", type=float, nargs="+", default=sorted(CONFIGS), choices=sorted(CONFIGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="calibration draws")
     parser.add_argument("--seqlen", type=int, default=2048, help="tokens per window (the reference's 2048)")
     parser.add_argument("--eval-tokens", type=int, default=16384)
     parser.add_argument("--context", type=int, default=1024)
-    parser.add_argument("--ours", action="store_true", help="also the project's conversion, same tokens")
-    parser.add_argument("--ours-set", nargs="*", default=[], help="KEY=VALUE FactorizeConfig settings for --ours")
+    parser.add_argument("--ours-set", nargs="*", default=[], help="KEY=VALUE FactorizeConfig settings for ours")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
-    if not args.cmoe_src:
+    if "cmoe-reference" in args.methods and not args.cmoe_src:
         raise SystemExit("give a CMoE checkout: --cmoe-src DIR or CMOE_SRC=DIR")
     torch.set_num_threads(1)
     run_meta = meta()
-    ref = load_reference(args.cmoe_src)
+    ref = load_reference(args.cmoe_src) if "cmoe-reference" in args.methods else None
     args.nsamples = CARVE_BATCH
     assets = model_and_text(args)
     model, tokenizer, eval_ids, context, bos = (assets[k] for k in ("model", "tokenizer", "eval_ids", "context", "bos"))
     seqlen = assets["seqlen"]
     started = time.perf_counter()
     dense = perplexity(model, eval_ids, context, bos_id=bos).to_dict()
-    result = {"meta": run_meta, "model": assets["source"],
+    result = {"meta": run_meta, "runs": [{"meta": run_meta, "methods": args.methods}], "model": assets["source"],
               "model_note": None if args.tiny else "SmolLM2-135M-Instruct dequantized from its Q4_1 GGUF",
               "dtype": "float32", "threads": torch.get_num_threads(),
-              "reference": {"repo": "JarvisPei/CMoE", "commit": ref.commit, "paper": "arXiv 2502.04416",
-                            "driver": "run_cmoe.cmoe_sequential", "assignment_solver": ref.solver,
+              "reference": {"repo": "JarvisPei/CMoE", "commit": ref.commit if ref else None, "paper": "arXiv 2502.04416",
+                            "driver": "run_cmoe.cmoe_sequential", "assignment_solver": ref.solver if ref else None,
                             "k_act": 10, "bias_speed": 0.001, "fine_tune": "none (training-free rows)",
                             "departures": departures()},
               "calibration": {"text": "Austen novels, Persuasion held out" if not args.tiny else "tests' text",
@@ -276,18 +282,64 @@ def main() -> None:
               "eval_tokens": dense["tokens"], "context": context, "dense_ppl": dense["perplexity"],
               "dense_eval_seconds": round(time.perf_counter() - started, 1), "rows": []}
     print(json.dumps({"dense_ppl": dense["perplexity"], "eval_tokens": dense["tokens"]}), flush=True)
-    settings = dict(item.split("=", 1) for item in args.ours_set)
+    if args.append:
+        result = _appended_to(json.loads(Path(args.out).read_text()), result)
+    settings = {key: _value(value) for key, value in (item.split("=", 1) for item in args.ours_set)}
     for seed in args.seeds:
         calibration = assets["calibration"] if seed == 0 else _draw(tokenizer, args.tiny, seqlen, seed)
         for active in args.active:
-            result["rows"].append(_reference_row(ref, model, calibration, active, seed, eval_ids, context, bos,
-                                                 dense["perplexity"], perplexity))
-            if args.ours:
-                row = _ours_row(model, calibration, active, seed, settings, eval_ids, context, bos,
-                                dense["perplexity"], perplexity)
-                if row:
-                    result["rows"].append(row)
-            _write(args.out, result)
+            for method in args.methods:
+                work = copy.deepcopy(model)
+                clock = time.perf_counter()
+                if method == "cmoe-reference":
+                    shared, activated, experts = CONFIGS[active]
+                    work = cmoe_convert(ref, work, calibration, shared, activated, experts, seed)
+                    row = {"shared": shared, "activated": activated, "experts": experts, **active_share(work)}
+                else:
+                    config = ours(work, calibration, active, settings)
+                    if config is None:
+                        print(json.dumps({"ours": "compress.factorize has no `active` option: no row"}), flush=True)
+                        continue
+                    row = {"shared": config.shared, "activated": config.top_k, "experts": config.shared + config.experts,
+                           "active_share": config.active_share, "settings": settings}
+                row = {"method": method, "active": active, "seed": seed, **row,
+                       "config": "S{shared}A{activated}E{experts}".format(**row),
+                       "convert_seconds": round(time.perf_counter() - clock, 1),
+                       **_measure(work, method, eval_ids, context, bos, result["dense_ppl"], perplexity)}
+                print(json.dumps({k: v for k, v in row.items() if k != "max_load_over_fair"}), flush=True)
+                result["rows"].append(row)
+                _write(args.out, result)
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _measure(work, method: str, eval_ids, context, bos, dense_ppl: float, perplexity) -> dict:
+    """Held-out perplexity of a converted model, and per layer its busiest expert's tokens over the fair share."""
+    from compress.factorize.loads import count_picks
+
+    load_before = os.getloadavg()[0]
+    clock = time.perf_counter()
+    with (expert_loads(work) if method == "cmoe-reference" else count_picks(work)) as loads:
+        ppl = perplexity(work, eval_ids, context, bos_id=bos).to_dict()["perplexity"]
+    counts = loads if method == "cmoe-reference" else list(loads.values())
+    return {"ppl": ppl, "ppl_ratio": ppl / dense_ppl, "eval_seconds": round(time.perf_counter() - clock, 1),
+            "max_load_over_fair": [round(c.max().item() * c.numel() / max(c.sum().item(), 1), 3) for c in counts],
+            "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
+
+
+def _appended_to(stored: dict, new: dict) -> dict:
+    """`stored` with this run's meta added, once the model, tokens and dense perplexity are checked equal."""
+    same = ("model", "dtype", "calibration", "eval_tokens", "context", "dense_ppl")
+    differ = [key for key in same if stored.get(key) != new[key]]
+    if differ:
+        raise SystemExit(f"--append: {', '.join(differ)} differ from the stored run's; not appending")
+    stored["runs"] = stored.get("runs", [{"meta": stored["meta"], "methods": ["cmoe-reference"]}]) + new["runs"]
+    return stored
 
 
 def departures() -> list[str]:
@@ -309,41 +361,6 @@ def _draw(tokenizer, tiny: bool, seqlen: int, seed: int) -> torch.Tensor:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "text.txt").write_text(TEXT)
         return calibration_tokens(tokenizer, TextSource(path=str(Path(tmp) / "text.txt")), CARVE_BATCH, seqlen, seed)
-
-
-def _reference_row(ref, model, calibration, active, seed, eval_ids, context, bos, dense_ppl, perplexity) -> dict:
-    shared, activated, experts = CONFIGS[active]
-    work = copy.deepcopy(model)
-    load_before = os.getloadavg()[0]
-    clock = time.perf_counter()
-    work = cmoe_convert(ref, work, calibration, shared, activated, experts, seed)
-    seconds = time.perf_counter() - clock
-    clock = time.perf_counter()
-    with expert_loads(work) as loads:
-        ppl = perplexity(work, eval_ids, context, bos_id=bos).to_dict()["perplexity"]
-    fair = [c.sum().item() / c.numel() for c in loads]
-    row = {"method": "cmoe-reference", "active": active, "config": f"S{shared}A{activated}E{experts}",
-           "shared": shared, "activated": activated, "experts": experts, "seed": seed, **active_share(work),
-           "ppl": ppl, "ppl_ratio": ppl / dense_ppl, "convert_seconds": round(seconds, 1),
-           "eval_seconds": round(time.perf_counter() - clock, 1),
-           "max_load_over_fair": [round(c.max().item() / f, 3) for c, f in zip(loads, fair)],
-           "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
-    print(json.dumps({k: v for k, v in row.items() if k != "max_load_over_fair"}), flush=True)
-    return row
-
-
-def _ours_row(model, calibration, active, seed, settings, eval_ids, context, bos, dense_ppl, perplexity):
-    work = copy.deepcopy(model)
-    clock = time.perf_counter()
-    if ours(work, calibration, active, settings) is None:
-        print(json.dumps({"ours": "compress.factorize has no `active` option yet: no row"}), flush=True)
-        return None
-    seconds = time.perf_counter() - clock
-    ppl = perplexity(work, eval_ids, context, bos_id=bos).to_dict()["perplexity"]
-    row = {"method": "ours", "active": active, "seed": seed, "settings": settings, "ppl": ppl,
-           "ppl_ratio": ppl / dense_ppl, "convert_seconds": round(seconds, 1)}
-    print(json.dumps(row), flush=True)
-    return row
 
 
 def _write(path: str, result: dict) -> None:

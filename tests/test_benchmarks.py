@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import subprocess
 import sys
@@ -43,11 +44,13 @@ SCRIPTS = {
     "attention_decode.py": ("--json", ["attention-decode-h200"], False),  # its tiny mode runs on the CPU
     "zero_shot.py": ("--out", ["zero-shot"], False),
     "resume_overhead.py": ("--out", ["resume-overhead", "resume-overhead-gpu"], False),  # --gpu-shape: the GPU file
+    "cmoe_reference.py": ("--out", ["factorize-cmoe-reference"], False),
 }
 NOT_YET_MEASURED: set[str] = set()  # results still to be stored: their keys are checked once they are
 NEEDS = {"graph_b3db.py": ("torch_geometric", "grakel", "ogb", "rdkit"), "graph_gpu_time.py": ("torch_geometric",),
          "attention_decode.py": ("triton",),  # its tiny mode checks the append kernel in Triton's interpreter
          "zero_shot.py": ("lm_eval",)}  # the zeroshot extra
+CHECKOUTS = {"cmoe_reference.py": "CMOE_SRC"}  # scripts that run others' code from a checkout named by this variable
 
 
 def test_benchmarks_md_is_rendered_from_the_results():
@@ -106,6 +109,8 @@ def test_tiny_run_writes_the_stored_keys(script, tmp_path, monkeypatch):
         pytest.skip("needs CUDA")
     for module in NEEDS.get(script, ()):  # optional extras (the GPU machine has PyG but no RDKit/OGB)
         pytest.importorskip(module)
+    if script in CHECKOUTS and not os.environ.get(CHECKOUTS[script]):
+        pytest.skip(f"needs {CHECKOUTS[script]}")
     out = tmp_path / "out.json"
     monkeypatch.setattr(sys, "argv", [str(BENCH / script), "--tiny", flag, str(out)])
     with torch.enable_grad():  # scripts may switch grad off for the whole process
