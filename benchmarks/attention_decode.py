@@ -1,5 +1,5 @@
 """End-to-end decode tokens/s of the default model's architecture (SmolLM2-135M: 30 layers, 9 query heads on 3
-KV heads of 64 channels) with Double Sparsity inside the model's own forward (compress/attention/generate.py:
+KV heads of 64 channels) with Double Sparsity inside the model's own forward (compress/attention/decoding/generate.py:
 the attention-function registry, no model code patched), against dense SDPA decode, on a GPU.
 
 The checkpoint is not needed: the model is built from the architecture below with random weights (timing
@@ -11,7 +11,7 @@ n − 1: projections, RoPE, label append, attention, MLPs, logits) is captured a
 Double Sparsity (1/16 of the channels, T = n/16, the first 2 layers dense) and attention skipped (zeros:
 the rest of the step), so attention's share of the step shows why the end-to-end speedup stays below the
 kernels'. tokens/s = batch / step time. Then a short greedy generation through the same path, checked
-against dense decoding (T ≥ context) and against the evaluation mode (compress/attention/runtime.py).
+against dense decoding (T ≥ context) and against the evaluation mode (compress/attention/evaluation/runtime.py).
 Usage: python -m benchmarks.attention_decode --json benchmarks/results/attention-decode-h200.json
        python -m benchmarks.attention_decode --tiny --json /tmp/tiny.json   # tiny model; the CPU runs the
                                                                             # PyTorch path, timed by the clock
@@ -61,7 +61,7 @@ def fill_random(decoder, layers: int, batch: int, kv_heads: int, length: int, he
 def timed_ms(step, cuda: bool) -> tuple[float, bool]:
     """(median ms of one step, captured as a CUDA graph); eager CUDA-event or clock timing if capture fails."""
     if cuda:
-        from compress.attention.bench import _graph_time
+        from compress.attention.decode_kernels.bench import _graph_time
 
         try:
             return _graph_time(step), True
@@ -88,7 +88,7 @@ def timed_ms(step, cuda: bool) -> tuple[float, bool]:
 
 @torch.no_grad()
 def time_step(model, decoder, batch: int, context: int, dtype, device) -> dict:
-    from compress.attention.generate import installed, step_inputs
+    from compress.attention.decoding.generate import installed, step_inputs
 
     config = model.config
     fill_random(decoder, config.num_hidden_layers, batch, config.num_key_value_heads, context - 1, config.head_dim,
@@ -123,7 +123,7 @@ def time_step(model, decoder, batch: int, context: int, dtype, device) -> dict:
 
 
 def generation_checks(model, settings_for, prompt_length: int, batches: list[int], new_tokens: int) -> list[dict]:
-    from compress.attention.generate_check import compare_decoding
+    from compress.attention.decoding.generate_check import compare_decoding
 
     rows = []
     for batch in batches:
@@ -145,8 +145,8 @@ def passed(row: dict) -> bool:
 
 def main() -> None:
     from compress.attention.config import DoubleSparsity
-    from compress.attention.generate import decoder_from_settings
-    from compress.attention.generate_check import appended_labels_exact, host_syncs, random_channel_file
+    from compress.attention.decoding.generate import decoder_from_settings
+    from compress.attention.decoding.generate_check import appended_labels_exact, host_syncs, random_channel_file
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", required=True)
@@ -196,7 +196,7 @@ def main() -> None:
               "model": {"architecture": architecture, "weights": "random (the architecture of the default model, "
                         "SmolLM2-135M-Instruct; its checkpoint is not loaded)" if not args.tiny else "random (tiny)"},
               "settings": {**SETTINGS, "selection": "threshold", "budget": "1/16 of the step's context",
-                           "label_append": "one Triton launch per layer and step (compress/attention/append.py)"},
+                           "label_append": "one Triton launch per layer and step (compress/attention/decode_kernels/append.py)"},
               "rows": rows, "generation": generation,
               "checks": {"generation_passed": sum(passed(r) for r in generation), "generation_total": len(generation),
                          "append_labels_exact": append_exact, "host_syncs_per_step": syncs}}

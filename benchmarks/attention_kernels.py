@@ -19,7 +19,7 @@ PATHS = ((16, "topk-half"), (16, "topk"), (16, "threshold"), (4, "threshold"), (
 
 
 def main() -> None:
-    from compress.attention.bench import SHAPES, bench_attention, check_decode, tune_decode
+    from compress.attention.decode_kernels.bench import SHAPES, bench_attention, check_decode, tune_decode
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", required=True)

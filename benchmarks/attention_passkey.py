@@ -25,8 +25,8 @@ ROWS = [dict(mode="qk", channels="1/16", tokens="1/16"), dict(mode="qk", channel
 @torch.no_grad()
 def main() -> None:
     from compress.attention.config import ChannelCalibration
-    from compress.attention.jobs import calibrate_channel_file
-    from compress.attention.measure import passkey_accuracy
+    from compress.attention.calibration.jobs import calibrate_channel_file
+    from compress.attention.evaluation.measure import passkey_accuracy
     from compress.model.loading import load_model
 
     parser = argparse.ArgumentParser()

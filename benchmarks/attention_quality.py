@@ -68,8 +68,8 @@ def settings_for(row: dict, files: dict, context: int, dense_layers: int = 2):
 @torch.no_grad()
 def main() -> None:
     from compress.attention.config import ChannelCalibration
-    from compress.attention.jobs import calibrate_channel_file
-    from compress.attention.measure import greedy_agreement, passkey_accuracy, sparse_perplexity
+    from compress.attention.calibration.jobs import calibrate_channel_file
+    from compress.attention.evaluation.measure import greedy_agreement, passkey_accuracy, sparse_perplexity
     from compress.calibrate.data import TextSource, evaluation_tokens, window_bos
     from compress.model.loading import load_model
 

@@ -67,7 +67,7 @@ def _planted_model(scale: float = 30.0):
 
 @pytest.mark.parametrize("mode", ["qk", "q"])
 def test_planted_outlier_channels_rank_first(mode):
-    from compress.attention.calibrate import channel_statistics, rank_channels
+    from compress.attention.calibration.calibrate import channel_statistics, rank_channels
     from compress.model.roles import HeadLayout
 
     model, planted = _planted_model()
@@ -81,7 +81,7 @@ def test_planted_outlier_channels_rank_first(mode):
 
 
 def test_k_mode_ranks_the_planted_key_channels():
-    from compress.attention.calibrate import channel_statistics, rank_channels
+    from compress.attention.calibration.calibrate import channel_statistics, rank_channels
     from compress.model.roles import HeadLayout
 
     model, planted = _planted_model()
@@ -96,7 +96,7 @@ def test_statistics_sum_over_every_window():
     equals |q ⊙ k| recomputed by hand from the projections and RoPE."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    from compress.attention.calibrate import channel_statistics
+    from compress.attention.calibration.calibrate import channel_statistics
 
     torch.manual_seed(0)
     from transformers import LlamaForCausalLM

@@ -23,8 +23,8 @@ def family_model(family: str, **extra):
 
 
 def channel_file(model, path):
-    from compress.attention.calibrate import channel_statistics, rank_channels
-    from compress.attention.channels import read_channel_file, write_channel_file
+    from compress.attention.calibration.calibrate import channel_statistics, rank_channels
+    from compress.attention.calibration.channels import read_channel_file, write_channel_file
     from compress.model.roles import HeadLayout
 
     windows = torch.randint(3, 320, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -38,7 +38,7 @@ def channel_file(model, path):
 @pytest.mark.parametrize("family", ["qwen2", "mistral", "gemma3"])
 def test_nothing_dropped_equals_dense(family, tmp_path):
     from compress.attention.config import DoubleSparsity
-    from compress.attention.runtime import sparse_attention
+    from compress.attention.evaluation.runtime import sparse_attention
 
     model = family_model(family, layer_types=["full_attention", "full_attention"]) if family == "gemma3" \
         else family_model(family)
@@ -58,7 +58,7 @@ def test_gemma3_sliding_window_layers_stay_local(tmp_path):
     """Only global layers are made sparse: the rows the sparse path saw are those of the full-attention layers,
     and with the global layers dense (dense_layers past them) the output is the model's own."""
     from compress.attention.config import DoubleSparsity
-    from compress.attention.runtime import sparse_attention
+    from compress.attention.evaluation.runtime import sparse_attention
 
     types = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
     model = family_model("gemma3", num_hidden_layers=4, layer_types=types)

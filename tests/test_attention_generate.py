@@ -1,6 +1,6 @@
-"""Double Sparsity inside real decoding (compress.attention.generate): greedy decoding with the label cache
+"""Double Sparsity inside real decoding (compress.attention.decoding.generate): greedy decoding with the label cache
 equals dense decoding through transformers' cache when T covers the context, and the evaluation mode
-(compress.attention.runtime) with the same settings otherwise; the Triton kernels in Triton's interpreter
+(compress.attention.evaluation.runtime) with the same settings otherwise; the Triton kernels in Triton's interpreter
 (GQA group 3, head_dim 64, as the default model) and on a GPU."""
 import json
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.attention.generate_check import appended_labels_exact, compare_decoding, host_syncs, random_channel_file
+from compress.attention.decoding.generate_check import appended_labels_exact, compare_decoding, host_syncs, random_channel_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,9 +84,9 @@ def test_projected_labels_decode_as_the_evaluation_mode(bits, selection, tmp_pat
 INTERPRETED = f"""
 import json, tempfile
 import torch
-from compress.attention.generate_check import random_channel_file, compare_decoding
-from compress.attention.generate import decoder_from_settings
-from compress.attention.generate_check import appended_labels_exact, host_syncs
+from compress.attention.decoding.generate_check import random_channel_file, compare_decoding
+from compress.attention.decoding.generate import decoder_from_settings
+from compress.attention.decoding.generate_check import appended_labels_exact, host_syncs
 from tests.test_attention_generate import settings, tiny_model
 model = tiny_model()
 rows = []
@@ -155,9 +155,9 @@ def test_caches_grow_by_appending(tmp_path):
     whole key cache; the buffers grew past their first size."""
     from transformers import DynamicCache
 
-    from compress.attention.generate import decoder_from_settings, greedy_generate
-    from compress.attention.decode_torch import label_cache
-    from compress.attention.measure import _cache_argument
+    from compress.attention.decoding.generate import decoder_from_settings, greedy_generate
+    from compress.attention.decode_kernels.decode_torch import label_cache
+    from compress.attention.evaluation.measure import _cache_argument
 
     model = tiny_model(layers=2)
     decoder = decoder_from_settings(model, settings(random_channel_file(model, tmp_path / "c.json"), 4))
@@ -175,7 +175,7 @@ def test_caches_grow_by_appending(tmp_path):
 
 
 def test_unsupported_settings_are_refused(tmp_path):
-    from compress.attention.generate import decoder_from_settings
+    from compress.attention.decoding.generate import decoder_from_settings
     from compress.errors import BadInput
 
     model = tiny_model(layers=2)
@@ -246,7 +246,7 @@ def test_other_families_decode(family, tmp_path):
 def test_a_decode_step_reads_no_tensor_value_on_the_host(tmp_path):
     """No .item() / bool(tensor) in a decode step (transformers' forward included: the prepared 4D mask keeps
     its mask code from inspecting position_ids), so one CUDA graph can hold the step."""
-    from compress.attention.generate import decoder_from_settings
+    from compress.attention.decoding.generate import decoder_from_settings
 
     model = tiny_model()
     decoder = decoder_from_settings(model, settings(random_channel_file(model, tmp_path / "c.json"), 4))

@@ -12,7 +12,7 @@ pytest.importorskip("triton")
 
 SCRIPT = """
 import json, torch
-from compress.attention.bench import check_decode
+from compress.attention.decode_kernels.bench import check_decode
 rows = [check_decode(*case, torch.float16, seed=i, device="cpu", selection=selection, label_bits=bits)
         for bits, selection in ((16, "topk"), (16, "threshold"), (4, "threshold"))
         for i, case in enumerate([(2, 8, 2, 3000, 32, 4, 200), (1, 4, 4, 100, 64, 8, 120), (3, 8, 8, 1257, 32, 4, 64),
@@ -39,7 +39,8 @@ def test_interpreted_kernels_match_reference():
 
 @pytest.mark.parametrize("channels", [3, 8, 12, 16])
 def test_packed_labels_hold_the_evaluation_codes(channels):
-    from compress.attention import labels, sparse
+    from compress.attention.decode_kernels import labels
+    from compress.attention.evaluation import sparse
 
     generator = torch.Generator().manual_seed(channels)
     key = (torch.randn(2, 3, 50, 64, generator=generator) * 3).to(torch.float16)
@@ -57,8 +58,9 @@ def test_packed_labels_hold_the_evaluation_codes(channels):
 
 PRIOR_SCRIPT = """
 import json, torch
-from compress.attention import decode, labels, prior as position
-from compress.attention.bench import random_decode_inputs
+from compress.attention.calibration import prior as position
+from compress.attention.decode_kernels import decode, labels
+from compress.attention.decode_kernels.bench import random_decode_inputs
 rows = []
 for bits, selection, (b, h, kv, n, d, r, T) in [(4, "threshold", (2, 8, 2, 3000, 32, 4, 200)),
                                                (16, "topk", (1, 6, 3, 700, 64, 8, 50)),

@@ -17,7 +17,7 @@ TOLERANCE = {torch.float16: 3e-3, torch.bfloat16: 2e-2}
 @pytest.mark.parametrize("batch", [1, 16])
 @pytest.mark.parametrize("context, budget", [(777, 48), (5000, 312), (200, 512)])
 def test_kernels_match_reference(label_bits, selection, dtype, heads, kv_heads, batch, context, budget):
-    from compress.attention.bench import check_decode
+    from compress.attention.decode_kernels.bench import check_decode
 
     seed = zlib.crc32(repr((heads, kv_heads, batch, context, str(dtype), selection, label_bits)).encode()) % 10_000
     row = check_decode(batch, heads, kv_heads, context, 128, 8, budget, dtype, seed, selection=selection,
@@ -43,8 +43,8 @@ def _keys(scores: torch.Tensor) -> torch.Tensor:
 def packed_scores_and_candidates(label_bits, channels, heads, kv_heads, context, device="cuda"):
     """The scoring kernel equals PyTorch over the same label cache, its threshold is the sample's key of the
     plan's rank, and the select gathers exactly the tokens whose key reaches it."""
-    from compress.attention import labels, select
-    from compress.attention.bench import random_decode_inputs
+    from compress.attention.decode_kernels import labels, select
+    from compress.attention.decode_kernels.bench import random_decode_inputs
 
     query, key, _, heavy = random_decode_inputs(2, heads, kv_heads, context, 128, channels, torch.float16, device,
                                                 seed=channels)
@@ -90,7 +90,7 @@ def test_scores_threshold_and_candidates_match_pytorch(label_bits, channels, hea
 
 def unlucky_samples_fall_back(pattern, device="cuda"):
     """Rows whose sample misleads the threshold (or whose scores all tie) still get their exact top-T."""
-    from compress.attention import decode, select
+    from compress.attention.decode_kernels import decode, select
 
     batch, kv_heads, context, budget = 2, 4, 20_000, 1_250
     plan = select.threshold_plan(batch * kv_heads, context, budget, device)
@@ -125,8 +125,8 @@ def test_unlucky_samples_fall_back_to_the_whole_row(pattern):
 
 
 def test_all_tokens_equal_dense_sdpa():
-    from compress.attention import decode
-    from compress.attention.bench import dense_decode, random_decode_inputs
+    from compress.attention.decode_kernels import decode
+    from compress.attention.decode_kernels.bench import dense_decode, random_decode_inputs
 
     query, key, value, heavy = random_decode_inputs(4, 32, 8, 3000, 128, 8, torch.float16, seed=3)
     labels = decode.label_cache(key, heavy, 4)

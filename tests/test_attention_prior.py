@@ -1,4 +1,4 @@
-"""The position prior (compress.attention.prior) against definitions written out here: buckets of distances,
+"""The position prior (compress.attention.calibration.prior) against definitions written out here: buckets of distances,
 the fitted prior as a brute-force mean over (query, key) pairs, the installed layer's choice as a brute force
 over label scores plus the prior; a file without a prior is refused with exit 2."""
 import json
@@ -6,7 +6,7 @@ import json
 import torch
 from typer.testing import CliRunner
 
-from compress.attention.prior import BUCKETS, EXACT, SINK, PriorSums, distance_buckets
+from compress.attention.calibration.prior import BUCKETS, EXACT, SINK, PriorSums, distance_buckets
 from compress.cli import app
 from tests.conftest import save_tiny_model, tiny_llama_config
 from tests.test_attention_sparse import brute_force
@@ -69,7 +69,7 @@ def test_fit_is_the_mean_over_pairs():
 def test_fit_samples_queries_of_long_windows():
     """A window longer than QUERIES_PER_WINDOW (and a batch of two): the fit uses every (n // that)-th query,
     from the first, and every sequence of the batch."""
-    from compress.attention.prior import QUERIES_PER_WINDOW
+    from compress.attention.calibration.prior import QUERIES_PER_WINDOW
 
     g = torch.Generator().manual_seed(1)
     heads, kv, n, d = 4, 2, 600, 8
@@ -95,7 +95,7 @@ def test_fit_samples_queries_of_long_windows():
 
 
 def _file(model, path):
-    from compress.attention.calibrate import channel_statistics, write_statistics
+    from compress.attention.calibration.calibrate import channel_statistics, write_statistics
 
     windows = torch.randint(3, 320, (2, 40), generator=torch.Generator().manual_seed(0))
     write_statistics(path, channel_statistics(model, windows, "qk"), "qk", model.config)
@@ -105,8 +105,8 @@ def _file(model, path):
 def test_installed_prior_equals_brute_force(tmp_path):
     from transformers import LlamaForCausalLM
 
-    from compress.attention import runtime
-    from compress.attention.channels import read_channel_file
+    from compress.attention.evaluation import runtime
+    from compress.attention.calibration.channels import read_channel_file
     from compress.attention.config import DoubleSparsity
     from compress.calibrate.attention import capture_attention
 

@@ -1,4 +1,4 @@
-"""Projected labels (compress.attention.projection) against independent references: the fitted maps reach the
+"""Projected labels (compress.attention.calibration.projection) against independent references: the fitted maps reach the
 optimum a gradient-descent solver finds, a planted low-rank q·k structure is found where no channel subset sees
 it, full rank scores the exact logits, the installed layer equals a brute force, the file round trip keeps the
 JSON readable the reference's way, bad inputs exit 2 with one line."""
@@ -10,8 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from compress.attention import sparse
-from compress.attention.projection import QKMoments, fit_layer
+from compress.attention.evaluation import sparse
+from compress.attention.calibration.projection import QKMoments, fit_layer
 from compress.cli import app
 from tests.conftest import save_tiny_model, tiny_llama_config
 from tests.test_attention_channels import sglang_style_rows
@@ -110,8 +110,8 @@ def test_full_rank_scores_are_the_exact_logits():
 
 
 def _projected_file(model, path):
-    from compress.attention.calibrate import channel_statistics, rank_channels
-    from compress.attention.channels import write_channel_file
+    from compress.attention.calibration.calibrate import channel_statistics, rank_channels
+    from compress.attention.calibration.channels import write_channel_file
     from compress.model.roles import HeadLayout
 
     windows = torch.randint(3, 320, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -129,7 +129,7 @@ def test_installed_projection_equals_brute_force(tmp_path, kv_heads):
     from safetensors.torch import load_file
     from transformers import LlamaForCausalLM
 
-    from compress.attention import runtime
+    from compress.attention.evaluation import runtime
     from compress.attention.config import DoubleSparsity
     from compress.calibrate.attention import capture_attention
 
@@ -250,8 +250,8 @@ def test_altered_projection_and_prior_are_refused(tmp_path):
     from safetensors.torch import load_file, save_file
     from transformers import LlamaForCausalLM
 
-    from compress.attention.channels import read_channel_file
-    from compress.attention.projection import projection_path
+    from compress.attention.calibration.channels import read_channel_file
+    from compress.attention.calibration.projection import projection_path
     from compress.errors import BadInput
 
     torch.manual_seed(3)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from compress.attention import sparse
+from compress.attention.evaluation import sparse
 from compress.cli import app
 from tests.conftest import save_tiny_model, tiny_llama_config
 
@@ -100,8 +100,8 @@ def test_top_p_matches_brute_force(heads, kv_heads):
 
 
 def _channel_file(model, path, mode="qk"):
-    from compress.attention.calibrate import channel_statistics, rank_channels
-    from compress.attention.channels import write_channel_file
+    from compress.attention.calibration.calibrate import channel_statistics, rank_channels
+    from compress.attention.calibration.channels import write_channel_file
     from compress.model.roles import HeadLayout
 
     windows = torch.randint(3, 320, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -116,7 +116,7 @@ def test_all_channels_and_whole_context_equal_dense(tmp_path, kv_heads, bits):
     from transformers import LlamaForCausalLM
 
     from compress.attention.config import DoubleSparsity
-    from compress.attention.runtime import sparse_attention
+    from compress.attention.evaluation.runtime import sparse_attention
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(tiny_llama_config(num_key_value_heads=kv_heads)).eval()
@@ -141,8 +141,8 @@ def test_installed_layer_equals_brute_force(tmp_path, kv_heads, monkeypatch):
     q/k seen by the registry and v from v_proj; chunks of queries smaller than the window; layer 0 dense."""
     from transformers import LlamaForCausalLM
 
-    from compress.attention import runtime
-    from compress.attention.channels import read_channel_file
+    from compress.attention.evaluation import runtime
+    from compress.attention.calibration.channels import read_channel_file
     from compress.attention.config import DoubleSparsity
     from compress.calibrate.attention import capture_attention
 

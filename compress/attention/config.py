@@ -23,7 +23,7 @@ class ChannelCalibration(LoadConfig, CalibrateConfig):
     mode: Literal["qk", "q", "k"] = "qk"
     """qk: mean |q ⊙ k| after RoPE; q / k: mean |q| / |k| of the projections' outputs."""
     projection: bool = False
-    """Also fit projected labels (compress.attention.projection), written beside the channel file."""
+    """Also fit projected labels (compress.attention.calibration.projection), written beside the channel file."""
     force: bool = False
     nsamples: int = count(16)
     seqlen: int = count(2048, minimum=2)
@@ -60,7 +60,7 @@ class DoubleSparsity(StrictConfig):
     """channels: q·k over the heavy channels (the paper); projection: (q A)·(k B) of rank `channels` from the
     file's projected labels (calibrated with --projection)."""
     position_prior: bool = False
-    """Add the file's position prior (compress.attention.prior: the mean logit per query-key distance) to the
+    """Add the file's position prior (compress.attention.calibration.prior: the mean logit per query-key distance) to the
     label scores before choosing tokens."""
     sink: int = count(0, minimum=0)
     """First tokens always kept (inside the budget)."""

@@ -57,7 +57,7 @@ def calibrate(
     """Rank each head's channels by their share of Q·K over calibration text; write the reference's JSON."""
     with exit_codes(FLAGS.get):
         from compress.attention.config import ChannelCalibration
-        from compress.attention.jobs import calibrate_channel_file
+        from compress.attention.calibration.jobs import calibrate_channel_file
         from compress.cli.common import err
         from compress.pipeline.recipe import validate_config
 

@@ -43,7 +43,7 @@ def generate(
     """Greedy continuations of a prompt after a dense prefill: dense, and with Double Sparsity decode steps."""
     with exit_codes(FLAGS.get):
         from compress.attention.config import DoubleSparsity
-        from compress.attention.generate import continue_text
+        from compress.attention.decoding.generate import continue_text
         from compress.config import check_count
         from compress.errors import BadInput
         from compress.model.loading import load_model, resolve_device

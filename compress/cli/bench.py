@@ -70,7 +70,7 @@ def bench_attention_command(
         path = check_report_file(json_out, key="json") if json_out else None
         if not torch.cuda.is_available():
             raise BadInput("compress bench attention needs a CUDA GPU")
-        from compress.attention.bench import SHAPES, bench_attention
+        from compress.attention.decode_kernels.bench import SHAPES, bench_attention
 
         unknown = [s for s in shapes or [] if s not in SHAPES]
         if unknown:

@@ -18,7 +18,7 @@ __all__ = ["KEY", "SIGNATURE", "MANIFEST", "HTML_META", "mark", "is_ours", "refu
 KEY = "written_by"
 SIGNATURE = "compress post-training compression toolkit; --force may replace this output"
 MANIFEST = "compression.json"
-CHANNEL_BLOCK = "compress"  # the channel file's own block (compress.attention.channels.EXTRA)
+CHANNEL_BLOCK = "compress"  # the channel file's own block (compress.attention.calibration.channels.EXTRA)
 HTML_META = f'<meta name="{KEY}" content="{SIGNATURE}">'  # in the <head> of an HTML report (compress report)
 HTML_HEAD_BYTES = 4096  # the tag is looked for only this far into the file: in the head, not in the body
 

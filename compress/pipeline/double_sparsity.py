@@ -9,7 +9,7 @@ __all__ = ["compare_double_sparsity"]
 
 def compare_double_sparsity(config, settings: DoubleSparsity, progress=None):
     """Perplexity of each model with dense attention and with Double Sparsity (a CompareReport)."""
-    from compress.attention.measure import sparse_perplexity
+    from compress.attention.evaluation.measure import sparse_perplexity
     from compress.errors import BadInput
     from compress.pipeline.compare import measure_each_model, zero_shot_of
 

@@ -145,7 +145,7 @@ def zero_shot(model, tokenizer, tasks: list[str], limit: int | None = None, devi
 def _attention(model, settings, context: int | None):
     if settings is None:
         return contextlib.nullcontext()
-    from compress.attention.runtime import sparse_attention
+    from compress.attention.evaluation.runtime import sparse_attention
 
     return sparse_attention(model, settings, context or 1024)
 

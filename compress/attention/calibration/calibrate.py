@@ -4,8 +4,8 @@ qk  mean |q ⊙ k| per head and channel after RoPE (k of the key/value head the 
     through transformers' attention-function registry (compress.calibrate.attention), not by patching;
 q/k mean |q| / |k| per channel of the q_proj / k_proj outputs (before RoPE), as the reference defines them.
 Sums run over all windows (the reference keeps only the last block of its qk statistic).
-The same pass accumulates the position prior (compress.attention.prior) and, with `projection`, the
-post-RoPE q/k moments projected labels are fitted from (compress.attention.projection).
+The same pass accumulates the position prior (compress.attention.calibration.prior) and, with `projection`, the
+post-RoPE q/k moments projected labels are fitted from (compress.attention.calibration.projection).
 """
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ def channel_statistics(model, windows: torch.Tensor, mode: str, device: str | to
                        progress=None, projection: bool = False) -> ChannelStatistics:
     """Accumulate the `mode` statistic over every window of `windows` (n, seqlen), one forward each;
     the position prior's sums too, and with `projection` the q/k moments."""
-    from compress.attention.prior import PriorSums
-    from compress.attention.projection import QKMoments
+    from compress.attention.calibration.prior import PriorSums
+    from compress.attention.calibration.projection import QKMoments
     from compress.calibrate.attention import capture_attention
     from compress.evaluate import on_device
 
@@ -114,7 +114,7 @@ def channel_statistics(model, windows: torch.Tensor, mode: str, device: str | to
 def rank_channels(statistics: ChannelStatistics, mode: str, layout: HeadLayout):
     """(rows, kv_rows): per layer, a permutation per head (per KV head for k) and per KV head, where the
     KV-head ranking sums the statistic over the query heads sharing that KV head."""
-    from compress.attention.channels import ranking
+    from compress.attention.calibration.channels import ranking
 
     rows, kv_rows = [], []
     group = layout.num_heads // layout.num_kv_heads
@@ -129,8 +129,8 @@ def write_statistics(out, statistics: ChannelStatistics, mode: str, config, forc
                      staging=None) -> int:
     """Rank, fit the prior (and the projection when its moments were accumulated) and write the channel file
     `out` (write_channel_file: `force`, a job's `staging`); returns the number of layers."""
-    from compress.attention.channels import write_channel_file
-    from compress.attention.projection import fit_layer
+    from compress.attention.calibration.channels import write_channel_file
+    from compress.attention.calibration.projection import fit_layer
 
     rows, kv_rows = rank_channels(statistics, mode, HeadLayout.of(config))
     maps = None if statistics.moments is None else [fit_layer(m) for m in statistics.moments]

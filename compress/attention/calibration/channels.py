@@ -18,9 +18,9 @@ Extra key (ignored by readers that look up layer keys only): "compress" holds
               statistic summed over the query heads that share that key/value head
   windows, tokens  calibration windows and tokens the statistics were accumulated over
   position_prior  {"buckets", "exact", "layers": {layer key: one row of bucket values per key/value head}}:
-              the position prior (compress.attention.prior), read by eval --position-prior
+              the position prior (compress.attention.calibration.prior), read by eval --position-prior
   projection  (files calibrated with --projection) {"file": the safetensors beside this file holding the
-              projected labels' maps (compress.attention.projection), "method": "whitened-svd", "sha256": its
+              projected labels' maps (compress.attention.calibration.projection), "method": "whitened-svd", "sha256": its
               digest when written (a later, different file is refused)}
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ class ChannelFile:
 
     def projection(self, rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer (A, B), each (kv_heads, head_dim, rank): the projected labels' maps at `rank`."""
-        from compress.attention.projection import read_projection
+        from compress.attention.calibration.projection import read_projection
 
         if self.projection_file is None:
             raise BadInput(f"{self.source}: has no projected labels (calibrate it with --projection)", key="labels")
@@ -110,8 +110,8 @@ def write_channel_file(path: str | Path, mode: str, config, rows: list[torch.Ten
     """Write the file and, with `projection` (per layer (A, B)), the projected labels' maps beside it, named
     in the extra key; `prior` (per layer (kv heads, buckets)): the position prior. Both are written under
     temporary names and renamed together when done, or, given a job's `staging`, when the job is."""
-    from compress.attention.prior import BUCKETS, EXACT
-    from compress.attention.projection import METHOD, projection_path, write_projection
+    from compress.attention.calibration.prior import BUCKETS, EXACT
+    from compress.attention.calibration.projection import METHOD, projection_path, write_projection
 
     data: dict = {layer_key(i, mode): r.tolist() for i, r in enumerate(rows)}
     data[EXTRA] = {**mark({}), "format": FORMAT, "mode": mode, "model": _fingerprint(config, len(rows)),
@@ -137,7 +137,7 @@ def _digest(path: Path) -> str:
 def check_output_file(out: str | Path, force: bool, projection: bool = False) -> Path:
     """Refuse an output that exists unless `force` and it is a channel file this tool wrote (its marker), or
     whose folder takes no new entries; `projection`: the same for the projection file beside it."""
-    from compress.attention.projection import projection_path
+    from compress.attention.calibration.projection import projection_path
 
     path = user_path(out).absolute()
     if path.is_symlink() or path.is_dir():
@@ -218,7 +218,7 @@ def read_channel_file(path: str | Path, config, num_layers: int, mode: str | Non
 
 
 def _prior(value, mode: str, num_layers: int, kv_heads: int, source: str) -> list[torch.Tensor] | None:
-    from compress.attention.prior import BUCKETS, EXACT
+    from compress.attention.calibration.prior import BUCKETS, EXACT
 
     if value is None:
         return None

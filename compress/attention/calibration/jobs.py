@@ -12,8 +12,8 @@ def calibrate_channel_file(config: ChannelCalibration, stage: Callable[[str], No
                            step: Callable[[int, int], None] | None = None) -> dict:
     """Load the model, accumulate the channel statistic over the calibration windows, write the file;
     returns a summary. The output is checked before anything is loaded."""
-    from compress.attention.calibrate import attention_parts, channel_statistics, write_statistics
-    from compress.attention.channels import check_output_file
+    from compress.attention.calibration.calibrate import attention_parts, channel_statistics, write_statistics
+    from compress.attention.calibration.channels import check_output_file
     from compress.calibrate.data import calibration_tokens
     from compress.model.loading import load_model, resolve_device
 

@@ -1,9 +1,9 @@
 """New keys' labels written into a label cache in place, one Triton program per (sequence, KV head, token):
-the format of compress.attention.labels.label_cache (16-bit rows, or packed 4-bit planes with each key's
+the format of compress.attention.decode_kernels.labels.label_cache (16-bit rows, or packed 4-bit planes with each key's
 float16 min and step), in one launch instead of the thirty-odd small PyTorch ops label_cache takes, which
 would dominate a decode step's label append under a CUDA graph.
 
-The 4-bit codes are label_codes' (compress.attention.sparse): per key, step = (max − min) / 15 (at least
+The 4-bit codes are label_codes' (compress.attention.evaluation.sparse): per key, step = (max − min) / 15 (at least
 1e-8 / 15), code = round half to even of (x − min) / step with IEEE division, clamped to 0..15.
 """
 from __future__ import annotations

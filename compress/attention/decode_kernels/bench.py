@@ -40,8 +40,9 @@ def dense_decode(query, key, value, scale: float) -> torch.Tensor:
 
 def _reference(query, key, value, heavy, labels, label_bits: int, scale: float):
     """float32 PyTorch: the label scores of the cache's own format, the evaluation path's label scores
-    (compress.attention.sparse, same bits) and attention over a given token set."""
-    from compress.attention import labels as label_format, sparse
+    (compress.attention.evaluation.sparse, same bits) and attention over a given token set."""
+    from compress.attention.decode_kernels import labels as label_format
+    from compress.attention.evaluation import sparse
 
     (b, heads, _), kv_heads = query.shape, key.shape[1]
     group = heads // kv_heads
@@ -67,7 +68,7 @@ def check_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: 
                  label_bits: int = 16) -> dict:
     """Kernels vs reference: label scores, the selected set (equal to the reference's top-T up to near-ties at
     the boundary), the output vs attention over that set, and vs over the reference's own set."""
-    from compress.attention import decode
+    from compress.attention.decode_kernels import decode
 
     query, key, value, heavy = random_decode_inputs(batch, heads, kv_heads, context, head_dim, channels, dtype,
                                                     device, seed)
@@ -142,7 +143,7 @@ def time_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: i
                 dtype) -> dict:
     """Milliseconds of dense SDPA decode vs Double Sparsity (each path of PATHS, and the parts of the default
     alone), and the bytes-read limits."""
-    from compress.attention import decode, labels as label_format, select
+    from compress.attention.decode_kernels import decode, labels as label_format, select
 
     query, key, value, heavy = random_decode_inputs(batch, heads, kv_heads, context, head_dim, channels, dtype)
     scale = head_dim ** -0.5
@@ -161,7 +162,7 @@ def time_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: i
 
     dense_ms = _graph_time(lambda: dense_decode(query, key, value, scale))
     times = {name: _graph_time(path(*how)) for name, how in PATHS.items()}
-    from compress.attention.prior import BUCKETS
+    from compress.attention.calibration.prior import BUCKETS
 
     prior = torch.randn(kv_heads, BUCKETS, device=query.device)  # the default path plus a position prior
     times["sparse_prior_ms"] = _graph_time(lambda: decode.double_sparse_decode(query, key, value, caches[4], heavy,
@@ -188,7 +189,7 @@ def time_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: i
 def tune_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: int, channels: int, budget: int,
                 dtype) -> list[dict]:
     """Milliseconds of the scoring and attention kernels alone over a small grid of launch settings."""
-    from compress.attention import decode, select
+    from compress.attention.decode_kernels import decode, select
 
     query, key, value, heavy = random_decode_inputs(batch, heads, kv_heads, context, head_dim, channels, dtype)
     labels = decode.label_cache(key, heavy, 4)

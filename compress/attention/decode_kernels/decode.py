@@ -1,11 +1,11 @@
 """Double Sparsity decode kernels (Triton): one new query token per sequence against a KV cache.
 
   label_cache    the heavy channels of every cached key per KV head, 16-bit or packed 4-bit
-                 (compress.attention.labels); built as keys are appended, not timed here
+                 (compress.attention.decode_kernels.labels); built as keys are appended, not timed here
   score_labels   approximate logits of every cached token: the query heads of a KV head share its channel
                  set, so their label scores sum to one dot product with the summed query labels
   select         the T best tokens per (sequence, KV head): an exact threshold select whose candidates the
-                 scoring kernel gathers (compress.attention.select), or torch.topk (n ≤ T keeps them all)
+                 scoring kernel gathers (compress.attention.decode_kernels.select), or torch.topk (n ≤ T keeps them all)
   sparse_decode  exact softmax attention over the selected tokens, split over chunks of the selection
                  (every query head of a KV head in one program, so each K/V row is read once), the splits'
                  partial softmaxes merged by a second small kernel (no split when the rows alone fill the GPU)
@@ -17,8 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from compress.attention.labels import label_cache, score_labels, token_count
-from compress.attention.select import select_top, threshold_plan, threshold_top
+from compress.attention.decode_kernels.labels import label_cache, score_labels, token_count
+from compress.attention.decode_kernels.select import select_top, threshold_plan, threshold_top
 
 __all__ = ["label_cache", "score_labels", "select_top", "select_tokens", "sparse_decode", "double_sparse_decode",
            "SELECTIONS"]

@@ -5,7 +5,7 @@ kernels (labels.py, select.py, decode.py) read the same formats.
   16 bits  (b, kv_heads, n, r) float16: each key's r heavy channels
    4 bits  (b, kv_heads, words + 1, n) int32, one plane per word: words = ceil(r / 8) planes of 8 channels x
            4 bits (channel 8w + j in bits 4j..4j+3 of word w), then one plane holding the key's min (low 16
-           bits) and step (high 16 bits) as float16 (the evaluation path's codes, compress.attention.sparse).
+           bits) and step (high 16 bits) as float16 (the evaluation path's codes, compress.attention.evaluation.sparse).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def label_cache(key: torch.Tensor, heavy: torch.Tensor, bits: int = 16) -> torch
         return labels.to(torch.float16).contiguous()
     if bits != 4:
         raise ValueError(f"the decode kernels read 16- or 4-bit labels, not {bits}")
-    from compress.attention.sparse import label_codes
+    from compress.attention.evaluation.sparse import label_codes
 
     codes, low, step = label_codes(labels.float(), 4)
     words = -(-r // 8)

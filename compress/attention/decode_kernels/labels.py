@@ -1,9 +1,9 @@
 """The label cache of Double Sparsity decode and the Triton kernel that scores every cached token with it.
 
 Two formats, per (sequence, KV head), built as keys are appended (not timed in the benchmark) by
-compress.attention.decode_torch (plain PyTorch, re-exported here): 16-bit rows of the r heavy channels, or
+compress.attention.decode_kernels.decode_torch (plain PyTorch, re-exported here): 16-bit rows of the r heavy channels, or
 4-bit codes packed 8 to an int32 word, one plane per word, then a plane of each key's float16 min and step.
-The codes are the evaluation path's (compress.attention.sparse.label_codes: per key, asymmetric min/max,
+The codes are the evaluation path's (compress.attention.evaluation.sparse.label_codes: per key, asymmetric min/max,
 round to nearest); only min and step are rounded to float16 there (float32 in the evaluation path). 8 bytes
 a token at r = 8.
 A score is q·label over the heavy channels, the query heads of a KV head summed first (they share its
@@ -15,10 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
-from compress.attention.decode_torch import (dequantize_labels, label_bytes, label_cache,  # noqa: F401 (re-exported)
+from compress.attention.decode_kernels.decode_torch import (dequantize_labels, label_bytes, label_cache,  # noqa: F401 (re-exported)
                                              token_count)
-from compress.attention.prior import BUCKETS, EXACT
-from compress.attention.select import MAX_PROGRAMS, ThresholdPlan, kth_largest_key, order_key, stretch
+from compress.attention.calibration.prior import BUCKETS, EXACT
+from compress.attention.decode_kernels.select import MAX_PROGRAMS, ThresholdPlan, kth_largest_key, order_key, stretch
 
 __all__ = ["label_cache", "dequantize_labels", "label_bytes", "score_labels", "token_count"]
 
@@ -62,7 +62,7 @@ def _scores_at(LAB, n, n_ok, q, c, stride_plane, R: tl.constexpr, PACKED: tl.con
 @triton.jit
 def _prior_at(PRIOR, kv, n, n_ok, N, GROUP: tl.constexpr, BUCKETS: tl.constexpr, EXACT: tl.constexpr,
               EXACT_LOG: tl.constexpr):
-    """GROUP x the position prior (compress.attention.prior: a value per distance bucket and KV head) of tokens
+    """GROUP x the position prior (compress.attention.calibration.prior: a value per distance bucket and KV head) of tokens
     n for the query at N - 1, as the evaluation path adds it to each query head's label score."""
     delta = N - 1 - n
     log2 = ((tl.maximum(delta, 1).to(tl.float32).to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127  # exact < 2^24

@@ -2,7 +2,7 @@
 
 Threshold select, for T of n tokens per row:
   1. a sample of the row (runs of 8 neighbours spread over it) is scored first and its float16 keys give a
-     threshold expected to keep about 1.5 T tokens (compress.attention.labels._threshold_kernel);
+     threshold expected to keep about 1.5 T tokens (compress.attention.decode_kernels.labels._threshold_kernel);
   2. each warp of a scoring program writes the tokens of its share whose key reaches the threshold (index
      and key) to slots of its own, and their number (no atomics, no scan across warps, the scores never read
      back);
@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from compress.attention.decode_torch import select_top  # noqa: F401 (re-exported)
+from compress.attention.decode_kernels.decode_torch import select_top  # noqa: F401 (re-exported)
 
 __all__ = ["MAX_PROGRAMS", "ThresholdPlan", "threshold_plan", "order_key", "kth_largest_key", "stretch", "select_top",
            "threshold_top"]

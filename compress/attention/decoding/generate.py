@@ -8,7 +8,7 @@ the new keys' labels to the label cache (labels are never rebuilt over the past:
 cached key). The first call of a generation is the prefill (the model's own attention, dense); every later
 call is one decode step (q_len 1): the first `dense_layers` layers and sliding-window layers attend densely
 (the implementation the model was using), the others score the cached labels, keep the top T tokens per
-KV head and attend exactly over them, with the Triton kernels of compress.attention.decode on CUDA (or in
+KV head and attend exactly over them, with the Triton kernels of compress.attention.decode_kernels.decode on CUDA (or in
 Triton's interpreter, TRITON_INTERPRET=1), else the same math in PyTorch. A step with ≤ T cached tokens
 (the new one included) attends to all of them, as in the evaluation mode. Batches without padding.
 """
@@ -26,7 +26,7 @@ __all__ = ["Decoder", "decoder_from_settings", "installed", "greedy_generate", "
 
 NAME = "compress_double_sparsity_decode"
 MODES = ("sparse", "dense", "skip")  # skip: attention returns zeros (timing the rest of the step)
-SELECTIONS = ("threshold", "topk-half", "topk")  # compress.attention.decode.SELECTIONS (Triton imported lazily)
+SELECTIONS = ("threshold", "topk-half", "topk")  # compress.attention.decode_kernels.decode.SELECTIONS (Triton imported lazily)
 
 
 def kernels_available(tensor: torch.Tensor) -> bool:
@@ -37,7 +37,7 @@ def reference_decode(query, key, value, labels, heavy, budget: int, scale: float
                      prior: torch.Tensor | None = None, scored: torch.Tensor | None = None) -> torch.Tensor:
     """double_sparse_decode's math in PyTorch (float32 scores, torch.topk): (b, heads, d); `scored`: the
     query the labels are scored with (projected labels), when not the query itself."""
-    from compress.attention.decode_torch import dequantize_labels, select_top
+    from compress.attention.decode_kernels.decode_torch import dequantize_labels, select_top
 
     b, heads, d = query.shape
     kv_heads, r = key.shape[1], heavy.shape[-1]
@@ -48,7 +48,7 @@ def reference_decode(query, key, value, labels, heavy, budget: int, scale: float
     q = torch.gather(scored.float().view(b, kv_heads, group, -1), -1, index[:, :, None].expand(b, kv_heads, group, r))
     scores = torch.einsum("bkr,bknr->bkn", q.sum(2), cached)
     if prior is not None:  # each query head's prior for the query at n - 1, summed over the group
-        from compress.attention.prior import prior_scores
+        from compress.attention.calibration.prior import prior_scores
 
         each_kv = torch.arange(kv_heads, device=prior.device)
         scores = scores + group * prior_scores(prior, each_kv, 1, scores.shape[-1])[0, :, 0].to(scores.device)
@@ -153,7 +153,7 @@ class Decoder:
         return store
 
     def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> LayerStore:
-        from compress.attention.decode_torch import label_cache
+        from compress.attention.decode_kernels.decode_torch import label_cache
 
         store = self.stores.get(layer)
         if store is None or store.length == 0:
@@ -166,7 +166,7 @@ class Decoder:
         source = None if heavy is None else self.label_source(layer, key)
         store.write(key, value, None if heavy is None or fused else label_cache(source, heavy, self.label_bits))
         if fused:  # one launch instead of label_cache's many small ops (they would dominate a graphed step)
-            from compress.attention.append import append_labels
+            from compress.attention.decode_kernels.append import append_labels
 
             append_labels(store.labels, source, heavy, start)
         return store
@@ -193,7 +193,7 @@ class Decoder:
         prior = None if self.prior is None else self.prior[layer]
         scored = self.label_source(layer, query[:, :, 0], query=True)  # (b, heads, d or r)
         if kernels_available(query):
-            from compress.attention.decode import select_tokens, sparse_decode
+            from compress.attention.decode_kernels.decode import select_tokens, sparse_decode
 
             index = select_tokens(scored, labels, heavy, budget, self.selection, prior)[1]
             out = sparse_decode(query[:, :, 0], keys, values, index, scale)
@@ -208,7 +208,7 @@ class Decoder:
 @contextmanager
 def installed(model, decoder: Decoder):
     """Within the block every attention module of `model` runs `decoder.attention`."""
-    from compress.attention.calibrate import attention_parts
+    from compress.attention.calibration.calibrate import attention_parts
     from compress.calibrate.attention import override_attention
 
     parts = attention_parts(model)
@@ -223,8 +223,8 @@ def decoder_from_settings(model, settings, context: int | None = None, selection
     """A Decoder from DoubleSparsity settings (compress.attention.config) and their channel file: each
     sparse layer's per-KV-head channel set; T from `context` (fixed, as the evaluation mode does) or, when
     None, from each step's cached tokens."""
-    from compress.attention.calibrate import attention_parts
-    from compress.attention.channels import read_channel_file
+    from compress.attention.calibration.calibrate import attention_parts
+    from compress.attention.calibration.channels import read_channel_file
     from compress.errors import BadInput
     from compress.model.roles import HeadLayout
 

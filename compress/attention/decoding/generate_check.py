@@ -1,5 +1,5 @@
-"""Checks of Double Sparsity decoding inside a model (compress.attention.generate) against independent paths:
-dense decoding through transformers' own cache, and the evaluation mode (compress.attention.runtime: the
+"""Checks of Double Sparsity decoding inside a model (compress.attention.decoding.generate) against independent paths:
+dense decoding through transformers' own cache, and the evaluation mode (compress.attention.evaluation.runtime: the
 PyTorch sparse attention with transformers' cache) after the same dense prefill. Used by the tests (CPU,
 Triton's interpreter, GPU) and by benchmarks/attention_decode.py.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from compress.attention.generate import MODES, Decoder, decoder_from_settings, greedy_generate
+from compress.attention.decoding.generate import MODES, Decoder, decoder_from_settings, greedy_generate
 
 __all__ = ["random_channel_file", "cache_logits", "compare_decoding", "appended_labels_exact", "host_syncs"]
 
@@ -17,8 +17,8 @@ __all__ = ["random_channel_file", "cache_logits", "compare_decoding", "appended_
 def random_channel_file(model, path: str | Path, seed: int = 0, prior: bool = False, projection: bool = False) -> Path:
     """A channel file of random rankings for `model` (timing and equivalence checks need no calibration);
     `prior` / `projection`: with a random position prior / random projected labels' maps too."""
-    from compress.attention.calibrate import attention_parts
-    from compress.attention.channels import write_channel_file
+    from compress.attention.calibration.calibrate import attention_parts
+    from compress.attention.calibration.channels import write_channel_file
     from compress.model.roles import HeadLayout
 
     layout = HeadLayout.of(model.config)
@@ -30,7 +30,7 @@ def random_channel_file(model, path: str | Path, seed: int = 0, prior: bool = Fa
     layers = len(attention_parts(model))
     priors = None
     if prior:
-        from compress.attention.prior import BUCKETS
+        from compress.attention.calibration.prior import BUCKETS
 
         priors = [torch.randn(layout.num_kv_heads, BUCKETS, generator=generator) * 4 for _ in range(layers)]
     maps = None
@@ -50,8 +50,8 @@ def cache_logits(model, prompt: torch.Tensor, forced: torch.Tensor, settings=Non
 
     from transformers import DynamicCache
 
-    from compress.attention.measure import _cache_argument
-    from compress.attention.runtime import sparse_attention
+    from compress.attention.evaluation.measure import _cache_argument
+    from compress.attention.evaluation.runtime import sparse_attention
 
     cache = {_cache_argument(model): DynamicCache()}
     logits = [model(input_ids=prompt, use_cache=True, **cache).logits[:, -1].float()]
@@ -101,8 +101,8 @@ def compare_decoding(model, prompt: torch.Tensor, new_tokens: int, settings, sel
 def appended_labels_exact(device: str) -> list[bool]:
     """append_labels (one token or several at a time, keys with transformers' strides) writes exactly what
     label_cache builds over the whole cache, 4- and 16-bit; with flat keys and exact half-step ties."""
-    from compress.attention.append import append_labels
-    from compress.attention.labels import label_cache
+    from compress.attention.decode_kernels.append import append_labels
+    from compress.attention.decode_kernels.labels import label_cache
 
     generator = torch.Generator().manual_seed(0)
     found = []
@@ -130,7 +130,7 @@ def host_syncs(model, decoder: Decoder, batch: int, length: int) -> dict[str, in
     one decode step after `length` random cached tokens, per mode; seen at the dispatcher, so on any device."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from compress.attention.generate import installed, step_inputs
+    from compress.attention.decoding.generate import installed, step_inputs
 
     reads = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default)
 

@@ -10,7 +10,7 @@ import random
 import torch
 
 from compress.attention.config import DoubleSparsity
-from compress.attention.runtime import sparse_attention
+from compress.attention.evaluation.runtime import sparse_attention
 
 __all__ = ["sparse_perplexity", "continuations", "greedy_agreement", "passkey_prompt", "passkey_accuracy"]
 

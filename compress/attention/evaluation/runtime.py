@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from compress.attention.calibrate import attention_parts
-from compress.attention.channels import read_channel_file
+from compress.attention.calibration.calibrate import attention_parts
+from compress.attention.calibration.channels import read_channel_file
 from compress.attention.config import DoubleSparsity
-from compress.attention.prior import prior_scores
-from compress.attention import sparse
+from compress.attention.calibration.prior import prior_scores
+from compress.attention.evaluation import sparse
 from compress.errors import BadInput
 from compress.model.roles import HeadLayout
 

@@ -6,9 +6,9 @@ queries are the last `queries` positions of the `keys` (a causal prefill or one 
 Under GQA one token set per KV head: label scores are summed over the query heads that share it.
 Labels: each key's heavy channels, quantised per key and head to `bits` (asymmetric min/max, round to
 nearest); 16 keeps them in float16.
-Projected labels (compress.attention.projection): `project_labels` maps queries by A and keys by B; the
+Projected labels (compress.attention.calibration.projection): `project_labels` maps queries by A and keys by B; the
 label scores over those are `label_scores(q A, k B, heavy=arange(r))`, as the decode kernels score a label
-cache built from k B with pre-projected queries (compress.attention.generate).
+cache built from k B with pre-projected queries (compress.attention.decoding.generate).
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ class AttentionStage(StrictConfig):
     """The channel file (JSON) to write."""
     mode: Literal["qk", "q", "k"] = "qk"
     projection: bool = False
-    """Also fit projected labels (compress.attention.projection), written beside the channel file."""
+    """Also fit projected labels (compress.attention.calibration.projection), written beside the channel file."""
     force: bool = False
     """Replace channel_file if it is a channel file compress wrote."""
 
@@ -34,20 +34,20 @@ class AttentionResult(StageResult):
 
 
 def _check_outputs(config: AttentionStage) -> None:
-    from compress.attention.channels import check_output_file
+    from compress.attention.calibration.channels import check_output_file
 
     check_output_file(config.channel_file, config.force, config.projection)
 
 
 def _check(session, config: AttentionStage) -> None:
-    from compress.attention.calibrate import attention_parts
+    from compress.attention.calibration.calibrate import attention_parts
 
     attention_parts(session.model)
 
 
 def _run(session, config: AttentionStage) -> AttentionResult:
-    from compress.attention.calibrate import channel_statistics, write_statistics
-    from compress.attention.channels import check_output_file
+    from compress.attention.calibration.calibrate import channel_statistics, write_statistics
+    from compress.attention.calibration.channels import check_output_file
 
     out = check_output_file(config.channel_file, config.force, config.projection)
     statistics = channel_statistics(session.model, session.calibration(), config.mode, session.device,

@@ -49,7 +49,7 @@ class EvalResult(StageResult):
 
 
 def _perplexity(session, config: EvalStage, settings: DoubleSparsity | None) -> dict:
-    from compress.attention.measure import sparse_perplexity
+    from compress.attention.evaluation.measure import sparse_perplexity
     from compress.calibrate.data import window_bos
 
     return sparse_perplexity(session.model, session.evaluation_tokens(config.source(), config.tokens), config.context,
@@ -80,7 +80,7 @@ def _readable(session, settings: DoubleSparsity):
     import tempfile
     from pathlib import Path
 
-    from compress.attention.projection import projection_path
+    from compress.attention.calibration.projection import projection_path
     from compress.paths import user_path
 
     target = user_path(settings.channel_file).absolute()
@@ -102,7 +102,7 @@ def _check(session, config: EvalStage) -> None:
 
         check_tasks(config.tasks)
     if config.double_sparsity is not None and not _written_earlier(session, config):
-        from compress.attention.runtime import build
+        from compress.attention.evaluation.runtime import build
 
         build(session.model, config.double_sparsity, config.context)  # reads and checks the channel file now
 
