@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=64)
     parser.add_argument("--deflate", type=int, default=1)
     parser.add_argument("--search-seed", type=int, default=0)
+    parser.add_argument("--targets", default=None, help="regex of the Linears to prune (default: all)")
     parser.add_argument("--global-iters", type=int, default=40, help="--permute global: steps per decoder layer")
     parser.add_argument("--global-tokens", type=int, default=4096, help="--permute global: tokens per step")
     parser.add_argument("--calib-seed", type=int, nargs="+", default=[0],
@@ -70,7 +71,7 @@ def run(args, run_meta, model, tokenizer, source, text) -> None:
     summary = {"meta": run_meta, "model": source, "versions": run_meta["versions"], "dense_ppl": round(dense, 3),
                "calibration": f"{args.nsamples}x{args.seqlen} {text.describe('Austen (5 novels)')}, seeds {args.calib_seed}",
                "eval": f"{text.describe('Persuasion')}, first {evaluation.numel()} tokens, context {args.context}",
-               "learned": learn.to_dict(), "rows": []}
+               "learned": learn.to_dict(), "targets": args.targets or "every Linear in the decoder layers", "rows": []}
     if "global" in args.kinds:
         from compress.permute import GlobalConfig
 
@@ -84,7 +85,7 @@ def run(args, run_meta, model, tokenizer, source, text) -> None:
             config = prune_config(method, pattern, permute=kind, perm_steps=args.steps, perm_block_size=args.block,
                                   perm_deflate=args.deflate, perm_seed=args.search_seed,
                                   **({"perm_iters": args.global_iters, "perm_tokens": args.global_tokens}
-                                     if kind == "global" else {}))
+                                     if kind == "global" else {}), **({"targets": args.targets} if args.targets else {}))
             started = time.perf_counter()
             result = prune_model(model, config, calib, args.device)
             seconds = time.perf_counter() - started

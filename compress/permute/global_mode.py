@@ -55,6 +55,7 @@ class GlobalConfig:
     mask_tau: float = 0.2  # soft-mask temperature, relative to the group's mean |score|
     init: float = 1.0  # starting logit of the heuristic permutation (the identity of every block)
     sinkhorn_iters: int = 20
+    keep: str = "best"  # best: the hardened permutation of the step with the lowest loss (as PermLLM); last
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -97,13 +98,15 @@ def block_layout(in_features: int, m: int, block: int, head_block: tuple[int, to
 
 
 def relaxed_weight(plan: GroupPlan, p: torch.Tensor, n: int, m: int, mask_tau: float, hard: bool) -> torch.Tensor:
-    """The pruned weight (original column order) under block permutation P: W' = W·Pᵀ per block, masked by
-    N:M of the permuted score (straight-through when `hard`, else the soft mask alone), moved back by P."""
-    permuted = permute_blocks(plan.weight, p, plan.unit_of_block)
+    """The pruned weight (original column order) under block permutation P: the N:M mask of the permuted
+    score S·Pᵀ (straight-through when `hard`, else the soft mask alone), moved back by P onto the unpermuted
+    weights. Only the mask depends on P: permuting the weights themselves too (W·Pᵀ, back by P) gives the
+    same value for a hard P, but its gradient rewards mixing kept columns to imitate pruned ones, which no
+    permutation can do (on a test problem it led the search far from its start, to a worse result)."""
     score = permute_blocks(plan.score, p, plan.unit_of_block)
     mask = nm_mask_ste(score, n, m, mask_tau) if hard else soft_nm_mask(score, n, m, mask_tau)
-    back = unpermute_blocks(permuted * mask, p, plan.unit_of_block)
-    return back[:, inverse(plan.start).to(back.device)]
+    pruned = plan.weight * unpermute_blocks(mask, p, plan.unit_of_block)
+    return pruned[:, inverse(plan.start).to(pruned.device)]
 
 
 def token_error(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -151,27 +154,34 @@ def learn_layer_permutations(plans: list[GroupPlan], forward: Callable[[dict, tu
     draw = _sampler(batches, config.tokens, generator)
     logits = [(config.init * torch.eye(plan.size, device=plan.weight.device)).repeat(plan.units, 1, 1)
               .requires_grad_() for plan in plans]
-    optimizer = torch.optim.Adam(logits, lr=config.lr)
-    losses, changed = [], 0
+    optimizer = torch.optim.SGD(logits, lr=config.lr)
+    losses, changed, best = [], 0, (float("inf"), None, -1)
     with torch.enable_grad():
         for step in range(config.steps):
             tau = _temperature(config, step)
-            weights = {}
+            weights, indices = {}, []
             for plan, lg in zip(plans, logits):
                 soft = sinkhorn(lg, tau, config.sinkhorn_iters)
-                p = straight_through(one_hot(harden(soft), soft.dtype), soft)
+                indices.append(harden(soft))
+                p = straight_through(one_hot(indices[-1], soft.dtype), soft)
                 weights.update(zip(plan.params, relaxed_weight(plan, p, n, m, config.mask_tau, True).split(plan.rows)))
             hidden, args, kwargs, ref = draw()
             loss = token_error(forward(weights, (hidden, args, kwargs)), ref)
+            if loss.item() < best[0]:  # the forward is exact for this hard permutation: keep the best seen
+                best = (loss.item(), indices, step)
             optimizer.zero_grad()
             loss.backward()
+            for lg in logits:  # the strongest entry moves by lr: a per-entry normalisation (Adam) moved every
+                lg.grad /= lg.grad.abs().max().clamp_min(1e-30)  # entry alike and drifted far on noise
             optimizer.step()
             losses.append(loss.item())
     perms = []
     with torch.no_grad():
-        for plan, lg in zip(plans, logits):
-            index = harden(sinkhorn(lg, config.tau_end, config.sinkhorn_iters))
+        final = [harden(sinkhorn(lg, config.tau_end, config.sinkhorn_iters)) for lg in logits]
+        chosen = final if config.keep == "last" or best[1] is None else best[1]
+        for plan, index in zip(plans, chosen):
             changed += int((index != torch.arange(plan.size, device=index.device)).sum())
             perms.append(plan.permutation(index))
     return perms, {"steps": config.steps, "train_loss_first": losses[0] if losses else None,
-                   "train_loss_last": losses[-1] if losses else None, "channels_moved": changed}
+                   "train_loss_last": losses[-1] if losses else None, "best_step": best[2],
+                   "best_loss": best[0] if best[1] is not None else None, "channels_moved": changed}
