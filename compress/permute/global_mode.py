@@ -3,11 +3,12 @@
 Per decoder layer, every pruned group of Linears (one input statistic, stacked when the method's score is
 row-independent) gets a block-diagonal permutation on top of its heuristic one: logits of shape
 (units, size, size), normalised by Sinkhorn at an annealed temperature. Each step hardens them by Hungarian
-matching per block; the weights are permuted, the N:M mask is recomputed from the permuted importance score
-(Wanda, RIA, or SparseGPT's |W|·√diag H), masked and put back in the original order — hard forward,
-Sinkhorn and a sigmoid soft mask backward (relaxed.py). The loss is the decoder layer's per-token relative
-output error against the dense layer's outputs on calibration tokens, whose inputs come from the already
-pruned earlier layers (the sequential pass). Weights stay frozen: only the logits learn (Adam).
+matching per block and recomputes the N:M mask from the permuted importance score (Wanda, RIA, or SparseGPT's
+|W|·√diag H); the mask, moved back to the original order, prunes the frozen weights — hard forward, Sinkhorn
+and a sigmoid soft mask backward (relaxed.py). The loss is the decoder layer's per-token relative output error
+against the dense layer's outputs on calibration windows, whose inputs come from the already pruned earlier
+layers (the sequential pass). Only the logits learn (normalised gradient steps); the hardened permutation of
+the step with the lowest loss is the result.
 
 The logits start at the identity, i.e. at the heuristic permutation. Attention o_proj blocks are the heads,
 and heads that share a KV head share one unit, so the result folds into v_proj as the heuristic's does;
@@ -24,8 +25,11 @@ Departs from it: PermLLM's reference code trains the permutations of all decoder
 dense model's last hidden states (1 − cosine similarity, several epochs over the calibration set, AdamW with a
 cosine schedule); here each decoder layer learns alone against its own dense output (per-token relative
 error, a few random windows per step), in the layer-sequential pass — cheaper, but blind to how errors grow
-downstream. The logits start at the heuristic permutation, not at random. The mask's straight-through gradient
-is a per-group sigmoid around the midpoint of the N-th and (N+1)-th scores. o_proj's blocks are heads shared by
+downstream. The logits start at the heuristic permutation, not at random, and take
+gradient steps normalised by their largest entry (not AdamW). The mask's straight-through gradient
+is a per-group sigmoid around the midpoint of the N-th and (N+1)-th scores. Only the mask depends on the
+permutation (relaxed_weight says why); PermLLM permutes the weights and inputs themselves. With RIA, whose
+score is not row-independent, each of q/k/v and gate/up gets its own permutation (PermLLM: one per input). o_proj's blocks are heads shared by
 KV group, so that it folds. SparseGPT learns with the mask-only relaxation; its weight update runs once, after
 hardening. A result is kept per group only where the layer's error does not rise; else the heuristic stays.
 """
