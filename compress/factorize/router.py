@@ -129,7 +129,7 @@ def train_router(moe: FactorizedMLP, inputs: torch.Tensor, teacher: torch.Tensor
     generator = torch.Generator().manual_seed(settings.seed)
     train, held = (part.to(inputs.device) for part in held_out_split(inputs.shape[0], settings.held_out, settings.seed))
     torch.randperm(inputs.shape[0], generator=generator)  # keeps the mini-batch draws of earlier versions
-    labels = par_labels(moe, inputs, teacher)
+    labels = par_labels(moe, inputs, teacher) if settings.steps else None  # no steps: agreement is not measured
     fit = RouterFit(chance_agreement=moe.top_k / moe.num_experts)
     weight = moe.router.weight
     if settings.steps:
@@ -153,7 +153,8 @@ def train_router(moe: FactorizedMLP, inputs: torch.Tensor, teacher: torch.Tensor
     if held.numel():
         with torch.no_grad():
             logits = moe.router(inputs[held]).float()
-            fit.held_out_agreement = _agreement(logits, labels[held], moe.top_k)
+            if labels is not None:
+                fit.held_out_agreement = _agreement(logits, labels[held], moe.top_k)
             fit.held_out_error = routed_error(moe, inputs[held], teacher[held])
             picked = route(logits, moe.top_k)[1].flatten()
             fit.load = (torch.bincount(picked, minlength=moe.num_experts).float() / picked.numel()).tolist()
