@@ -61,7 +61,7 @@ def main() -> None:
     hidden, intermediate = model.config.hidden_size, model.config.intermediate_size
     for spec in rows:
         experts, top_k, granularity, split, steps, *scale = spec.split(":")
-        config = FactorizeConfig(experts=int(experts), top_k=int(top_k), granularity=int(granularity), split=split,
+        config = FactorizeConfig(experts=int(experts), top_k=int(top_k), granularity=int(granularity), split=split, router="par",
                                  steps=int(steps), scale=scale[0] if scale else "top-k")
         work = copy.deepcopy(model)
         load_before = os.getloadavg()[0]

@@ -81,7 +81,7 @@ def main() -> None:
     teacher = teacher_targets(model, calibration, settings.distill_top, device)
     for spec in args.rows or (["4:2:1:cluster"] if args.tiny else ROWS):
         experts, top_k, granularity, split = spec.split(":")
-        config = FactorizeConfig(experts=int(experts), top_k=int(top_k), granularity=int(granularity), split=split,
+        config = FactorizeConfig(experts=int(experts), top_k=int(top_k), granularity=int(granularity), split=split, router="par",
                                  steps=router_steps)
         work = copy.deepcopy(model)
         load_before, clock = os.getloadavg()[0], time.perf_counter()

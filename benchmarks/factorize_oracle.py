@@ -69,7 +69,7 @@ def main() -> None:
               "rows": []}
     for spec in args.rows or (TINY_ROWS if args.tiny else ROWS):
         experts, top_k, granularity, split, *scale = spec.split(":")
-        config = FactorizeConfig(experts=int(experts), top_k=int(top_k), granularity=int(granularity), split=split,
+        config = FactorizeConfig(experts=int(experts), top_k=int(top_k), granularity=int(granularity), split=split, router="par",
                                  steps=0, scale=scale[0] if scale else "top-k")
         work = copy.deepcopy(model)
         factorize_model(work, config)
