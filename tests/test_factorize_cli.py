@@ -157,3 +157,18 @@ def test_pruning_after_factorize_refuses_what_does_not_apply(stage, message, tin
                       f"  - prune: {stage}\n")
     result = invoke("run", recipe, tiny_model_dir, "--quiet")
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_active_share_by_default_exports_qwen2_moe_with_the_shared_neurons(tiny_model_dir, text_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "moe"
+    result = invoke("factorize", tiny_model_dir, "--text", text_file, "--nsamples", 8, "--seqlen", 64, "--eval",
+                    "--eval-text", text_file, "--eval-context", 64, "--eval-tokens", 256, "--json", "--out", out)
+    assert result.exit_code == 0, result.output
+    stage = json.loads(result.stdout)["stages"][0]["result"]
+    assert (stage["active"], stage["shared"], stage["experts"], stage["top_k"], stage["router"]) == (0.5, 4, 12, 4, "analytic")
+    assert stage["ffn_flops_share"] == 0.5 and stage["exports_to"] == "qwen2_moe"
+    assert all(layer["info"]["shared_neurons"] == 128 * 4 // 16 for layer in stage["layers"])
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert type(loaded).__name__ == "Qwen2MoeForCausalLM" and loaded.config.shared_expert_intermediate_size == 32

@@ -74,9 +74,21 @@ def _export(session, out, manifest: dict, extra_files: dict) -> None:
                                              extra_files=extra_files)
 
 
+def _exports_to(config, shared: bool) -> str | None:
+    """What --out would write: the stock MoE type, the compress.load checkpoint, or None (not exportable)."""
+    from compress.errors import BadInput
+    from compress.factorize.export import EXPORTS, export_target
+
+    if getattr(config, "model_type", None) not in EXPORTS:
+        return "compress-factorized (compress.load)"
+    try:
+        return export_target(config, shared)
+    except BadInput:
+        return None
+
+
 def _run(session, config: FactorizeStage) -> FactorizeResultReport:
     from compress.factorize.apply import factorize_model
-    from compress.factorize.export import EXPORTS
 
     calibration = session.calibration() if config.needs_calibration() else None
     result = factorize_model(session.model, config, calibration, session.device, on_layer=session.progress.layer)
@@ -88,7 +100,7 @@ def _run(session, config: FactorizeStage) -> FactorizeResultReport:
         total_experts=config.total_experts, total_top_k=config.total_top_k, scale=config.scale, train=config.train, steps=config.router_steps,
         lr=config.lr, par_weight=config.par_weight, balance_weight=config.balance_weight, seed=config.seed,
         training_tokens=summary.pop("tokens"), ffn_flops_share=config.active_share,
-        exports_to=EXPORTS.get(getattr(session.model.config, "model_type", None), "compress-factorized (compress.load)"),
+        exports_to=_exports_to(session.model.config, config.shared > 0),
         **summary)
 
 
