@@ -16,8 +16,8 @@ from compress.attention.decoding.generate_check import appended_labels_exact, co
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_model(device="cpu", layers=3):
-    """A random float16 Llama with the default model's head layout: 9 query heads on 3 KV heads of 64."""
+def tiny_model(device="cpu", layers=3, dtype=torch.float16):
+    """A random Llama (float16 unless told) with the default model's head layout: 9 query heads on 3 KV heads of 64."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -25,7 +25,7 @@ def tiny_model(device="cpu", layers=3):
                          num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=1024,
                          tie_word_embeddings=False)
     config._attn_implementation = "sdpa"
-    return LlamaForCausalLM(config).eval().to(device, torch.float16)
+    return LlamaForCausalLM(config).eval().to(device, dtype)
 
 
 def settings(path, bits, tokens="1/8"):
@@ -84,7 +84,7 @@ def test_projected_labels_decode_as_the_evaluation_mode(bits, selection, tmp_pat
 INTERPRETED = f"""
 import json, tempfile
 import torch
-from compress.attention.decoding.generate_check import random_channel_file, compare_decoding
+from compress.attention.decoding.generate_check import random_channel_file, compare_decoding, compare_cache_generation
 from compress.attention.decoding.generate import decoder_from_settings
 from compress.attention.decoding.generate_check import appended_labels_exact, host_syncs
 from tests.test_attention_generate import settings, tiny_model
@@ -103,7 +103,10 @@ with tempfile.TemporaryDirectory() as tmp:
     rows.append(compare_decoding(model, prompt, 6, settings(projected, 4).model_copy(
         update={{"labels": "projection", "position_prior": True}}), "threshold"))
     syncs = host_syncs(model, decoder_from_settings(model, settings(path, 4)), 2, 300)
-print(json.dumps({{"rows": rows, "append": appended_labels_exact("cpu"), "syncs": syncs}}))
+    prompt = torch.randint(0, 320, (2, 120), generator=torch.Generator().manual_seed(6))
+    cache_rows = [compare_cache_generation(model, prompt, 6, settings(projected, 4).model_copy(
+        update={{"position_prior": True}}), "threshold")]  # model.generate with a DoubleSparseCache
+print(json.dumps({{"rows": rows, "cache_rows": cache_rows, "append": appended_labels_exact("cpu"), "syncs": syncs}}))
 """
 
 
@@ -121,7 +124,7 @@ def test_triton_kernels_in_the_interpreter_match():
     # One float16 ulp added to every attention output moves this tiny random model's logits by 2.1% of the
     # largest (measured), so the exact rows get that bound here; the steps' kernel outputs themselves are
     # checked against the PyTorch math in test_attention_kernels.py.
-    for row in result["rows"]:
+    for row in result["rows"] + result["cache_rows"]:
         check(row, sparse_layers=2, exact_bound=0.03)
 
 

@@ -10,6 +10,19 @@ matter; attention then reads only the top tokens.
   decode_kernels/   one decode step on a label cache: its formats in PyTorch (decode_torch.py, what the CPU
                     runs) and the Triton kernels (labels, select, decode, append; imported only where used),
                     and their benchmark
-  decoding/         Double Sparsity inside the model's own generation: the caches, the attention function,
-                    greedy decoding and its checks
+  decoding/         Double Sparsity inside the model's own generation: DoubleSparseCache for stock
+                    `model.generate`, the step benchmarks' decoder, and their checks
+
+    from compress.attention import DoubleSparseCache
+    model.generate(ids, cache=DoubleSparseCache(model, "channels.json"))  # or past_key_values=, as transformers names it
 """
+
+__all__ = ["DoubleSparseCache", "install", "uninstall"]
+
+
+def __getattr__(name: str):
+    if name in __all__:  # transformers is imported only when asked for
+        from compress.attention.decoding import cache
+
+        return getattr(cache, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

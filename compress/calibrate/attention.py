@@ -18,12 +18,13 @@ from torch import nn
 
 from compress.calibrate.collectors import ChannelMeanAbs
 
-__all__ = ["override_attention", "capture_attention", "collect_qk"]
+__all__ = ["override_attention", "capture_attention", "collect_qk", "inner_attention"]
 
 NAME = "compress_capture"
 
 
-def _inner(module: nn.Module, implementation: str) -> Callable:
+def inner_attention(module: nn.Module, implementation: str) -> Callable:
+    """The attention function `implementation` names for `module` (eager: its family's own)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     if implementation and implementation != "eager" and implementation in ALL_ATTENTION_FUNCTIONS:
@@ -43,7 +44,7 @@ def override_attention(modules, wrap: Callable, name: str = NAME):
     previous = {key: config._attn_implementation for key, config in configs.items()}
 
     def attention(module, query, key, value, attention_mask, **kwargs):
-        inner = _inner(module, previous[id(module.config)])
+        inner = inner_attention(module, previous[id(module.config)])
         return wrap(module, inner, query, key, value, attention_mask, **kwargs)
 
     for key, config in configs.items():

@@ -1,4 +1,5 @@
-"""`compress attention generate`: greedy continuations of a prompt, dense and with Double Sparsity decode steps."""
+"""`compress attention generate`: greedy continuations of a prompt through `model.generate`, dense and with a
+DoubleSparseCache (compress.attention.decoding.cache)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -43,7 +44,7 @@ def generate(
     """Greedy continuations of a prompt after a dense prefill: dense, and with Double Sparsity decode steps."""
     with exit_codes(FLAGS.get):
         from compress.attention.config import DoubleSparsity
-        from compress.attention.decoding.generate import continue_text
+        from compress.attention.decoding.cache import continue_text
         from compress.config import check_count
         from compress.errors import BadInput
         from compress.model.loading import load_model, resolve_device

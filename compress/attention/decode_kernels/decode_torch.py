@@ -1,5 +1,5 @@
-"""The PyTorch side of Double Sparsity decode: the label cache's two formats (built, read back, sized) and
-top-T selection by torch.topk. Plain PyTorch, so decoding runs where Triton is absent (the CPU install); the
+"""The PyTorch side of Double Sparsity decode: the label cache's two formats (built, read back, sized), top-T
+selection by torch.topk, and a whole decode step (`reference_decode`, what the CPU runs). Plain PyTorch, so decoding runs where Triton is absent (the CPU install); the
 kernels (labels.py, select.py, decode.py) read the same formats.
 
   16 bits  (b, kv_heads, n, r) float16: each key's r heavy channels
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["label_cache", "dequantize_labels", "label_bytes", "token_count", "select_top"]
+__all__ = ["label_cache", "dequantize_labels", "label_bytes", "token_count", "select_top", "reference_decode"]
 
 
 def _half_bits(x: torch.Tensor) -> torch.Tensor:
@@ -71,3 +71,46 @@ def select_top(scores: torch.Tensor, budget: int) -> torch.Tensor:
     if n <= budget:
         return torch.arange(n, device=scores.device, dtype=torch.int32).expand(b, kvh, n)
     return scores.topk(budget, dim=-1, sorted=False).indices.to(torch.int32)
+
+
+def reference_decode(query, key, value, labels, heavy, budget, scale: float, bits: int,
+                     prior: torch.Tensor | None = None, scored: torch.Tensor | None = None,
+                     allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """double_sparse_decode's math in PyTorch (float32 scores, torch.topk): (b, heads, d). `budget`: T, or one
+    per row; `scored`: the query the labels are scored with (projected labels), when not the query itself;
+    `allowed` (b, n) bool: the keys each row may read (left padding: a row's tokens start at its first allowed
+    key, where its position prior starts too), else every key."""
+    b, heads, d = query.shape
+    kv_heads, n, r = key.shape[1], key.shape[2], heavy.shape[-1]
+    group = heads // kv_heads
+    cached = dequantize_labels(labels, r) if bits == 4 else labels.float()  # (b, kv_heads, n, r)
+    index = heavy.long()[None].expand(b, kv_heads, r)
+    scored = query if scored is None else scored
+    q = torch.gather(scored.float().view(b, kv_heads, group, -1), -1, index[:, :, None].expand(b, kv_heads, group, r))
+    scores = torch.einsum("bkr,bknr->bkn", q.sum(2), cached)
+    if prior is not None:  # each query head's prior for the row's last query, summed over the group
+        from compress.attention.calibration.prior import prior_scores
+
+        each_kv = torch.arange(kv_heads, device=prior.device)
+        if allowed is None:
+            scores = scores + group * prior_scores(prior, each_kv, 1, n)[0, :, 0].to(scores.device)
+        else:
+            starts = (n - allowed.sum(-1)).tolist()
+            for start in sorted(set(starts)):
+                rows = [i for i, s in enumerate(starts) if s == start]
+                scores[rows, :, start:] += group * prior_scores(prior, each_kv, 1, n - start)[0, :, 0].to(scores.device)
+    per_row = isinstance(budget, list)  # host values: no read of a tensor (a CUDA graph holds the step)
+    chosen = scores.masked_fill(~allowed[:, None], float("-inf")) if allowed is not None else scores
+    chosen = chosen.topk(min(n, max(budget) if per_row else budget), dim=-1).indices  # (b, kv_heads, T)
+    keep = None
+    if per_row:
+        keep = torch.arange(chosen.shape[-1], device=scores.device) < torch.tensor(budget, device=scores.device)[:, None, None]
+    if allowed is not None:
+        inside = allowed[:, None].expand(b, kv_heads, n).gather(-1, chosen)
+        keep = inside if keep is None else keep & inside
+    gathered = chosen[..., None].expand(-1, -1, -1, d)
+    k, v = torch.gather(key, 2, gathered).float(), torch.gather(value, 2, gathered).float()
+    logits = query.float().view(b, kv_heads, group, d) @ k.transpose(-1, -2) * scale
+    if keep is not None:
+        logits = logits.masked_fill(~keep[:, :, None], float("-inf"))
+    return (torch.softmax(logits, -1) @ v).view(b, heads, d).to(query.dtype)

@@ -1,6 +1,9 @@
 """Double Sparsity inside the model's own decoding.
 
-  generate.py        each layer's KV and label caches kept behind the attention registry, appended per step;
-                     greedy decoding with the kernels (CUDA, or Triton's interpreter) or the PyTorch path
-  generate_check.py  checks it against dense decoding and the evaluation mode
+  cache.py           DoubleSparseCache: a transformers Cache holding the KV and label caches, and the attention
+                     function it installs, so stock `model.generate` (greedy, sampling, left-padded batches)
+                     decodes sparsely; `compress attention generate` runs through it
+  generate.py        a decoder with buffers of its own (sized up front, so one CUDA graph holds a decode step),
+                     for the step benchmarks; the settings both read (decoder_from_settings)
+  generate_check.py  checks both against dense decoding and the evaluation mode
 """

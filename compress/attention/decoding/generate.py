@@ -1,16 +1,20 @@
-"""Double Sparsity inside real decoding: the model runs its own forward, our attention function (installed
-through transformers' attention-function registry, no model code patched) keeps the KV cache and, next to
-it, the label cache of every layer.
+"""Double Sparsity decoding with buffers of its own, for timing a decode step as one CUDA graph
+(benchmarks/attention_decode.py) and for the checks of compress.attention.decoding.generate_check. Stock
+`model.generate` goes through compress.attention.decoding.cache instead, which reads the same settings
+(`decoder_from_settings`) and runs the same decode step.
 
-The model is called without transformers' cache (use_cache=False, explicit position_ids): each attention
-call hands over only the new tokens' post-RoPE q/k/v, the `Decoder` appends them to its own buffers and
-the new keys' labels to the label cache (labels are never rebuilt over the past: that would read every
-cached key). The first call of a generation is the prefill (the model's own attention, dense); every later
-call is one decode step (q_len 1): the first `dense_layers` layers and sliding-window layers attend densely
-(the implementation the model was using), the others score the cached labels, keep the top T tokens per
-KV head and attend exactly over them, with the Triton kernels of compress.attention.decode_kernels.decode on CUDA (or in
-Triton's interpreter, TRITON_INTERPRET=1), else the same math in PyTorch. A step with ≤ T cached tokens
-(the new one included) attends to all of them, as in the evaluation mode. Batches without padding.
+The model runs its own forward; our attention function (installed through transformers' attention-function
+registry, no model code patched) keeps the KV cache and, next to it, the label cache of every layer. The
+model is called without transformers' cache (use_cache=False, explicit position_ids): each attention call
+hands over only the new tokens' post-RoPE q/k/v, the `Decoder` appends them to its own buffers (sized up
+front: no growth inside a captured step) and the new keys' labels to the label cache (labels are never
+rebuilt over the past: that would read every cached key). The first call of a generation is the prefill
+(the model's own attention, dense); every later call is one decode step (q_len 1): the first `dense_layers`
+layers and sliding-window layers attend densely (the implementation the model was using), the others score
+the cached labels, keep the top T tokens per KV head and attend exactly over them, with the Triton kernels
+of compress.attention.decode_kernels.decode on CUDA (or in Triton's interpreter, TRITON_INTERPRET=1), else
+the same math in PyTorch (decode_torch.reference_decode). A step with ≤ T cached tokens (the new one
+included) attends to all of them, as in the evaluation mode. Batches without padding.
 """
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Decoder", "decoder_from_settings", "installed", "greedy_generate", "continue_text", "step_inputs",
-           "reference_decode", "MODES", "SELECTIONS"]
+__all__ = ["Decoder", "decoder_from_settings", "installed", "greedy_generate", "step_inputs", "kernels_available",
+           "MODES", "SELECTIONS"]
 
 NAME = "compress_double_sparsity_decode"
 MODES = ("sparse", "dense", "skip")  # skip: attention returns zeros (timing the rest of the step)
@@ -31,31 +35,6 @@ SELECTIONS = ("threshold", "topk-half", "topk")  # compress.attention.decode_ker
 
 def kernels_available(tensor: torch.Tensor) -> bool:
     return tensor.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def reference_decode(query, key, value, labels, heavy, budget: int, scale: float, bits: int,
-                     prior: torch.Tensor | None = None, scored: torch.Tensor | None = None) -> torch.Tensor:
-    """double_sparse_decode's math in PyTorch (float32 scores, torch.topk): (b, heads, d); `scored`: the
-    query the labels are scored with (projected labels), when not the query itself."""
-    from compress.attention.decode_kernels.decode_torch import dequantize_labels, select_top
-
-    b, heads, d = query.shape
-    kv_heads, r = key.shape[1], heavy.shape[-1]
-    group = heads // kv_heads
-    cached = dequantize_labels(labels, r) if bits == 4 else labels.float()  # (b, kv_heads, n, r)
-    index = heavy.long()[None].expand(b, kv_heads, r)
-    scored = query if scored is None else scored
-    q = torch.gather(scored.float().view(b, kv_heads, group, -1), -1, index[:, :, None].expand(b, kv_heads, group, r))
-    scores = torch.einsum("bkr,bknr->bkn", q.sum(2), cached)
-    if prior is not None:  # each query head's prior for the query at n - 1, summed over the group
-        from compress.attention.calibration.prior import prior_scores
-
-        each_kv = torch.arange(kv_heads, device=prior.device)
-        scores = scores + group * prior_scores(prior, each_kv, 1, scores.shape[-1])[0, :, 0].to(scores.device)
-    chosen = select_top(scores, budget).long()[..., None].expand(-1, -1, -1, d)
-    k, v = torch.gather(key, 2, chosen).float(), torch.gather(value, 2, chosen).float()
-    logits = query.float().view(b, kv_heads, group, d) @ k.transpose(-1, -2) * scale
-    return (torch.softmax(logits, -1) @ v).view(b, heads, d).to(query.dtype)
 
 
 @dataclass
@@ -198,6 +177,8 @@ class Decoder:
             index = select_tokens(scored, labels, heavy, budget, self.selection, prior)[1]
             out = sparse_decode(query[:, :, 0], keys, values, index, scale)
         else:
+            from compress.attention.decode_kernels.decode_torch import reference_decode
+
             out = reference_decode(query[:, :, 0], keys, values, labels, heavy, budget, scale, self.label_bits, prior,
                                    scored)
         self.steps += 1
@@ -287,28 +268,3 @@ def greedy_generate(model, prompt: torch.Tensor, new_tokens: int, decoder: Decod
                 inputs = step_inputs(prompt.shape[0], decoder.length, prompt.device)
                 out = model(input_ids=tokens[-1][:, None], **inputs).logits[:, -1].float()
     return torch.stack(tokens, 1), torch.stack(logits, 1)
-
-
-def continue_text(model, tokenizer, text: str, new_tokens: int, settings, selection: str = "threshold") -> dict:
-    """Greedy continuations of `text`: dense (every cached token) and with Double Sparsity decode steps (T
-    from each step's context), both through the decoder's own caches; the texts, agreement, wall seconds."""
-    import time
-
-    from compress.errors import BadInput
-
-    ids = tokenizer(text)["input_ids"]
-    if not ids:
-        raise BadInput("the prompt holds no tokens", key="prompt")
-    ids = torch.tensor([ids], device=next(model.parameters()).device)
-    sparse = decoder_from_settings(model, settings, selection=selection)
-    dense = Decoder(sparse.heavy, sparse.budget, sparse.label_bits, selection, mode="dense")
-    runs = {}
-    for name, decoder in (("dense", dense), ("sparse", sparse)):
-        began = time.perf_counter()
-        runs[name] = greedy_generate(model, ids, new_tokens, decoder)[0][0], time.perf_counter() - began
-    same = (runs["dense"][0] == runs["sparse"][0]).tolist()
-    return {"prompt_tokens": ids.shape[1], "new_tokens": new_tokens, "kernels": kernels_available(ids),
-            **{name: tokenizer.decode(tokens.tolist()) for name, (tokens, _) in runs.items()},
-            "agreement": sum(same) / len(same), "common_prefix": same.index(False) if False in same else len(same),
-            "kept_per_step": sparse.kept / sparse.steps if sparse.steps else None,
-            "dense_seconds": runs["dense"][1], "sparse_seconds": runs["sparse"][1]}

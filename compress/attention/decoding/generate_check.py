@@ -1,4 +1,5 @@
-"""Checks of Double Sparsity decoding inside a model (compress.attention.decoding.generate) against independent paths:
+"""Checks of Double Sparsity decoding inside a model (compress.attention.decoding.generate's Decoder, and stock
+`model.generate` with compress.attention.decoding.cache's DoubleSparseCache) against independent paths:
 dense decoding through transformers' own cache, and the evaluation mode (compress.attention.evaluation.runtime: the
 PyTorch sparse attention with transformers' cache) after the same dense prefill. Used by the tests (CPU,
 Triton's interpreter, GPU) and by benchmarks/attention_decode.py.
@@ -11,7 +12,8 @@ import torch
 
 from compress.attention.decoding.generate import MODES, Decoder, decoder_from_settings, greedy_generate
 
-__all__ = ["random_channel_file", "cache_logits", "compare_decoding", "appended_labels_exact", "host_syncs"]
+__all__ = ["random_channel_file", "cache_logits", "compare_decoding", "compare_cache_generation",
+           "appended_labels_exact", "host_syncs"]
 
 
 def random_channel_file(model, path: str | Path, seed: int = 0, prior: bool = False, projection: bool = False) -> Path:
@@ -85,9 +87,36 @@ def compare_decoding(model, prompt: torch.Tensor, new_tokens: int, settings, sel
     evaluation = cache_logits(model, prompt, tokens, settings, context)
     forced = decoder_from_settings(model, settings, context, selection)
     _, logits = greedy_generate(model, prompt, new_tokens, forced, forced=tokens)
-    budget = settings.token_count(context)
-    return {"prompt": prompt.shape[1], "batch": prompt.shape[0], "new_tokens": new_tokens, "budget": budget,
-            "selection": selection, "label_bits": settings.label_bits,
+    return _row(model, prompt, settings, selection, (dense_tokens, dense_logits, reference), (tokens, logits, evaluation),
+                sparse)
+
+
+def compare_cache_generation(model, prompt: torch.Tensor, new_tokens: int, settings, selection: str = "threshold"
+                             ) -> dict:
+    """`model.generate` with a DoubleSparseCache vs stock dense generation (the cache at T = the whole context)
+    and vs the evaluation mode (T fixed by prompt + new tokens): the keys of `compare_decoding`."""
+    from compress.attention.decoding.cache import DoubleSparseCache, generate_tokens
+
+    context = prompt.shape[1] + new_tokens
+    dense_tokens, dense_logits = generate_tokens(model, prompt, new_tokens)
+    everything = settings.model_copy(update={"tokens": "1/1"})
+    full_tokens, full_logits = generate_tokens(model, prompt, new_tokens, DoubleSparseCache(model, everything,
+                                                                                            selection=selection))
+    cache = DoubleSparseCache(model, settings, context, selection)
+    tokens, logits = generate_tokens(model, prompt, new_tokens, cache)
+    evaluation = cache_logits(model, prompt, tokens, settings, context)
+    return _row(model, prompt, settings, selection, (full_tokens, full_logits, dense_logits),
+                (tokens, logits, evaluation), cache)
+
+
+def _row(model, prompt: torch.Tensor, settings, selection: str, dense: tuple, sparse: tuple, counted) -> dict:
+    """The comparison's numbers: `dense` and `sparse` are (tokens, logits, the reference logits they are held
+    to); `counted` has the sparse run's `steps` and `kept`."""
+    (dense_tokens, dense_logits, reference), (tokens, logits, evaluation) = dense, sparse
+    new_tokens = tokens.shape[1]
+    return {"prompt": prompt.shape[1], "batch": prompt.shape[0], "new_tokens": new_tokens,
+            "budget": settings.token_count(prompt.shape[1] + new_tokens), "selection": selection,
+            "label_bits": settings.label_bits,
             "dense_tokens_equal": bool(torch.equal(dense_tokens, reference.argmax(-1))),
             "dense_logit_error": _error(dense_logits, reference),
             "dense_tokens_near_argmax": _near_argmax(dense_tokens, dense_logits, reference),
@@ -95,7 +124,7 @@ def compare_decoding(model, prompt: torch.Tensor, new_tokens: int, settings, sel
             "sparse_tokens_near_argmax": _near_argmax(tokens, logits, evaluation),
             "sparse_logit_error_vs_evaluation": _error(logits, evaluation),
             "sparse_logit_change_vs_dense": _error(evaluation, cache_logits(model, prompt, tokens)),
-            "sparse_steps": sparse.steps, "kept_per_step": sparse.kept / max(1, sparse.steps)}
+            "sparse_steps": counted.steps, "kept_per_step": counted.kept / max(1, counted.steps)}
 
 
 def appended_labels_exact(device: str) -> list[bool]:

@@ -1,0 +1,240 @@
+"""Double Sparsity inside stock generation: `model.generate(ids, cache=DoubleSparseCache(model, settings))`.
+
+`DoubleSparseCache` is a transformers DynamicCache whose sparse layers (full-attention layers from
+`dense_layers` on) keep, beside their keys and values, a label cache (the formats of
+compress.attention.decode_kernels.decode_torch), appended as keys are: labels are never rebuilt over the past.
+Creating one installs, once per model, an attention function through transformers' AttentionInterface
+(`install`; no model code patched). That function runs the implementation the model was using, except for a
+decode step (one query) of a layer whose keys a DoubleSparseCache has just stored: the step scores the layer's
+labels, keeps the top T tokens per KV head and attends exactly over them, with the Triton kernels of
+compress.attention.decode_kernels on CUDA (or in Triton's interpreter, TRITON_INTERPRET=1) for batches without
+padding, else in PyTorch (padded rows: left padding, the pads never chosen).
+
+T is the settings' token budget of the row's context (its cached tokens, padding excluded), or of `context`
+when given (fixed for every step, as the evaluation mode fixes it); a step whose rows all hold ≤ T tokens runs
+the model's own attention. The prefill, and any call of several queries, is dense. A forward without a
+DoubleSparseCache runs as before, so an installed model stays usable with any other cache.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+__all__ = ["DoubleSparseCache", "LabelledLayer", "install", "uninstall", "generate_tokens", "continue_text", "NAME"]
+
+NAME = "compress_double_sparse_cache"
+# id(attention module) -> (the cache that has just stored that module's keys, layer index); read (and cleared)
+# by the attention call that follows the store inside the same module's forward
+_STORED: dict[int, tuple[weakref.ref, int]] = {}
+
+
+class LabelledLayer(DynamicLayer):
+    """One sparse layer: transformers' growing key/value cache plus the keys' labels. `heavy` (kv_heads, r)
+    int32 channels the labels hold; `key_map` (kv_heads, head_dim, r): projected labels (k B), else None."""
+
+    def __init__(self, heavy: torch.Tensor, bits: int, key_map: torch.Tensor | None = None):
+        super().__init__()
+        self.heavy, self.bits, self.key_map = heavy, bits, key_map
+        self.labels: torch.Tensor | None = None  # 16 bits (b, kv_heads, n, r); 4 bits (b, kv_heads, planes, n)
+
+    def _token_dim(self) -> int:
+        return 3 if self.bits == 4 else 2
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        from compress.attention.decode_kernels.decode_torch import label_cache
+
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        source = key_states if self.key_map is None else key_states.float() @ self.key_map[None]
+        new = label_cache(source, self.heavy, self.bits)
+        self.labels = new if self.labels is None else torch.cat([self.labels, new], dim=self._token_dim())
+        return keys, values
+
+    def reset(self) -> None:
+        super().reset()
+        self.labels = None
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)
+        if self.labels is not None and self.keys is not None:
+            self.labels = self.labels.narrow(self._token_dim(), 0, self.keys.shape[-2])
+
+    def _rows(self, pick) -> None:
+        if self.labels is not None:
+            self.labels = pick(self.labels)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        self._rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self._rows(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self._rows(lambda t: t[indices, ...])
+
+
+class DoubleSparseCache(DynamicCache):
+    """The KV and label caches of one generation with Double Sparsity decode steps (module docstring).
+    `settings`: DoubleSparsity (compress.attention.config) or a channel file's path (default settings);
+    `context`: fix T as that fraction of `context` tokens (else of each step's context); `selection`: the
+    kernels' top-T select (compress.attention.decode_kernels.decode.SELECTIONS). Counts the sparse layer-steps
+    run (`steps`) and the tokens they kept per row and KV head (`kept`)."""
+
+    def __init__(self, model, settings, context: int | None = None, selection: str = "threshold"):
+        from compress.attention.calibration.calibrate import attention_parts
+        from compress.attention.config import DoubleSparsity
+        from compress.attention.decoding.generate import decoder_from_settings
+
+        if isinstance(settings, str):
+            settings = DoubleSparsity(channel_file=settings)
+        self.plan = decoder_from_settings(model, settings, context, selection)
+        super().__init__(config=model.config)
+        self.modules = [part.module for part in attention_parts(model)]
+        for i, heavy in enumerate(self.plan.heavy):
+            if heavy is not None and type(self.layers[i]) is DynamicLayer:  # sliding-window layers stay dense
+                key_map = None if self.plan.maps is None else self.plan.maps[i][1]
+                self.layers[i] = LabelledLayer(heavy, self.plan.label_bits, key_map)
+        self.steps, self.kept = 0, 0.0
+        self._mask, self._padded = None, False
+        install(model)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if isinstance(self.layers[layer_idx], LabelledLayer):
+            _STORED[id(self.modules[layer_idx])] = (weakref.ref(self), layer_idx)
+        return keys, values
+
+    def summary(self) -> dict:
+        return {"sparse_steps": self.steps, "kept_per_step": self.kept / self.steps if self.steps else None}
+
+    def attend(self, layer: int, module, inner, query, key, value, attention_mask, scaling, dropout, **kwargs):
+        """One decode step of a sparse layer: (batch, 1, heads, head_dim), or the model's own attention when
+        every row's budget covers its context."""
+        from compress.attention.decode_kernels.decode_torch import reference_decode
+        from compress.attention.decoding.generate import kernels_available
+
+        n = key.shape[2]
+        allowed = _allowed_keys(attention_mask, n)
+        if attention_mask is not self._mask:  # the layers of a step share one mask: one host read a step
+            self._mask, self._padded = attention_mask, allowed is not None and not bool(allowed.all())
+        padded = self._padded
+        counts = allowed.sum(-1).tolist() if padded else [n] * query.shape[0]
+        budgets = [self.plan.budget(count) for count in counts]
+        if all(t >= count for t, count in zip(budgets, counts)):
+            return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        plan = self.plan
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        labels = self.layers[layer].labels
+        prior = None if plan.prior is None else plan.prior[layer]
+        scored = plan.label_source(layer, query[:, :, 0], query=True)
+        if kernels_available(query) and not padded:
+            from compress.attention.decode_kernels.decode import select_tokens, sparse_decode
+
+            index = select_tokens(scored, labels, plan.heavy[layer], budgets[0], plan.selection, prior)[1]
+            out = sparse_decode(query[:, :, 0], key, value, index, scale)
+        else:
+            out = reference_decode(query[:, :, 0], key, value, labels, plan.heavy[layer], budgets, scale,
+                                   plan.label_bits, prior, scored, allowed if padded else None)
+        self.steps += 1
+        self.kept += sum(min(t, count) for t, count in zip(budgets, counts)) / len(counts)
+        return out[:, None], None
+
+
+def _allowed_keys(mask: torch.Tensor | None, keys: int) -> torch.Tensor | None:
+    """(b or 1, keys) bool: the keys the step's query may read (the mask's last query row), None for all."""
+    if mask is None:
+        return None
+    if mask.dim() == 2:  # a padding mask (b, keys), as flash attention takes it
+        return mask[:, -keys:].bool()
+    row = mask[:, 0, -1, :keys]
+    return row if row.dtype == torch.bool else row == 0
+
+
+def _attention(module, query, key, value, attention_mask, *, previous: str, scaling=None, dropout=0.0, **kwargs):
+    from compress.calibrate.attention import inner_attention
+
+    inner = inner_attention(module, previous)
+    stored = _STORED.pop(id(module), None)
+    cache = stored[0]() if stored else None
+    window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
+    if cache is None or query.shape[2] != 1 or window or key is not cache.layers[stored[1]].keys:
+        return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    return cache.attend(stored[1], module, inner, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+
+def _configs(model) -> dict:
+    from compress.attention.calibration.calibrate import attention_parts
+
+    return {id(part.module.config): part.module.config for part in attention_parts(model)}
+
+
+def install(model) -> None:
+    """Route the model's attention through the Double Sparsity decode step (idempotent): calls with a
+    DoubleSparseCache decode sparsely, every other call runs the implementation the model was using."""
+    from functools import partial
+
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    for config in _configs(model).values():
+        previous = config._attn_implementation or "eager"
+        if previous.startswith(NAME):
+            continue
+        registered = f"{NAME}_{previous}"  # one name per wrapped implementation
+        AttentionInterface.register(registered, partial(_attention, previous=previous))
+        if previous in ALL_MASK_ATTENTION_FUNCTIONS:
+            AttentionMaskInterface.register(registered, ALL_MASK_ATTENTION_FUNCTIONS[previous])
+        config._attn_implementation = registered
+
+
+def uninstall(model) -> None:
+    """Give the model back the attention implementation it had before `install`."""
+    for config in _configs(model).values():
+        current = config._attn_implementation or ""
+        if current.startswith(NAME):
+            config._attn_implementation = current[len(NAME) + 1:]
+
+
+def generate_tokens(model, prompt: torch.Tensor, new_tokens: int, cache=None, **options
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens (b, new_tokens), logits (b, new_tokens, vocab) float32) of stock `model.generate` with `cache`
+    (a DoubleSparseCache) or transformers' own, greedy unless `options` say otherwise; no end-of-text stop."""
+    from compress.attention.evaluation.measure import _cache_argument
+
+    extra = {} if cache is None else {_cache_argument(model): cache}
+    # an explicit mask: else generate takes every prompt token equal to the pad id for padding
+    options = {"do_sample": False, "pad_token_id": 0, "attention_mask": torch.ones_like(prompt), **options}
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=new_tokens, eos_token_id=None, return_dict_in_generate=True,
+                             output_logits=True, **extra, **options)
+    return out.sequences[:, prompt.shape[1]:], torch.stack(out.logits, 1).float()
+
+
+def continue_text(model, tokenizer, text: str, new_tokens: int, settings, selection: str = "threshold") -> dict:
+    """Greedy continuations of `text` through `model.generate`: dense, and with a DoubleSparseCache (T from each
+    step's context); the texts, agreement, tokens kept per sparse layer-step, wall seconds."""
+    import time
+
+    from compress.attention.decoding.generate import kernels_available
+    from compress.errors import BadInput
+
+    ids = tokenizer(text)["input_ids"]
+    if not ids:
+        raise BadInput("the prompt holds no tokens", key="prompt")
+    ids = torch.tensor([ids], device=next(model.parameters()).device)
+    sparse = DoubleSparseCache(model, settings, selection=selection)
+    runs = {}
+    for name, cache in (("dense", None), ("sparse", sparse)):
+        began = time.perf_counter()
+        runs[name] = generate_tokens(model, ids, new_tokens, cache)[0][0], time.perf_counter() - began
+    same = (runs["dense"][0] == runs["sparse"][0]).tolist()
+    return {"prompt_tokens": ids.shape[1], "new_tokens": new_tokens, "kernels": kernels_available(ids),
+            **{name: tokenizer.decode(tokens.tolist()) for name, (tokens, _) in runs.items()},
+            "agreement": sum(same) / len(same), "common_prefix": same.index(False) if False in same else len(same),
+            "kept_per_step": sparse.summary()["kept_per_step"],
+            "dense_seconds": runs["dense"][1], "sparse_seconds": runs["sparse"][1]}

@@ -1,0 +1,172 @@
+"""Stock `model.generate` with a DoubleSparseCache (compress.attention.decoding.cache), on the CPU (the PyTorch
+decode step): at a budget covering the context it is dense generation token for token; at a sparse budget its
+logits are the evaluation mode's (compress.attention.evaluation: scores from labels over the keys, top T, exact
+attention over those), recomputed independently through transformers' own cache; rows of a left-padded batch
+decode as each row alone; sampling runs and follows the seed."""
+import pytest
+import torch
+
+from compress.attention.decoding.cache import NAME, DoubleSparseCache, generate_tokens, uninstall
+from compress.attention.decoding.generate_check import cache_logits, compare_cache_generation, random_channel_file
+from tests.test_attention_generate import check, settings, tiny_model
+
+
+def test_full_budget_generates_as_dense(tmp_path):
+    """T ≥ every step's context: the model's own attention runs; the label cache still holds exactly the labels
+    of every cached key, appended step by step."""
+    from compress.attention.decode_kernels.decode_torch import label_cache
+
+    model = tiny_model()
+    path = random_channel_file(model, tmp_path / "c.json")
+    prompt = torch.randint(0, 320, (2, 30), generator=torch.Generator().manual_seed(1))
+    dense, dense_logits = generate_tokens(model, prompt, 10)
+    cache = DoubleSparseCache(model, settings(path, 4, tokens="1/1"))
+    tokens, logits = generate_tokens(model, prompt, 10, cache)
+    assert torch.equal(tokens, dense) and torch.equal(logits, dense_logits)
+    assert cache.steps == 0 and cache.get_seq_length() == 39
+    layer = cache.layers[1]
+    assert torch.equal(layer.labels, label_cache(layer.keys, cache.plan.heavy[1], 4))
+    assert not hasattr(cache.layers[0], "labels")  # dense_layers=1: no labels kept
+
+
+@pytest.mark.parametrize("bits,selection", [(16, "topk"), (4, "threshold")])
+@pytest.mark.parametrize("extra", [{}, {"position_prior": True}, {"labels": "projection"}])
+def test_sparse_budget_is_the_evaluation_mode(bits, selection, extra, tmp_path):
+    model = tiny_model()
+    path = random_channel_file(model, tmp_path / "c.json", prior=True, projection=True)
+    prompt = torch.randint(0, 320, (2, 120), generator=torch.Generator().manual_seed(bits))
+    row = compare_cache_generation(model, prompt, 8, settings(path, bits).model_copy(update=extra), selection)
+    check(row, sparse_layers=2)
+
+
+def test_logits_equal_a_recomputation_written_out_here(tmp_path):
+    """One sparse layer, 16-bit labels: each decode step's logits equal a forward whose attention is written
+    out here: label scores (heavy channels of q, float16 heavy channels of k, summed over the KV head's query
+    heads), the top T keys, softmax attention over those."""
+    from compress.attention.calibration.channels import read_channel_file
+    from compress.calibrate.attention import override_attention
+    from compress.attention.calibration.calibrate import attention_parts
+
+    model = tiny_model(layers=2)
+    path = random_channel_file(model, tmp_path / "c.json")
+    prompt = torch.randint(0, 320, (1, 64), generator=torch.Generator().manual_seed(7))
+    budget = 6
+    ours = settings(path, 16, tokens=str(budget))
+    tokens, logits = generate_tokens(model, prompt, 5, DoubleSparseCache(model, ours))
+    heavy = read_channel_file(path, model.config, 2).kv_rows[1][:, :4]  # 1/16 of 64 channels
+    sparse_module = attention_parts(model)[1].module
+
+    def written_out(module, inner, query, key, value, mask, scaling=None, dropout=0.0, **kwargs):
+        if module is not sparse_module or query.shape[2] != 1:
+            return inner(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
+        outputs = []
+        for head in range(query.shape[1]):
+            kv = head // 3
+            group = range(3 * kv, 3 * kv + 3)
+            score = sum(query[0, g, 0, heavy[kv]].float() @ key[0, kv][:, heavy[kv]].half().float().T for g in group)
+            chosen = score.topk(budget).indices
+            weights = torch.softmax(query[0, head, 0].float() @ key[0, kv, chosen].float().T * scaling, -1)
+            outputs.append(weights @ value[0, kv, chosen].float())
+        return torch.stack(outputs)[None, None].to(query.dtype), None
+
+    from transformers import DynamicCache
+
+    from compress.attention.evaluation.measure import _cache_argument
+
+    cache = {_cache_argument(model): DynamicCache()}
+    expected = []
+    with torch.no_grad(), override_attention([p.module for p in attention_parts(model)], written_out):
+        out = model(input_ids=prompt, use_cache=True, **cache)
+        for step in range(tokens.shape[1]):
+            expected.append(out.logits[:, -1].float())
+            out = model(input_ids=tokens[:, step:step + 1], use_cache=True, **cache)
+    expected = torch.stack(expected, 1)
+    assert torch.equal(tokens, expected.argmax(-1))
+    assert (logits - expected).abs().max() <= 5e-3 * expected.abs().max()
+    dense = cache_logits(model, prompt, tokens)
+    assert (dense - expected).abs().max() > 0.05 * expected.abs().max()  # 6 of 64+ tokens do change them
+
+
+@pytest.mark.parametrize("tokens", ["1/8", "6"])
+@pytest.mark.parametrize("extra", [{}, {"position_prior": True}])
+def test_left_padded_batch_rows_decode_as_alone(tokens, extra, tmp_path):
+    """Rows of different lengths, left-padded: each row's tokens are its tokens decoded alone (pads never
+    chosen, the budget from the row's own context, the prior from its own positions)."""
+    model = tiny_model(dtype=torch.float32)
+    path = random_channel_file(model, tmp_path / "c.json", prior=True)
+    ours = settings(path, 16, tokens=tokens).model_copy(update=extra)
+    generator = torch.Generator().manual_seed(2)
+    rows = [torch.randint(3, 320, (n,), generator=generator) for n in (70, 41, 56)]
+    width = max(len(r) for r in rows)
+    ids = torch.stack([torch.cat([torch.zeros(width - len(r), dtype=torch.long), r]) for r in rows])
+    mask = torch.stack([torch.arange(width) >= width - len(r) for r in rows]).long()
+    cache = DoubleSparseCache(model, ours)
+    batch, _ = generate_tokens(model, ids, 8, cache, attention_mask=mask)
+    assert cache.steps == 2 * 7
+    for i, row in enumerate(rows):
+        alone, _ = generate_tokens(model, row[None], 8, DoubleSparseCache(model, ours))
+        assert torch.equal(batch[i], alone[0]), i
+
+
+def test_sampling_follows_the_seed(tmp_path):
+    model = tiny_model()
+    path = random_channel_file(model, tmp_path / "c.json")
+    prompt = torch.randint(0, 320, (2, 40), generator=torch.Generator().manual_seed(5))
+    sample = {"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": 1.0}
+
+    def sampled(cache, seed=0):
+        torch.manual_seed(seed)
+        return generate_tokens(model, prompt, 12, cache, **sample)[0]
+
+    dense = sampled(None)
+    assert torch.equal(sampled(DoubleSparseCache(model, settings(path, 4, tokens="1/1"))), dense)  # same logits
+    sparse = DoubleSparseCache(model, settings(path, 4, tokens="4"))
+    first = sampled(sparse)
+    assert sparse.steps == 2 * 11 and first.shape == (2, 12) and int(first.max()) < 320
+    assert torch.equal(sampled(DoubleSparseCache(model, settings(path, 4, tokens="4"))), first)
+
+
+def test_other_caches_and_uninstall_leave_the_model_as_it_was(tmp_path):
+    model = tiny_model()
+    prompt = torch.randint(0, 320, (1, 30), generator=torch.Generator().manual_seed(6))
+    before, before_logits = generate_tokens(model, prompt, 6)
+    DoubleSparseCache(model, settings(random_channel_file(model, tmp_path / "c.json"), 4, tokens="4"))
+    assert model.config._attn_implementation == f"{NAME}_sdpa"
+    after, after_logits = generate_tokens(model, prompt, 6)  # transformers' own cache: dense
+    assert torch.equal(after, before) and torch.equal(after_logits, before_logits)
+    uninstall(model)
+    assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits,selection", [(16, "topk"), (4, "threshold")])
+def test_gpu_generate_with_kernels_is_the_evaluation_mode(bits, selection, tmp_path):
+    model = tiny_model("cuda", layers=4)
+    path = random_channel_file(model, tmp_path / "c.json", prior=True)
+    prompt = torch.randint(0, 320, (2, 700), generator=torch.Generator().manual_seed(bits)).cuda()
+    with_prior = settings(path, bits, "1/16").model_copy(update={"position_prior": True})
+    check(compare_cache_generation(model, prompt, 8, with_prior, selection), sparse_layers=3)
+
+
+def test_the_package_exports_the_cache():
+    import compress.attention
+    from compress.attention.decoding import cache
+
+    assert compress.attention.DoubleSparseCache is cache.DoubleSparseCache
+    assert compress.attention.install is cache.install
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma3"])
+def test_other_families_generate(family, tmp_path):
+    """Qwen2 (q/k biases) and Gemma3 (q/k norms, its own scaling, sliding-window layers: transformers' own
+    sliding cache layers, dense): only Gemma3's global layers run sparse."""
+    from compress.attention.config import DoubleSparsity
+    from tests.test_attention_families import family_model
+
+    layers = dict(num_hidden_layers=4, layer_types=["sliding_attention", "full_attention"] * 2)
+    model = family_model(family, **layers) if family == "gemma3" else family_model(family)
+    ours = DoubleSparsity(channel_file=str(random_channel_file(model, tmp_path / "c.json")), channels="1/4",
+                          tokens="1/8", dense_layers=0, label_bits=16)
+    row = compare_cache_generation(model, torch.randint(0, 320, (2, 60), generator=torch.Generator().manual_seed(3)),
+                                   6, ours, "topk")
+    check(row, sparse_layers=2)
