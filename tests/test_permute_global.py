@@ -143,7 +143,8 @@ def test_global_is_never_worse_than_its_start(method, pattern):
 
 def test_learning_returns_its_best_hard_permutation_never_worse_than_the_start():
     """A Linear as the 'layer', full batches: each step's loss is exact for its hardened permutation, the start
-    (step 0) is the heuristic order, and the permutation returned has the lowest loss seen, recomputed here."""
+    (step 0) is the heuristic order, and the permutation returned has the lowest loss seen relative to the start,
+    recomputed here."""
     from compress.permute.global_mode import GlobalConfig, learn_layer_permutations, token_error
     from compress.prune import mask_for, parse_pattern
 
@@ -158,13 +159,14 @@ def test_learning_returns_its_best_hard_permutation_never_worse_than_the_start()
         pruned[:, perm] = w.float()[:, perm] * mask_for(score.float()[:, perm], parse_pattern("2:4"))
         return float(token_error(windows @ pruned.T, ref))
 
-    for lr in (0.05, 0.5):
-        config = GlobalConfig(steps=15, lr=lr, tokens=10**6)
+    for lr, tokens in ((0.05, 10**6), (0.5, 10**6), (0.5, 20)):
+        config = GlobalConfig(steps=15, lr=lr, tokens=tokens)
         (perm,), info = learn_layer_permutations([plan], forward, [(windows, (), {}, ref)], 2, 4, config)
         assert is_permutation(perm, 32)
-        assert info["train_loss_first"] == pytest.approx(loss_of(plan.start), rel=1e-5)
-        assert info["best_loss"] <= info["train_loss_first"]
-        assert loss_of(perm) == pytest.approx(info["best_loss"], rel=1e-5)
+        assert info["best_ratio"] <= 1
+        if tokens > 40:  # every window each step: the losses are those of the whole set
+            assert info["train_loss_first"] == pytest.approx(loss_of(plan.start), rel=1e-5)
+            assert loss_of(perm) == pytest.approx(info["best_ratio"] * loss_of(plan.start), rel=1e-5)
 
 
 def test_cli_global_reports_the_loss_per_layer_and_folds(tiny_model_dir, text_file, tmp_path):
