@@ -33,6 +33,7 @@ def factorize(
     top_k: Optional[int] = typer.Option(None, help="k: routed experts each token runs (top-k of the router's softmax, renormalised)."),
     router: str = typer.Option("analytic", help="analytic: closed-form linear router from calibration statistics, no training | par: FactorLLM's router fitted to PAR labels (--steps)."),
     balance: bool = typer.Option(True, "--balance/--no-balance", help="analytic router: offsets that give each expert its fair share of calibration tokens."),
+    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="Refit the down projections by least squares to the dense FFN's outputs given the routing (default: on with the analytic router)."),
     activity_top: int = typer.Option(150, help="Neurons counted active per calibration token when picking shared neurons and carving experts (CMoE's K_a)."),
     granularity: int = typer.Option(1, help="G: cut each expert into G (G·E experts, top G·k)."),
     split: str = typer.Option("carve", help="carve (CMoE: balanced co-activation clusters seeded by the most active neurons) | contiguous | random | cluster (k-means on gate/up rows) | coactivation."),
@@ -77,7 +78,7 @@ def factorize(
 
     with exit_codes(flag_of):
         stage = {"active": active, "shared": shared, "experts": experts, "top_k": top_k, "router": router,
-                 "balance": balance, "activity_top": activity_top, "granularity": granularity, "split": split, "scale": scale, "train": train,
+                 "balance": balance, "refit": refit, "activity_top": activity_top, "granularity": granularity, "split": split, "scale": scale, "train": train,
                  "expert_steps": expert_steps, "expert_lr": expert_lr, "expert_batch": expert_batch,
                  "distill_top": distill_top, "distill_weight": distill_weight, "lm_weight": lm_weight,
                  "steps": steps, "lr": lr, "batch_tokens": batch_tokens, "par_weight": par_weight,

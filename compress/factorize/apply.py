@@ -161,7 +161,7 @@ def factorize_model(model: nn.Module, config: FactorizeConfig, calibration: torc
             router = analytic_router(sample, mass, config.total_top_k, config.balance)
             moe.router.weight.copy_(router.weight.to(moe.router.weight))
             info["calibration_load"] = router.load
-        if config.refit and x is not None and config.total_top_k < config.total_experts:
+        if config.refits and x is not None and config.total_top_k < config.total_experts:
             info["refit_residual"] = refit_down(moe, x[fitting], teacher[fitting], config.refit_ridge)
         if x is not None and (config.router_steps or config.analytic_routing()):
             fit = train_router(moe, x.to(moe.gate_up.dtype), teacher, replace(training, seed=layer_seed))

@@ -44,8 +44,10 @@ class FactorizeConfig(StrictConfig):
     balance: bool = True
     """analytic router: fold per-expert offsets into the router so each expert gets its fair share of the
     calibration tokens' picks."""
-    refit: bool = False
-    """Refit the down projections in closed form to the dense FFN's outputs given the routing (refit.py)."""
+    refit: bool | None = None
+    """Refit the down projections in closed form to the dense FFN's outputs given the routing (refit.py);
+    default on with the analytic router (measured best: 3.64x instead of 28.7x dense at 25% active on the
+    default model), off with PAR."""
     refit_ridge: float = Field(1e-2, gt=0.0, le=1e6)
     """Ridge of the refit, relative to the mean diagonal of the features' Gram matrix."""
     activity_top: int = count(150)
@@ -114,6 +116,10 @@ class FactorizeConfig(StrictConfig):
         return value
 
     @property
+    def refits(self) -> bool:
+        return (self.router == "analytic") if self.refit is None else self.refit
+
+    @property
     def router_steps(self) -> int:
         return (200 if self.router == "par" else 0) if self.steps is None else self.steps
 
@@ -144,5 +150,6 @@ class FactorizeConfig(StrictConfig):
         return self.top_k * self.granularity
 
     def needs_calibration(self) -> bool:
-        return (self.router_steps > 0 or self.split in ("carve", "coactivation") or self.shared > 0 or self.refit
+        return (self.router_steps > 0 or self.split in ("carve", "coactivation") or self.shared > 0
+                or (self.refits and self.total_top_k < self.total_experts)
                 or self.analytic_routing() or self.train == "router+experts")
