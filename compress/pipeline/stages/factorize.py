@@ -108,7 +108,7 @@ SPEC = register(StageSpec(
     kind="factorize", config=FactorizeStage, run=_run, check=_check,
     needs_calibration=lambda config: config.needs_calibration(),
     summary="Split each FFN into shared neurons and routed experts with a router per layer (CMoE, FactorLLM)",
-    flags={"active": "--active", "shared": "--shared", "router": "--router", "balance": "--balance/--no-balance", "refit": "--refit/--no-refit", "refit_ridge": "--refit-ridge",
+    flags={"active": "--active", "shared": "--shared", "router": "--router", "balance": "--balance/--no-balance", "refit": "--refit/--no-refit",
            "activity_top": "--activity-top", "experts": "--experts", "top_k": "--top-k", "granularity": "--granularity", "split": "--split",
            "scale": "--scale", "train": "--train", "expert_steps": "--expert-steps", "expert_lr": "--expert-lr",
            "expert_batch": "--expert-batch", "distill_top": "--distill-top", "distill_weight": "--distill-weight",
