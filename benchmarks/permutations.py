@@ -71,7 +71,7 @@ def run(args, run_meta, model, tokenizer, source, text) -> None:
     summary = {"meta": run_meta, "model": source, "versions": run_meta["versions"], "dense_ppl": round(dense, 3),
                "calibration": f"{args.nsamples}x{args.seqlen} {text.describe('Austen (5 novels)')}, seeds {args.calib_seed}",
                "eval": f"{text.describe('Persuasion')}, first {evaluation.numel()} tokens, context {args.context}",
-               "learned": learn.to_dict(), "targets": args.targets or "every Linear in the decoder layers", "rows": []}
+               "learned": learn.to_dict(), "rows": [], **({"targets": args.targets} if args.targets else {})}
     if "global" in args.kinds:
         from compress.permute import GlobalConfig
 
