@@ -245,9 +245,10 @@ JOBS = settings(max_examples=12, deadline=None, derandomize=True, database=None,
 
 # values a job accepts, so that draws also reach real work with odd neighbours (the rest mostly exit 2)
 CHOICES = {"--method": ["magnitude", "wanda", "sparsegpt", "ria"], "prune.method": ["magnitude", "sparsegpt", "ria"],
-           "--pattern": ["2:4", "4:8", "1:4"], "prune.pattern": ["4:8", "1:2"], "--permute": ["heuristic", "learned"],
+           "--pattern": ["2:4", "4:8", "1:4"], "prune.pattern": ["4:8", "1:2"], "--permute": ["heuristic", "learned", "global"],
            "--mask-rule": ["block", "row"], "--dtype": ["float32", "bfloat16", "float16"], "--device": ["cpu"],
-           "--export": ["compressed", "hf"], "--split": ["random", "cluster", "coactivation"],
+           "--export": ["compressed", "hf"], "--split": ["random", "cluster", "coactivation", "carve"], "--router": ["analytic", "par"],
+           "--active": ["0.25", "0.5", "0.75", "1"],
            "--scale": ["experts", "top-k"], "--train": ["router+experts", "router"], "--mode": ["q", "k", "qk"],
            "--channels": ["1/8", "2", "0.25"], "--tokens": ["1/2", "3", "top-p:0.9"], "--labels": ["projection"],
            "--weight-pattern": ["2:4", "1:4"], "--weight-method": ["wanda", "ria", "sparsegpt", "magnitude"],
@@ -360,7 +361,8 @@ PRUNE = {"--method": "string", "--pattern": "string", "--sparsity": "number", "-
          "--ignore": "string", "--text": "path", "--dataset": "string", "--text-field": "string", "--nsamples": "size",
          "--seqlen": "number", "--seed": "number", "--blocksize": "number", "--damp": "number",
          "--ria-alpha": "number", "--mask-rule": "string", "--calib-batch": "size", "--permute": "string",
-         "--perm-blocks": "size", "--perm-steps": "size", "--perm-block-size": "number", "--dtype": "string",
+         "--perm-blocks": "size", "--perm-steps": "size", "--perm-block-size": "number", "--perm-iters": "size",
+         "--perm-tokens": "size", "--dtype": "string",
          "--device": "string", "--device-map": "string", "--max-memory": "string", "--offload-folder": "path",
          "--out": "path", "--export": "string", "--eval-text": "path", "--eval-dataset": "string",
          "--eval-context": "number", "--eval-tokens": "number"}
@@ -403,7 +405,8 @@ FACTORIZE = {"--experts": "size", "--top-k": "size", "--granularity": "size", "-
              "--lm-weight": "number", "--steps": "size", "--lr": "number", "--batch-tokens": "size",
              "--par-weight": "number", "--balance-weight": "number", "--text": "path", "--nsamples": "size",
              "--seqlen": "number", "--seed": "number", "--calib-batch": "size", "--dtype": "string",
-             "--device": "string", "--out": "path", "--eval-context": "number", "--eval-tokens": "number"}
+             "--device": "string", "--out": "path", "--eval-context": "number", "--eval-tokens": "number",
+             "--active": "number", "--shared": "size", "--router": "string", "--activity-top": "size"}
 
 
 def factorize_case(w: World, option: str, value: str):
