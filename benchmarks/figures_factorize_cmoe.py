@@ -11,7 +11,8 @@ STEM = "factorize-cmoe-reference"
 def _groups() -> dict[tuple[str, float], list[dict]]:
     groups: dict[tuple[str, float], list[dict]] = {}
     for row in load(STEM)["rows"]:
-        groups.setdefault((row["method"], row["active"]), []).append(row)
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(row.get("settings", {}).items()))
+        groups.setdefault((f"{row['method']} ({settings})" if settings else row["method"], row["active"]), []).append(row)
     return groups
 
 
@@ -33,9 +34,12 @@ def side_by_side() -> str:
                   "busiest expert's load over fair share (worst layer, worst draw)", "convert s (median)"], body)
 
 
-def _run_commit(method: str) -> str:
-    """The commit the rows of `method` were measured at (the file's meta names the first run's)."""
-    run = next(r for r in load(STEM)["runs"] if method in r["methods"])
+def _run_commit(method: str, setting: str | None = None) -> str:
+    """The commit the rows of `method` (given `setting`, a KEY=VALUE of --ours-set) were measured at (the
+    file's meta names the first run's)."""
+    run = next(r for r in load(STEM)["runs"] if method in r["methods"]
+               and (setting is None) == ("--ours-set" not in r["meta"]["command"])
+               and (setting is None or setting in r["meta"]["command"]))
     return run["meta"]["commit"][:7]
 
 
@@ -47,3 +51,4 @@ FIGURES["factorize-cmoe.calibration"] = lambda: (f"{load(STEM)['calibration']['w
                                                  f"{load(STEM)['calibration']['seqlen']} tokens, seeds "
                                                  + ", ".join(map(str, load(STEM)['calibration']['seeds'])))
 FIGURES["factorize-cmoe.ours_commit"] = lambda: _run_commit("ours")
+FIGURES["factorize-cmoe.refit_commit"] = lambda: _run_commit("ours", "refit=true")
