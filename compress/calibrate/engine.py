@@ -191,9 +191,7 @@ def replay_layers(layers: list[tuple[str, nn.Module]], inputs: LayerInputs, devi
     for _, layer in layers[:upto]:
         layer_device = execution_device(layer, device)
         home, home_device = _move_to(layer, layer_device)
-        data = LayerData(layer, inputs, layer_device, 0, None)
-        for i, hidden, args, kwargs in inputs.batches():
-            inputs.hidden[i] = data._forward(hidden, args, kwargs).to(hidden.device)
+        LayerData(layer, inputs, layer_device, 0, None).propagate()
         _move_back(layer, home, home_device)
 
 
@@ -244,6 +242,13 @@ class LayerData:
             if propagate:
                 self.inputs.hidden[i] = out.to(hidden.device)
         return (err_sq / ref_sq.clamp_min(1e-30)).item(), (token_sum / max(tokens, 1)).item()
+
+    @torch.no_grad()
+    def propagate(self) -> None:
+        """Replace every batch's input by the layer's output (the next layer's data), as errors(propagate=True)
+        does, without measuring anything."""
+        for i, hidden, args, kwargs in self.inputs.batches():
+            self.inputs.hidden[i] = self._forward(hidden, args, kwargs).to(hidden.device)
 
     def output_error(self) -> float:
         """The changed layer's per-token error against the dense reference (see errors())."""

@@ -47,8 +47,9 @@ class LayerCheckpoint:
 
         checkpoint = LayerCheckpoint(folder)
         done = checkpoint.resume(layers, result)   # layers < done restored in place, their report in result
+        checkpoint.replay(layers, inputs, device, done)   # the hidden states entering layer `done`
         with checkpoint:                            # waits for the writes at the end of the pass
-            ... checkpoint.save(step, layer, inputs, result) after each layer ...
+            ... checkpoint.save(step, layer, result) after each layer ...
     """
 
     def __init__(self, folder: str | Path):
