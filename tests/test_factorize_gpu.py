@@ -7,12 +7,15 @@ from compress.factorize import FactorizedMLP
 pytestmark = pytest.mark.gpu
 
 
-def _moe(experts, top_k, hidden=256, m=128, dtype=torch.bfloat16, seed=0, act=None):
+def _moe(experts, top_k, hidden=256, m=128, dtype=torch.bfloat16, seed=0, act=None, shared=0):
     torch.manual_seed(seed)
-    gate, up, down = (torch.nn.Linear(hidden, experts * m, bias=False), torch.nn.Linear(hidden, experts * m, bias=False),
-                      torch.nn.Linear(experts * m, hidden, bias=False))
-    groups = torch.randperm(experts * m).reshape(experts, m).sort(1).values
-    moe = FactorizedMLP.from_dense(gate, up, down, act or torch.nn.SiLU(), groups, top_k)
+    width = experts * m + shared
+    gate, up, down = (torch.nn.Linear(hidden, width, bias=False), torch.nn.Linear(hidden, width, bias=False),
+                      torch.nn.Linear(width, hidden, bias=False))
+    ids = torch.randperm(width)
+    groups, common = ids[shared:].reshape(experts, m).sort(1).values, ids[:shared].sort().values
+    moe = FactorizedMLP.from_dense(gate, up, down, act or torch.nn.SiLU(), groups, top_k,
+                                   shared=common if shared else None)
     torch.nn.init.normal_(moe.router.weight, std=hidden ** -0.5)
     return moe.to("cuda", dtype)
 
@@ -30,6 +33,21 @@ def test_gpu_paths_equal_the_expert_loop(act, experts, top_k, tokens):
     with torch.enable_grad():  # training mode takes the loop over experts
         loop = moe(x).detach().float()
     assert (grouped - loop).norm() / loop.norm() < 1e-2  # bf16 rounding of the pair outputs
+
+
+@pytest.mark.parametrize("shared", [256, 200])  # whole slices of an expert's width, and a ragged last slice
+@pytest.mark.parametrize("experts, top_k", [(14, 2), (4, 1)])
+@pytest.mark.parametrize("tokens", [1, 16, 17, 300])
+def test_shared_part_on_gpu_paths_equals_the_expert_loop(shared, experts, top_k, tokens):
+    moe = _moe(experts, top_k, shared=shared)
+    x = torch.randn(tokens, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        fast = moe(x).float()
+        shared_only = moe.shared_output(x).float()
+    with torch.enable_grad():
+        loop = moe(x).detach().float()
+    assert shared_only.norm() > 0.1 * loop.norm()  # the shared part is a real share of the output
+    assert (fast - loop).norm() / loop.norm() < 1e-2
 
 
 def test_grouped_path_replays_in_a_cuda_graph():

@@ -9,8 +9,10 @@ the FFN; here three kernels work expert by expert instead:
              rows cost no bytes); the split over the hidden dim gives the GPU enough programs
   _down      program (block of output features): per chosen expert, the partials summed, act(gate)·up times
              each token's routing weight, then down_e · that; no atomics
-So a token that runs one expert of four reads a quarter of the FFN's bytes. Weights as FactorizedMLP
-holds them: router (E, hidden), gate_up (E, 2m, hidden), down (E, hidden, m).
+So a token that runs one expert of four reads a quarter of the FFN's bytes. A shared part (neurons every
+token runs) rides in the same two launches as extra programs over slices of m neurons, weight 1 for every
+token, instead of four more launches (two matmuls, the activation, the sum). Weights as FactorizedMLP holds
+them: router (E, hidden), gate_up (E, 2m, hidden), down (E, hidden, m), shared (2s, hidden) and (hidden, s).
 """
 from __future__ import annotations
 
@@ -66,58 +68,72 @@ def _route(X, R, IDX, WEIGHT, T, H, E, KSLOTS: tl.constexpr, T_PAD: tl.constexpr
 
 
 @triton.jit
-def _gate_up(X, W, IDX, P, T, M, H, SPLIT_H, KSLOTS: tl.constexpr, S_PAD: tl.constexpr, T_PAD: tl.constexpr,
-             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    e = tl.program_id(0)
+def _gate_up(X, W, SW, IDX, P, T, M, H, S, A, SPLIT_H, KSLOTS: tl.constexpr, S_PAD: tl.constexpr,
+             T_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    p = tl.program_id(0)  # p < A: slice p of the shared part (rows p·M.. of SW); else routed expert p − A
     slots = tl.arange(0, S_PAD)
-    chosen = tl.load(IDX + slots, mask=slots < T * KSLOTS, other=-1)
-    if tl.sum((chosen == e).to(tl.int32), axis=0) > 0:
+    chosen = tl.load(IDX + slots, mask=slots < T * KSLOTS, other=-2)
+    if (p < A) | (tl.sum((chosen == p - A).to(tl.int32), axis=0) > 0):
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = n < M
+        if p < A:
+            gate_rows = SW + (p * M + n).to(tl.int64)[:, None] * H
+            up_rows = SW + (S + p * M + n).to(tl.int64)[:, None] * H
+            n_ok = (n < M) & (p * M + n < S)
+        else:
+            base = W + (p - A).to(tl.int64) * 2 * M * H
+            gate_rows = base + n.to(tl.int64)[:, None] * H
+            up_rows = base + (M + n).to(tl.int64)[:, None] * H
+            n_ok = n < M
         split = tl.program_id(2)
         t = tl.arange(0, T_PAD)
         gate = tl.zeros([T_PAD, BLOCK_N], dtype=tl.float32)
         up = tl.zeros([T_PAD, BLOCK_N], dtype=tl.float32)
-        base = W + e.to(tl.int64) * 2 * M * H
         for k0 in range(split * SPLIT_H, tl.minimum(H, (split + 1) * SPLIT_H), BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             k_ok = k < H
             x = tl.load(X + t[:, None] * H + k[None, :], mask=(t[:, None] < T) & k_ok[None, :], other=0.0)
-            wg = tl.load(base + n[:, None] * H + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            wu = tl.load(base + (M + n[:, None]) * H + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            wg = tl.load(gate_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            wu = tl.load(up_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
             gate += tl.dot(x, tl.trans(wg))
             up += tl.dot(x, tl.trans(wu))
-        row = ((split * tl.num_programs(0) + e) * T_PAD + t[:, None]) * 2 * M  # P: (split, E, T_PAD, 2, M)
+        row = ((split * tl.num_programs(0) + p) * T_PAD + t[:, None]) * 2 * M  # P: (split, A + E, T_PAD, 2, M)
         tl.store(P + row + n[None, :], gate, mask=(t[:, None] < T) & n_ok[None, :])
         tl.store(P + row + M + n[None, :], up, mask=(t[:, None] < T) & n_ok[None, :])
 
 
 @triton.jit
-def _down(P, W, IDX, WEIGHT, OUT, T, M, H, E, SPLITS: tl.constexpr, KSLOTS: tl.constexpr, T_PAD: tl.constexpr,
-          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GELU: tl.constexpr):
+def _down(P, W, SD, IDX, WEIGHT, OUT, T, M, H, E, S, A, SPLITS: tl.constexpr, KSLOTS: tl.constexpr,
+          T_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GELU: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < H
     t = tl.arange(0, T_PAD)
     t_ok = t < T
     acc = tl.zeros([T_PAD, BLOCK_N], dtype=tl.float32)
-    for e in range(0, E):
+    for p in range(0, A + E):
+        e = p - A
         coef = tl.zeros([T_PAD], dtype=tl.float32)  # token t's routing weight for expert e (0: not chosen)
         for j in tl.static_range(KSLOTS):
-            pick = tl.load(IDX + t * KSLOTS + j, mask=t_ok, other=-1)
+            pick = tl.load(IDX + t * KSLOTS + j, mask=t_ok, other=-2)
             coef += tl.where(pick == e, tl.load(WEIGHT + t * KSLOTS + j, mask=t_ok, other=0.0), 0.0)
+        coef = tl.where(p < A, t_ok.to(tl.float32), coef)  # the shared part: every token, weight 1
         if tl.max(coef, axis=0) > 0:
-            base = W + e.to(tl.int64) * H * M
             for k0 in range(0, M, BLOCK_K):
                 k = k0 + tl.arange(0, BLOCK_K)
-                ok = (t_ok & (coef > 0))[:, None] & (k < M)[None, :]
+                if p < A:  # shared_down (H, S): columns p·M + k
+                    w_rows = SD + n.to(tl.int64)[:, None] * S + p * M
+                    k_ok = (k < M) & (p * M + k < S)
+                else:
+                    w_rows = W + e.to(tl.int64) * H * M + n.to(tl.int64)[:, None] * M
+                    k_ok = k < M
+                ok = (t_ok & (coef > 0))[:, None] & k_ok[None, :]
                 gate = tl.zeros([T_PAD, BLOCK_K], dtype=tl.float32)
                 up = tl.zeros([T_PAD, BLOCK_K], dtype=tl.float32)
                 for s in tl.static_range(SPLITS):
-                    row = ((s * E + e) * T_PAD + t[:, None]) * 2 * M
+                    row = ((s * (A + E) + p) * T_PAD + t[:, None]) * 2 * M
                     gate += tl.load(P + row + k[None, :], mask=ok, other=0.0)
                     up += tl.load(P + row + M + k[None, :], mask=ok, other=0.0)
                 neurons = _act(gate, GELU) * up * coef[:, None]
-                w = tl.load(base + n[:, None] * M + k[None, :], mask=n_ok[:, None] & (k < M)[None, :], other=0.0)
+                w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
                 acc += tl.dot(neurons.to(w.dtype), tl.trans(w))
     tl.store(OUT + t[:, None] * H + n[None, :], acc.to(OUT.dtype.element_ty), mask=t_ok[:, None] & n_ok[None, :])
 
@@ -135,8 +151,12 @@ def route_decode(x: torch.Tensor, router: torch.Tensor, top_k: int, block_k: int
 
 
 def experts_decode(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, index: torch.Tensor,
-                   weights: torch.Tensor, gelu_tanh: bool = False, launch: dict | None = None) -> torch.Tensor:
-    """(tokens, hidden) = Σ_j weights[t, j] · expert_{index[t, j]}(x[t]) for at most MAX_TOKENS tokens."""
+                   weights: torch.Tensor, gelu_tanh: bool = False, launch: dict | None = None,
+                   shared_gate_up: torch.Tensor | None = None, shared_down: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """(tokens, hidden) = Σ_j weights[t, j] · expert_{index[t, j]}(x[t]) for at most MAX_TOKENS tokens, plus the
+    shared part (shared_gate_up (2s, hidden), shared_down (hidden, s)) when given: read in slices of an
+    expert's width by the same two launches, with weight 1 for every token."""
     tokens, hidden = x.shape
     experts, m = gate_up.shape[0], gate_up.shape[1] // 2
     if tokens > MAX_TOKENS:
@@ -145,16 +165,22 @@ def experts_decode(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, i
     slots = index.shape[1]
     x, gate_up, down = x.contiguous(), gate_up.contiguous(), down.contiguous()
     index, weights = index.to(torch.int32).contiguous(), weights.float().contiguous()
+    width = 0 if shared_down is None else shared_down.shape[1]
+    if width:
+        shared_gate_up, shared_down = shared_gate_up.contiguous(), shared_down.contiguous()
+    else:
+        shared_gate_up, shared_down = gate_up, down  # never read
+    slices = triton.cdiv(width, m)
     split_h = triton.cdiv(triton.cdiv(hidden, c["split"]), c["up_k"]) * c["up_k"]
     splits = triton.cdiv(hidden, split_h)
-    partial = torch.empty(splits, experts, MAX_TOKENS, 2, m, device=x.device, dtype=torch.float32)
-    _gate_up[(experts, triton.cdiv(m, c["up_n"]), splits)](
-        x, gate_up, index, partial, tokens, m, hidden, split_h, KSLOTS=slots,
+    partial = torch.empty(splits, slices + experts, MAX_TOKENS, 2, m, device=x.device, dtype=torch.float32)
+    _gate_up[(slices + experts, triton.cdiv(m, c["up_n"]), splits)](
+        x, gate_up, shared_gate_up, index, partial, tokens, m, hidden, width, slices, split_h, KSLOTS=slots,
         S_PAD=triton.next_power_of_2(MAX_TOKENS * slots), T_PAD=MAX_TOKENS, BLOCK_N=c["up_n"], BLOCK_K=c["up_k"],
         num_warps=c["up_warps"])
     out = torch.empty(tokens, hidden, device=x.device, dtype=x.dtype)
     _down[(triton.cdiv(hidden, c["down_n"]),)](
-        partial, down, index, weights, out, tokens, m, hidden, experts, SPLITS=splits, KSLOTS=slots,
-        T_PAD=MAX_TOKENS, BLOCK_N=c["down_n"], BLOCK_K=c["down_k"], GELU=gelu_tanh, num_warps=c["down_warps"],
-        num_stages=c["down_stages"])
+        partial, down, shared_down, index, weights, out, tokens, m, hidden, experts, width, slices, SPLITS=splits,
+        KSLOTS=slots, T_PAD=MAX_TOKENS, BLOCK_N=c["down_n"], BLOCK_K=c["down_k"], GELU=gelu_tanh,
+        num_warps=c["down_warps"], num_stages=c["down_stages"])
     return out

@@ -11,9 +11,9 @@ Weights are stored as Mixtral stores them: gate_up (n, 2·m, hidden) and down (n
 A shared part (CMoE's shared experts: neurons every token runs, whatever the router picks) is an ordinary
 gated FFN of s neurons, shared_gate_up (2·s, hidden) and shared_down (hidden, s), added to the routed output;
 models without one hold neither tensor.
-Inference on a GPU: up to 16 tokens go through the expert-by-expert Triton kernels (decode.py), more through
-two grouped matmuls over the (token, expert) pairs sorted by expert; neither syncs with the host, so a CUDA
-graph can hold them. Elsewhere, and while training, a loop over the experts used.
+Inference on a GPU: up to 16 tokens go through the expert-by-expert Triton kernels (decode.py; the shared
+part in the same launches), more through two grouped matmuls over the (token, expert) pairs sorted by expert;
+neither syncs with the host, so a CUDA graph can hold them. Elsewhere, and while training, a loop over the experts used.
 """
 from __future__ import annotations
 
@@ -95,7 +95,8 @@ class FactorizedMLP(nn.Module):
         return self.all_experts(x).sum(1) / self.fold + self.shared_output(x)
 
     def grouped(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """The routed output through two grouped matmuls over the pairs sorted by expert."""
+        """The routed output through two grouped matmuls over the pairs sorted by expert; each pair's routing
+        weight scales its m activations before the down matmul (fewer bytes than scaling its output)."""
         flat = indices.flatten()
         order = flat.argsort(stable=True)
         counts = torch.zeros(self.num_experts, dtype=torch.long, device=x.device).scatter_add_(
@@ -103,31 +104,43 @@ class FactorizedMLP(nn.Module):
         offsets = counts.cumsum(0).to(torch.int32)
         hidden = F.grouped_mm(x[order // self.top_k], self.gate_up.transpose(1, 2), offs=offsets)
         gate, up = hidden.chunk(2, dim=-1)
-        pairs = F.grouped_mm(self.act_fn(gate) * up, self.down.transpose(1, 2), offs=offsets)
-        if self.top_k == 1:  # the renormalised weight is exactly 1
-            return torch.empty_like(pairs).index_copy_(0, order, pairs)
-        pairs = pairs.float() * weights.flatten()[order, None]
-        unsorted = torch.empty_like(pairs)
-        unsorted[order] = pairs
-        return unsorted.view(x.shape[0], self.top_k, -1).sum(1).to(x.dtype)
+        neurons = self.act_fn(gate) * up
+        if self.top_k > 1:  # with one expert the renormalised weight is exactly 1
+            neurons = neurons * weights.flatten()[order, None].to(neurons.dtype)
+        pairs = F.grouped_mm(neurons, self.down.transpose(1, 2), offs=offsets)
+        unsorted = torch.empty_like(pairs).index_copy_(0, order, pairs)
+        if self.top_k == 1:
+            return unsorted
+        return unsorted.view(x.shape[0], self.top_k, -1).float().sum(1).to(x.dtype)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
+        if self._decode_kernels_apply(x):
+            return self._decode(x).reshape(shape)
         routed = self.routed(x)
         if self.shared_down is not None:
             routed = routed + self.shared_output(x)
         return routed.reshape(shape)
 
+    def _decode_kernels_apply(self, x: torch.Tensor) -> bool:
+        return (x.is_cuda and not torch.is_grad_enabled() and x.shape[0] <= 16
+                and type(self.act_fn).__name__ in KERNEL_ACTIVATIONS)
+
+    def _decode(self, x: torch.Tensor, shared: bool = True) -> torch.Tensor:
+        """Routed (and shared) output of ≤ 16 tokens in three Triton launches (decode.py)."""
+        from compress.factorize.decode import experts_decode, route_decode  # Triton: GPU machines only
+
+        weights, indices = route_decode(x, self.router.weight, self.top_k)
+        parts = {"shared_gate_up": self.shared_gate_up, "shared_down": self.shared_down} if shared else {}
+        return experts_decode(x, self.gate_up, self.down, indices, weights,
+                              KERNEL_ACTIVATIONS[type(self.act_fn).__name__] == "gelu_tanh", **parts)
+
     def routed(self, x: torch.Tensor) -> torch.Tensor:
         """The routed experts' output for (tokens, hidden) x."""
         if x.is_cuda and not torch.is_grad_enabled():
-            activation = KERNEL_ACTIVATIONS.get(type(self.act_fn).__name__)
-            if x.shape[0] <= 16 and activation is not None:
-                from compress.factorize.decode import experts_decode, route_decode  # Triton: GPU machines only
-
-                weights, indices = route_decode(x, self.router.weight, self.top_k)
-                return experts_decode(x, self.gate_up, self.down, indices, weights, activation == "gelu_tanh")
+            if self._decode_kernels_apply(x):
+                return self._decode(x, shared=False)
             if hasattr(F, "grouped_mm"):
                 return self.grouped(x, *route(self.router(x), self.top_k))
         weights, indices = route(self.router(x), self.top_k)
