@@ -12,21 +12,78 @@ from tests.test_attention_generate import check, settings, tiny_model
 
 
 def test_full_budget_generates_as_dense(tmp_path):
-    """T ≥ every step's context: the model's own attention runs; the label cache still holds exactly the labels
-    of every cached key, appended step by step."""
-    from compress.attention.decode_kernels.decode_torch import label_cache
+    """T ≥ every step's context: the model's own attention runs, over keys and values held in buffers written
+    in place (equal to transformers' own cache); no step needed labels, so none were built."""
+    from transformers import DynamicCache
+
+    from compress.attention.decoding.cache import BufferedLayer, LabelledLayer
 
     model = tiny_model()
     path = random_channel_file(model, tmp_path / "c.json")
     prompt = torch.randint(0, 320, (2, 30), generator=torch.Generator().manual_seed(1))
     dense, dense_logits = generate_tokens(model, prompt, 10)
-    cache = DoubleSparseCache(model, settings(path, 4, tokens="1/1"))
+    cache = DoubleSparseCache(model, settings(path, 4, tokens="1/1"), dense_rule=None)
     tokens, logits = generate_tokens(model, prompt, 10, cache)
     assert torch.equal(tokens, dense) and torch.equal(logits, dense_logits)
     assert cache.steps == 0 and cache.get_seq_length() == 39
-    layer = cache.layers[1]
-    assert torch.equal(layer.labels, label_cache(layer.keys, cache.plan.heavy[1], 4))
-    assert not hasattr(cache.layers[0], "labels")  # dense_layers=1: no labels kept
+    assert type(cache.layers[0]) is BufferedLayer and type(cache.layers[1]) is LabelledLayer  # dense_layers=1
+    assert cache.layers[1].labels is None and cache.layers[1]._buffers[0].shape[2] == 256  # room for more tokens
+    from compress.attention.evaluation.measure import _cache_argument
+
+    own = DynamicCache()
+    with torch.no_grad():
+        model(input_ids=torch.cat([prompt, tokens[:, :-1]], 1), use_cache=True, **{_cache_argument(model): own})
+    for ours, theirs in zip(cache.layers, own.layers):
+        torch.testing.assert_close(ours.keys, theirs.keys, rtol=2e-3, atol=2e-3)
+        torch.testing.assert_close(ours.values, theirs.values, rtol=2e-3, atol=2e-3)
+
+
+def test_labels_are_built_when_first_needed_then_appended(tmp_path):
+    """The first sparse step labels every cached key; later steps append theirs: at the end the label cache
+    equals labels built over the whole key cache. Buffers grown past their first size keep every token."""
+    from compress.attention.decode_kernels.decode_torch import label_cache
+    from compress.attention.decoding.cache import BufferedLayer
+
+    model = tiny_model()
+    path = random_channel_file(model, tmp_path / "c.json", projection=True)
+    prompt = torch.randint(0, 320, (2, 250), generator=torch.Generator().manual_seed(1))
+    for extra in ({}, {"labels": "projection"}):
+        cache = DoubleSparseCache(model, settings(path, 4, tokens="8").model_copy(update=extra), dense_rule=None)
+        generate_tokens(model, prompt, 12, cache)
+        layer = cache.layers[2]
+        assert cache.steps == 2 * 11 and layer.keys.shape[2] == 261 and layer._buffers[0].shape[2] > 256
+        source = layer.keys if layer.key_map is None else layer.keys.float() @ layer.key_map[None]
+        assert torch.equal(layer.labels, label_cache(source, cache.plan.heavy[2], 4))
+    layer = BufferedLayer()
+    full = torch.randn(1, 3, 700, 4)
+    for start, end in ((0, 300), (300, 301), (301, 700)):
+        keys, values = layer.update(full[:, :, start:end], -full[:, :, start:end])
+    assert torch.equal(keys, full) and torch.equal(values, -full)
+    layer.crop(-5)
+    layer.batch_repeat_interleave(2)
+    assert torch.equal(layer.keys, full[:, :, :695].repeat_interleave(2, 0)) and layer.get_seq_length() == 695
+
+
+def test_the_dense_rule_keeps_short_steps_dense(tmp_path):
+    """Under a rule whose crossover for 2 rows of 3 KV heads is 40 tokens, steps over fewer cached tokens run
+    the model's own attention (dense generation's logits exactly), the later ones sparse."""
+    from compress.attention.decoding.dense_rule import DenseRule
+
+    model = tiny_model()
+    path = random_channel_file(model, tmp_path / "c.json")
+    prompt = torch.randint(0, 320, (2, 30), generator=torch.Generator().manual_seed(1))
+    dense, dense_logits = generate_tokens(model, prompt, 12)
+    rule = DenseRule("test", {6: 40})
+    cache = DoubleSparseCache(model, settings(path, 4, tokens="4"), dense_rule=rule)
+    tokens, logits = generate_tokens(model, prompt, 12, cache)
+    assert cache.steps == 2 * 2  # steps over 40 and 41 tokens, 2 sparse layers
+    assert torch.equal(logits[:, :10], dense_logits[:, :10])  # the prefill and the steps over 31 .. 39 tokens
+    assert (logits[:, 10:] - dense_logits[:, 10:]).abs().max() > 0.05 * dense_logits.abs().max()
+    assert cache.layers[1].labels.shape[-1] == 41
+    never = DoubleSparseCache(model, settings(path, 4, tokens="4"), dense_rule=DenseRule("test", {6: None}))
+    assert torch.equal(generate_tokens(model, prompt, 12, never)[1], dense_logits) and never.steps == 0
+    measured = DoubleSparseCache(model, settings(path, 4, tokens="4"))  # the CPU's: the fallback
+    assert measured.plan.rule.name == "fallback"
 
 
 @pytest.mark.parametrize("bits,selection", [(16, "topk"), (4, "threshold")])
@@ -52,7 +109,7 @@ def test_logits_equal_a_recomputation_written_out_here(tmp_path):
     prompt = torch.randint(0, 320, (1, 64), generator=torch.Generator().manual_seed(7))
     budget = 6
     ours = settings(path, 16, tokens=str(budget))
-    tokens, logits = generate_tokens(model, prompt, 5, DoubleSparseCache(model, ours))
+    tokens, logits = generate_tokens(model, prompt, 5, DoubleSparseCache(model, ours, dense_rule=None))
     heavy = read_channel_file(path, model.config, 2).kv_rows[1][:, :4]  # 1/16 of 64 channels
     sparse_module = attention_parts(model)[1].module
 
@@ -100,11 +157,11 @@ def test_left_padded_batch_rows_decode_as_alone(tokens, extra, tmp_path):
     width = max(len(r) for r in rows)
     ids = torch.stack([torch.cat([torch.zeros(width - len(r), dtype=torch.long), r]) for r in rows])
     mask = torch.stack([torch.arange(width) >= width - len(r) for r in rows]).long()
-    cache = DoubleSparseCache(model, ours)
+    cache = DoubleSparseCache(model, ours, dense_rule=None)
     batch, _ = generate_tokens(model, ids, 8, cache, attention_mask=mask)
     assert cache.steps == 2 * 7
     for i, row in enumerate(rows):
-        alone, _ = generate_tokens(model, row[None], 8, DoubleSparseCache(model, ours))
+        alone, _ = generate_tokens(model, row[None], 8, DoubleSparseCache(model, ours, dense_rule=None))
         assert torch.equal(batch[i], alone[0]), i
 
 
@@ -119,11 +176,11 @@ def test_sampling_follows_the_seed(tmp_path):
         return generate_tokens(model, prompt, 12, cache, **sample)[0]
 
     dense = sampled(None)
-    assert torch.equal(sampled(DoubleSparseCache(model, settings(path, 4, tokens="1/1"))), dense)  # same logits
-    sparse = DoubleSparseCache(model, settings(path, 4, tokens="4"))
+    assert torch.equal(sampled(DoubleSparseCache(model, settings(path, 4, tokens="1/1"), dense_rule=None)), dense)  # same logits
+    sparse = DoubleSparseCache(model, settings(path, 4, tokens="4"), dense_rule=None)
     first = sampled(sparse)
     assert sparse.steps == 2 * 11 and first.shape == (2, 12) and int(first.max()) < 320
-    assert torch.equal(sampled(DoubleSparseCache(model, settings(path, 4, tokens="4"))), first)
+    assert torch.equal(sampled(DoubleSparseCache(model, settings(path, 4, tokens="4"), dense_rule=None)), first)
 
 
 def test_other_caches_and_uninstall_leave_the_model_as_it_was(tmp_path):

@@ -6,9 +6,6 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-# relative output error over the kernel's own set: fp16/bf16 probabilities in the P·V product
-TOLERANCE = {torch.float16: 3e-3, torch.bfloat16: 2e-2}
-
 
 @pytest.mark.parametrize("label_bits, selection", [(4, "threshold"), (4, "topk-half"), (16, "threshold"),
                                                    (16, "topk-half"), (16, "topk")])
@@ -17,22 +14,13 @@ TOLERANCE = {torch.float16: 3e-3, torch.bfloat16: 2e-2}
 @pytest.mark.parametrize("batch", [1, 16])
 @pytest.mark.parametrize("context, budget", [(777, 48), (5000, 312), (200, 512)])
 def test_kernels_match_reference(label_bits, selection, dtype, heads, kv_heads, batch, context, budget):
-    from compress.attention.decode_kernels.bench import check_decode
+    """bench.check_failures: the rules the kernel benchmark passes a check by."""
+    from compress.attention.decode_kernels.bench import check_decode, check_failures
 
     seed = zlib.crc32(repr((heads, kv_heads, batch, context, str(dtype), selection, label_bits)).encode()) % 10_000
     row = check_decode(batch, heads, kv_heads, context, 128, 8, budget, dtype, seed, selection=selection,
                        label_bits=label_bits)
-    assert row["finite"] and row["selected_unique"] and row["selected_top_of_own_scores"]
-    # float16 scores (topk-half, threshold): their rounding (≤ 1e-3 of the largest) may reorder near-ties
-    assert row["score_error"] < (1e-4 if selection == "topk" else 1e-3)
-    # 4 bits: the evaluation path's codes, only each key's min and step rounded to float16 in the cache
-    assert row["score_error_vs_evaluation"] < (5e-3 if label_bits == 4 else 1e-3)
-    assert row["selected_within_tolerance"]  # only near-ties at the boundary may differ from the reference's top-T
-    if selection == "topk":
-        assert row["rows_with_set_equal_reference"] > 0.5
-    assert row["output_error"] < TOLERANCE[dtype]
-    if budget >= context:
-        assert row["rows_with_set_equal_reference"] == 1.0
+    assert not check_failures(row), (check_failures(row), row)
 
 
 def _keys(scores: torch.Tensor) -> torch.Tensor:

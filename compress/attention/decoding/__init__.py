@@ -6,4 +6,6 @@
   generate.py        a decoder with buffers of its own (sized up front, so one CUDA graph holds a decode step),
                      for the step benchmarks; the settings both read (decoder_from_settings)
   generate_check.py  checks both against dense decoding and the evaluation mode
+  dense_rule.py      when a step stays dense (sparse would be slower): crossovers measured per GPU, stored in
+                     dense_rule.json, read by both
 """

@@ -14,7 +14,9 @@ layers and sliding-window layers attend densely (the implementation the model wa
 the cached labels, keep the top T tokens per KV head and attend exactly over them, with the Triton kernels
 of compress.attention.decode_kernels.decode on CUDA (or in Triton's interpreter, TRITON_INTERPRET=1), else
 the same math in PyTorch (decode_torch.reference_decode). A step with ≤ T cached tokens (the new one
-included) attends to all of them, as in the evaluation mode. Batches without padding.
+included) attends to all of them, as in the evaluation mode. With a `rule` (compress.attention.decoding.dense_rule),
+a step it keeps dense runs the model's own attention and writes no labels: the first sparse step labels every
+cached key. Batches without padding.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+
+from compress.attention.decoding.dense_rule import DenseRule
 
 __all__ = ["Decoder", "decoder_from_settings", "installed", "greedy_generate", "step_inputs", "kernels_available",
            "MODES", "SELECTIONS"]
@@ -43,6 +47,7 @@ class LayerStore:
     values: torch.Tensor
     labels: torch.Tensor | None  # 16 bits (b, kv_heads, capacity, r); 4 bits (b, kv_heads, planes, capacity)
     length: int = 0
+    labelled: int = 0  # tokens 0 .. labelled - 1 have their labels (built when a sparse step first needs them)
 
     def grow(self, capacity: int) -> None:
         def widen(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -59,12 +64,10 @@ class LayerStore:
     def _label_dim(self) -> int:
         return 3 if self.labels.dtype == torch.int32 else 2
 
-    def write(self, key: torch.Tensor, value: torch.Tensor, labels: torch.Tensor | None) -> None:
+    def write(self, key: torch.Tensor, value: torch.Tensor) -> None:
         start, count = self.length, key.shape[2]
         self.keys[:, :, start:start + count] = key
         self.values[:, :, start:start + count] = value
-        if labels is not None:
-            self.labels.narrow(self._label_dim(), start, count).copy_(labels)
         self.length += count
 
     def cached(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -91,6 +94,7 @@ class Decoder:
     prior: list[torch.Tensor | None] | None = None  # per layer: (kv heads, buckets) position prior
     maps: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (A (heads, head_dim, r), B (kv
     # heads, head_dim, r)): projected labels; the label cache holds k B, the kernels score q A (heavy: all r dims)
+    rule: DenseRule | None = None  # when set, a step the rule keeps dense runs the model's own attention
 
     def label_source(self, layer: int, states: torch.Tensor, query: bool = False) -> torch.Tensor:
         """What the labels are taken from: the states themselves, or their projection (float32) under maps
@@ -116,6 +120,7 @@ class Decoder:
         """Forget tokens after `length` (their buffers are overwritten by the next step)."""
         for store in self.stores.values():
             store.length = min(store.length, length)
+            store.labelled = min(store.labelled, length)
 
     def start(self, key: torch.Tensor, value: torch.Tensor, layer: int) -> LayerStore:
         b, kvh, n, d = key.shape
@@ -131,38 +136,55 @@ class Decoder:
         self.stores[layer] = store
         return store
 
-    def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> LayerStore:
-        from compress.attention.decode_kernels.decode_torch import label_cache
-
+    def append(self, layer: int, key: torch.Tensor, value: torch.Tensor, labelled: bool | None = None) -> LayerStore:
+        """Write new keys and values; with `labelled` (default: in sparse mode) also the labels of every cached
+        key not labelled yet (the new ones, and the past when a step first needs them: a step the rule keeps
+        dense writes none)."""
         store = self.stores.get(layer)
         if store is None or store.length == 0:
             store = self.start(key, value, layer)
         elif store.length + key.shape[2] > store.keys.shape[2]:
             store.grow(2 * (store.length + key.shape[2]))
-        heavy = self.heavy[layer] if self.mode == "sparse" else None  # labels: only sparse steps read them
-        start = store.length
-        fused = heavy is not None and key.shape[2] == 1 and kernels_available(key)
-        source = None if heavy is None else self.label_source(layer, key)
-        store.write(key, value, None if heavy is None or fused else label_cache(source, heavy, self.label_bits))
-        if fused:  # one launch instead of label_cache's many small ops (they would dominate a graphed step)
+        store.write(key, value)
+        if self.heavy[layer] is not None and (self.mode == "sparse" if labelled is None else labelled):
+            self.label(layer, store)
+        return store
+
+    def label(self, layer: int, store: LayerStore) -> None:
+        """Labels of the store's keys from store.labelled on: one launch for a single key where the kernels
+        run (label_cache's many small ops would dominate a graphed step), else label_cache."""
+        from compress.attention.decode_kernels.decode_torch import label_cache
+
+        start, heavy = store.labelled, self.heavy[layer]
+        source = self.label_source(layer, store.keys[:, :, start:store.length])
+        if source.shape[2] == 1 and kernels_available(source):
             from compress.attention.decode_kernels.append import append_labels
 
             append_labels(store.labels, source, heavy, start)
-        return store
+        elif source.shape[2]:
+            store.labels.narrow(store._label_dim(), start, source.shape[2]).copy_(
+                label_cache(source, heavy, self.label_bits))
+        store.labelled = store.length
+
+    def pays(self, batch: int, context: int, kv_heads: int, head_dim: int) -> bool:
+        """Whether a step over `context` cached tokens runs sparse under the rule (always without one)."""
+        return self.rule is None or self.rule.sparse(batch, context, kv_heads, head_dim)
 
     def attention(self, module, inner, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         layer = self.layers[id(module)]
         fresh = layer not in self.stores or self.stores[layer].length == 0
         if not fresh and query.shape[2] != 1:
             raise ValueError("after the prefill the decoder takes one token per step")
-        store = self.append(layer, key, value)
+        window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
+        sparse = not fresh and self.mode == "sparse" and self.heavy[layer] is not None and not window and \
+            self.pays(query.shape[0], self.stores[layer].length + 1, key.shape[1], key.shape[-1])
+        store = self.append(layer, key, value, labelled=sparse)
         if fresh:  # the prefill: the model's own attention over the prompt
             return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         keys, values, labels = store.cached()
         if self.mode == "skip":
             return query.new_zeros(query.shape[0], 1, query.shape[1], query.shape[-1]), None
-        window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
-        if self.mode == "dense" or labels is None or window:
+        if not sparse:
             if window:
                 keys, values = keys[:, :, -window:], values[:, :, -window:]
             return inner(module, query, keys, values, None, scaling=scaling, dropout=dropout, **kwargs)
@@ -200,10 +222,12 @@ def installed(model, decoder: Decoder):
         yield decoder
 
 
-def decoder_from_settings(model, settings, context: int | None = None, selection: str = "threshold") -> Decoder:
+def decoder_from_settings(model, settings, context: int | None = None, selection: str = "threshold",
+                          rule: DenseRule | None = None) -> Decoder:
     """A Decoder from DoubleSparsity settings (compress.attention.config) and their channel file: each
     sparse layer's per-KV-head channel set; T from `context` (fixed, as the evaluation mode does) or, when
-    None, from each step's cached tokens."""
+    None, from each step's cached tokens; `rule`: the steps it keeps dense (None: every step sparse). No
+    sparse layer (dense_layers ≥ the model's layers): BadInput."""
     from compress.attention.calibration.calibrate import attention_parts
     from compress.attention.calibration.channels import read_channel_file
     from compress.errors import BadInput
@@ -224,6 +248,9 @@ def decoder_from_settings(model, settings, context: int | None = None, selection
     channels = settings.channel_count(layout.head_dim)
     file = read_channel_file(settings.channel_file, model.config, layers, settings.mode)
     device = next(model.parameters()).device
+    if settings.dense_layers >= layers:
+        raise BadInput(f"dense_layers {settings.dense_layers} leaves none of the model's {layers} layers sparse",
+                       key="dense_layers")
     heavy = [None if i < settings.dense_layers else file.kv_rows[i][:, :channels].to(device, torch.int32)
              for i in range(layers)]
     maps = None
@@ -237,7 +264,7 @@ def decoder_from_settings(model, settings, context: int | None = None, selection
     if settings.position_prior:
         prior = [p.to(device, torch.float32).contiguous() for p in file.position_prior()]
     return Decoder(heavy, lambda n: settings.token_count(context or n), settings.label_bits, selection, prior=prior,
-                   maps=maps)
+                   maps=maps, rule=rule)
 
 
 def step_inputs(batch: int, length: int, device) -> dict:

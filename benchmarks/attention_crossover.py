@@ -1,0 +1,203 @@
+"""Where Double Sparsity decoding pays, measured: the crossover table of the dense rule
+(compress/attention/decoding/dense_rule.py) for this GPU, and the whole decode step re-measured under it.
+
+The default model's architecture (30 layers, 9 query heads on 3 KV heads of 64 channels, random weights, as
+benchmarks/attention_decode.py builds it), float16, the settings of that benchmark (1/16 of the channels and
+of the context, 4-bit labels, threshold select, the first 2 layers dense). Per (batch, context n): every
+layer's KV cache holds n − 1 random tokens and one decode step is captured as a CUDA graph per mode; the
+modes' graphs are replayed in turn (blocks of 20 replays, the order alternating, median of the blocks), so
+drift hits every mode alike.
+  1. the grid (batch 1, 4, 16 × context 4K–128K): dense vs sparse (every step sparse); the crossover of each
+     batch × KV heads is the smallest context from which sparse was faster by the margin at every larger
+     context measured (dense_rule.crossovers);
+  2. batch 1 and 16 over the same contexts: dense vs the rule (the crossovers just measured): each step
+     sparse or dense as the rule says; every row should be ≥ 1.0× (a row the rule keeps dense runs the same
+     graph as dense: its ratio is the timing noise).
+Usage: python -m benchmarks.attention_crossover --json benchmarks/results/attention-crossover-h100.json
+       python -m benchmarks.attention_crossover --store benchmarks/results/attention-crossover-h100.json
+           (writes that run's crossovers into compress/attention/decoding/dense_rule.json, keyed by its GPU)
+       python -m benchmarks.attention_crossover --tiny --json /tmp/tiny.json   # CPU (the PyTorch path, or
+           Triton's interpreter with TRITON_INTERPRET=1), timed by the clock: a check that it runs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+
+from benchmarks._meta import meta
+from benchmarks.attention_decode import ARCHITECTURE, SETTINGS, TINY, build_model, fill_random
+
+MARGIN = 1.05  # sparse must be this much faster for its crossover
+BLOCK, ROUNDS = 20, 11  # replays per timed block, blocks per mode
+
+
+def _capture(step):
+    """`step` as a CUDA graph (warmed up outside the capture), or None if capture fails."""
+    from compress.kernels.graphs import capture
+
+    try:
+        graph = capture(step)[0]
+    except Exception as error:  # noqa: BLE001 (recorded; timed eagerly)
+        print(f"  graph capture failed ({str(error).splitlines()[0][:120]}): timing eagerly", flush=True)
+        torch.cuda.synchronize()
+        return None
+    graph.replay()
+    torch.cuda.synchronize()
+    return graph
+
+
+def interleaved_ms(steps: dict, prepare, cuda: bool, block: int = BLOCK, rounds: int = ROUNDS) -> tuple[dict, bool]:
+    """({mode: median ms of one step}, all graphed): each mode's step captured (`prepare(mode)` sets the
+    decoder first), then blocks of `block` replays of each mode in turn, the order reversed every round."""
+    runners, graphed = {}, True
+    for mode, step in steps.items():
+        prepare(mode)
+        graph = _capture(step) if cuda else None
+        graphed &= graph is not None
+        if graph is None:
+            for _ in range(2):
+                step()
+        runners[mode] = graph.replay if graph is not None else (lambda mode=mode, step=step: (prepare(mode), step()))
+    times = {mode: [] for mode in steps}
+    order = list(steps)
+    for round_ in range(rounds):
+        for mode in (order if round_ % 2 == 0 else order[::-1]):
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(block):
+                    runners[mode]()
+                end.record()
+                torch.cuda.synchronize()
+                times[mode].append(start.elapsed_time(end) / block)
+            else:
+                began = time.perf_counter()
+                for _ in range(block):
+                    runners[mode]()
+                times[mode].append(1e3 * (time.perf_counter() - began) / block)
+    return {mode: statistics.median(t) for mode, t in times.items()}, graphed
+
+
+@torch.no_grad()
+def time_modes(model, decoder, batch: int, context: int, modes: dict, device) -> dict:
+    """Median ms of one decode step after context − 1 cached tokens per mode; `modes` {name: (decoder mode,
+    rule)}."""
+    from compress.attention.decoding.generate import installed, step_inputs
+
+    config = model.config
+    decoder.mode, decoder.rule = "sparse", None
+    fill_random(decoder, config.num_hidden_layers, batch, config.num_key_value_heads, context - 1, config.head_dim,
+                model.dtype, device)
+    ids = torch.randint(0, config.vocab_size, (batch, 1), device=device)
+    inputs = step_inputs(batch, context - 1, device)
+
+    def step():
+        decoder.rewind(context - 1)  # Python state only: every replay writes the same position
+        return model(input_ids=ids, **inputs).logits
+
+    def prepare(name):
+        decoder.mode, decoder.rule = modes[name]
+
+    with installed(model, decoder):
+        ms, graphed = interleaved_ms({name: step for name in modes}, prepare, device.type == "cuda",
+                                     *((2, 3) if device.type == "cpu" else ()))
+    decoder.mode, decoder.rule = "sparse", None
+    decoder.stores.clear()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"batch": batch, "context": context, "rows": batch * config.num_key_value_heads,
+            "budget": decoder.budget(context), "graph": graphed, **{f"{name}_ms": v for name, v in ms.items()}}
+
+
+def run(args) -> dict:
+    from compress.attention.config import DoubleSparsity
+    from compress.attention.decoding.dense_rule import DenseRule, crossovers
+    from compress.attention.decoding.generate import decoder_from_settings
+    from compress.attention.decoding.generate_check import random_channel_file
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    architecture = TINY if args.tiny else ARCHITECTURE
+    began = time.perf_counter()
+    model = build_model(architecture, torch.float16, device)
+    sparse_layers = architecture["num_hidden_layers"] - SETTINGS["dense_layers"]
+    grid, checked = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = DoubleSparsity(channel_file=str(random_channel_file(model, f"{tmp}/channels.json")), **SETTINGS)
+        decoder = decoder_from_settings(model, settings)  # T = 1/16 of each step's context
+        print(f"{name}: grid, dense vs sparse (every step), batches {args.batches} x contexts {args.contexts}",
+              flush=True)
+        for batch in args.batches:
+            for context in args.contexts:
+                row = time_modes(model, decoder, batch, context, {"dense": ("dense", None),
+                                                                  "sparse": ("sparse", None)}, device)
+                row["speedup"] = row["dense_ms"] / row["sparse_ms"]
+                row["per_layer_gain_us"] = 1e3 * (row["dense_ms"] - row["sparse_ms"]) / sparse_layers
+                grid.append(row)
+                print(f"[{time.perf_counter() - began:5.0f} s] {json.dumps(row)}", flush=True)
+        rule = DenseRule(name, crossovers(grid, MARGIN), architecture["head_dim"],
+                         f"benchmarks/attention_crossover.py on {name}, margin {MARGIN}")
+        print(f"crossovers (batch x KV heads: context): {rule.crossover}", flush=True)
+        for batch in args.rule_batches:
+            for context in args.contexts:
+                row = time_modes(model, decoder, batch, context, {"dense": ("dense", None),
+                                                                  "rule": ("sparse", rule)}, device)
+                row["rule_sparse"] = rule.sparse(batch, context, architecture["num_key_value_heads"],
+                                                 architecture["head_dim"])
+                row["speedup"] = row["dense_ms"] / row["rule_ms"]
+                checked.append(row)
+                print(f"[{time.perf_counter() - began:5.0f} s] rule: {json.dumps(row)}", flush=True)
+    slower = [r for r in checked if r["speedup"] < 1.0]
+    return {"device": name, "model": {"architecture": architecture, "weights": "random", "dtype": str(model.dtype)},
+            "settings": {**SETTINGS, "selection": "threshold", "budget": "1/16 of the step's context"},
+            "timing": f"CUDA graphs, modes interleaved: {ROUNDS} blocks of {BLOCK} replays each, median",
+            "margin": MARGIN, "grid": grid, "rule": {"gpu": name, **rule.as_json(), "margin": MARGIN},
+            "with_rule": checked, "checks": {"rows": len(checked), "at_least_dense": len(checked) - len(slower),
+                                             "slower": [(r["batch"], r["context"], round(r["speedup"], 3))
+                                                        for r in slower]},
+            "seconds": time.perf_counter() - began}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", help="write the result here")
+    parser.add_argument("--store", help="a result file: write its crossovers into the package's dense rule table")
+    parser.add_argument("--contexts", type=int, nargs="*", default=[4096, 8192, 16384, 32768, 65536, 131072])
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 4, 16])
+    parser.add_argument("--rule-batches", type=int, nargs="*", default=[1, 16])
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args()
+    if args.store:
+        from compress.attention.decoding.dense_rule import store_rule
+
+        print(f"stored: {json.dumps(store_rule(json.loads(open(args.store).read())))}")
+        return
+    if not args.json:
+        parser.error("--json or --store is required")
+    if args.tiny:
+        args.contexts, args.batches, args.rule_batches = [48, 96, 192], [1, 2], [1, 2]
+    run_meta = meta()
+    result = {"meta": run_meta, **run(args)}
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"{'B':>3}{'context':>8}{'dense ms':>10}{'sparse ms':>10}{'speedup':>8}")
+    for r in result["grid"]:
+        print(f"{r['batch']:>3}{r['context']:>8}{r['dense_ms']:>10.3f}{r['sparse_ms']:>10.3f}{r['speedup']:>8.2f}")
+    print(f"rule {result['rule']['crossover']}")
+    print(f"{'B':>3}{'context':>8}{'dense ms':>10}{'rule ms':>10}{'speedup':>8}{'sparse':>7}")
+    for r in result["with_rule"]:
+        print(f"{r['batch']:>3}{r['context']:>8}{r['dense_ms']:>10.3f}{r['rule_ms']:>10.3f}{r['speedup']:>8.3f}"
+              f"{str(r['rule_sparse']):>7}")
+    checks = result["checks"]
+    print(f"with the rule: {checks['at_least_dense']} of {checks['rows']} rows >= 1.0x dense "
+          f"(below: {checks['slower']}); {result['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
