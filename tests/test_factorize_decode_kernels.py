@@ -1,5 +1,6 @@
-"""The factorized FFN's Triton decode kernels (routed experts and the shared part in the same launches), in
-Triton's CPU interpreter where Triton is installed, against FactorizedMLP's loop over experts."""
+"""The factorized FFN's Triton kernels (decode.py for a few tokens, blocked.py for more; routed experts and the
+shared part in the same launches), in Triton's CPU interpreter where Triton is installed, against
+FactorizedMLP's loop over experts."""
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ pytest.importorskip("triton")
 SCRIPT = """
 import json, torch
 from compress.factorize import FactorizedMLP
+from compress.factorize.blocked import experts_blocked
 from compress.factorize.decode import experts_decode, route_decode
 from compress.factorize.moe import route
 
@@ -37,15 +39,21 @@ for experts, m, top_k, shared, tokens, act in [(4, 32, 1, 64, 1, "silu"), (6, 32
         got = experts_decode(x, moe.gate_up, moe.down, index, weights, act == "gelu_tanh",
                              launch={"up_k": 32, "down_k": 16}, **parts)
         got_w, got_i = route_decode(x, moe.router.weight, top_k, block_k=32)
+        many = torch.randn(37, hidden)  # blocked.py: blocks of 16 tokens, the last one ragged
+        blocked = experts_blocked(many, moe.router.weight, moe.gate_up, moe.down, top_k, act == "gelu_tanh",
+                                  launch={"block_t": 16, "up_n": 16, "up_k": 32, "down_n": 16, "down_k": 16,
+                                          "compact": 16}, **parts)
+        blocked_want = moe.routed(many) + moe.shared_output(many)
     rows.append({"case": [experts, m, top_k, shared, tokens, act],
                  "error": float((got - want).norm() / want.norm()),
+                 "blocked_error": float((blocked - blocked_want).norm() / blocked_want.norm()),
                  "same_experts": sorted(map(sorted, got_i.tolist())) == sorted(map(sorted, index.tolist())),
                  "weights_error": float((got_w.sort(-1).values - weights.sort(-1).values).abs().max())})
 print(json.dumps(rows))
 """
 
 
-def test_interpreted_decode_kernels_match_the_expert_loop():
+def test_interpreted_kernels_match_the_expert_loop():
     # the interpreter is chosen when the kernels are defined: a fresh process with TRITON_INTERPRET=1
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
@@ -56,3 +64,4 @@ def test_interpreted_decode_kernels_match_the_expert_loop():
         assert row["same_experts"], row
         assert row["weights_error"] < 1e-5, row
         assert row["error"] < 1e-5, row  # float32 throughout: only the summation order differs
+        assert row["blocked_error"] < 1e-5, row

@@ -3,7 +3,7 @@
 For a handful of tokens a grouped matmul wastes most of its tiles and the sort around it costs more than
 the FFN; here three kernels work expert by expert instead:
   _route     router logits (rounded to the weights' dtype, as a Linear returns them), softmax, top-k,
-             renormalised: one launch instead of five small ones
+             renormalised: one launch instead of five small ones (also for blocked.py's token counts)
   _gate_up   program (expert, block of neurons, slice of the hidden dim): returns at once when no token
              chose the expert, else partial gate·x and up·x for every token (tl.dot needs 16 rows; the extra
              rows cost no bytes); the split over the hidden dim gives the GPU enough programs
@@ -40,7 +40,7 @@ def _act(g, GELU: tl.constexpr):
 @triton.jit
 def _route(X, R, IDX, WEIGHT, T, H, E, KSLOTS: tl.constexpr, T_PAD: tl.constexpr, E_PAD: tl.constexpr,
            BLOCK_K: tl.constexpr):
-    t = tl.arange(0, T_PAD)
+    t = tl.program_id(0) * T_PAD + tl.arange(0, T_PAD)  # one program per T_PAD tokens
     e = tl.arange(0, E_PAD)
     logits = tl.zeros([T_PAD, E_PAD], dtype=tl.float32)
     for k0 in range(0, H, BLOCK_K):
@@ -140,12 +140,12 @@ def _down(P, W, SD, IDX, WEIGHT, OUT, T, M, H, E, S, A, SPLITS: tl.constexpr, KS
 
 def route_decode(x: torch.Tensor, router: torch.Tensor, top_k: int, block_k: int = LAUNCH["route_k"]
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights float32, index int32), each (tokens, k): softmax top-k renormalised, for ≤ MAX_TOKENS tokens."""
+    """(weights float32, index int32), each (tokens, k): softmax top-k renormalised, one launch for any tokens."""
     tokens, hidden = x.shape
     experts = router.shape[0]
     index = torch.empty(tokens, top_k, device=x.device, dtype=torch.int32)
     weights = torch.empty(tokens, top_k, device=x.device, dtype=torch.float32)
-    _route[(1,)](x, router, index, weights, tokens, hidden, experts, KSLOTS=top_k, T_PAD=MAX_TOKENS,
+    _route[(triton.cdiv(tokens, MAX_TOKENS),)](x, router, index, weights, tokens, hidden, experts, KSLOTS=top_k, T_PAD=MAX_TOKENS,
                  E_PAD=max(16, triton.next_power_of_2(experts)), BLOCK_K=block_k, num_warps=4)
     return weights, index
 

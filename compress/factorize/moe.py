@@ -11,9 +11,10 @@ Weights are stored as Mixtral stores them: gate_up (n, 2·m, hidden) and down (n
 A shared part (CMoE's shared experts: neurons every token runs, whatever the router picks) is an ordinary
 gated FFN of s neurons, shared_gate_up (2·s, hidden) and shared_down (hidden, s), added to the routed output;
 models without one hold neither tensor.
-Inference on a GPU: up to 16 tokens go through the expert-by-expert Triton kernels (decode.py; the shared
-part in the same launches), more through two grouped matmuls over the (token, expert) pairs sorted by expert;
-neither syncs with the host, so a CUDA graph can hold them. Elsewhere, and while training, a loop over the experts used.
+Inference on a GPU: up to 16 tokens go through the expert-by-expert Triton kernels (decode.py), up to
+BLOCKED_MAX_TOKENS through blocked.py's (each expert's tokens gathered into blocks), both with the shared part
+in the same launches; more through two grouped matmuls over the (token, expert) pairs sorted by expert beside
+the shared part's matmuls. None syncs with the host, so a CUDA graph can hold them. Elsewhere, and while training, a loop over the experts used.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from torch import nn
 
 __all__ = ["FactorizedMLP", "route"]
 
+DECODE_MAX_TOKENS = 16  # up to here decode.py's kernels, then blocked.py's, then grouped matmuls
+BLOCKED_MAX_TOKENS = 4096
 KERNEL_ACTIVATIONS = {"SiLU": "silu", "SiLUActivation": "silu", "GELUTanh": "gelu_tanh",
                       "PytorchGELUTanh": "gelu_tanh"}  # act_fn classes the decode kernels compute
 
@@ -118,14 +121,29 @@ class FactorizedMLP(nn.Module):
         x = hidden_states.reshape(-1, shape[-1])
         if self._decode_kernels_apply(x):
             return self._decode(x).reshape(shape)
+        if self._blocked_kernels_apply(x):
+            return self._blocked(x).reshape(shape)
         routed = self.routed(x)
         if self.shared_down is not None:
             routed = routed + self.shared_output(x)
         return routed.reshape(shape)
 
+    def _kernels_apply(self, x: torch.Tensor) -> bool:
+        return x.is_cuda and not torch.is_grad_enabled() and type(self.act_fn).__name__ in KERNEL_ACTIVATIONS
+
     def _decode_kernels_apply(self, x: torch.Tensor) -> bool:
-        return (x.is_cuda and not torch.is_grad_enabled() and x.shape[0] <= 16
-                and type(self.act_fn).__name__ in KERNEL_ACTIVATIONS)
+        return self._kernels_apply(x) and x.shape[0] <= DECODE_MAX_TOKENS
+
+    def _blocked_kernels_apply(self, x: torch.Tensor) -> bool:
+        return self._kernels_apply(x) and x.shape[0] <= BLOCKED_MAX_TOKENS
+
+    def _blocked(self, x: torch.Tensor) -> torch.Tensor:
+        """Routed and shared output of tens to thousands of tokens in five launches (blocked.py)."""
+        from compress.factorize.blocked import experts_blocked  # Triton: GPU machines only
+
+        return experts_blocked(x, self.router.weight, self.gate_up, self.down, self.top_k,
+                               KERNEL_ACTIVATIONS[type(self.act_fn).__name__] == "gelu_tanh",
+                               shared_gate_up=self.shared_gate_up, shared_down=self.shared_down)
 
     def _decode(self, x: torch.Tensor, shared: bool = True) -> torch.Tensor:
         """Routed (and shared) output of ≤ 16 tokens in three Triton launches (decode.py)."""
