@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from compress.factorize.decode import _act, route_decode
+from compress.factorize.decode import _act, _down_rows, _gate_up_rows, route_decode
 
 __all__ = ["LAUNCH", "experts_blocked"]
 
@@ -65,15 +65,7 @@ def _gate_up(X, W, SW, LIST, COUNT, WEIGHT, ACT, T, M, H, S, A, KSLOTS: tl.const
     if first < tl.where(p < A, T, tl.load(COUNT + tl.maximum(p - A, 0))):
         ok, token, place, coef = _rows(LIST, COUNT, WEIGHT, p, tb, T, A, KSLOTS, BLOCK_T)
         n = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
-        if p < A:
-            gate_rows = SW + (p * M + n).to(tl.int64)[:, None] * H
-            up_rows = SW + (S + p * M + n).to(tl.int64)[:, None] * H
-            n_ok = (n < M) & (p * M + n < S)
-        else:
-            base = W + (p - A).to(tl.int64) * 2 * M * H
-            gate_rows = base + n.to(tl.int64)[:, None] * H
-            up_rows = base + (M + n).to(tl.int64)[:, None] * H
-            n_ok = n < M
+        gate_rows, up_rows, n_ok = _gate_up_rows(W, SW, p, n, M, H, S, A)
         x_rows = X + token.to(tl.int64)[:, None] * H
         gate = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
         up = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
@@ -103,12 +95,7 @@ def _down(ACT, W, SD, LIST, COUNT, WEIGHT, OUT, T, M, H, S, A, KSLOTS: tl.conste
         acc = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
         for k0 in range(0, M, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
-            if p < A:  # shared_down (H, S): columns p·M + k
-                w_rows = SD + n.to(tl.int64)[:, None] * S + p * M
-                k_ok = (k < M) & (p * M + k < S)
-            else:
-                w_rows = W + (p - A).to(tl.int64) * H * M + n.to(tl.int64)[:, None] * M
-                k_ok = k < M
+            w_rows, k_ok = _down_rows(W, SD, p, n, k, M, H, S, A)
             a = tl.load(act_rows + k[None, :], mask=ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
             acc += tl.dot(a, tl.trans(w))

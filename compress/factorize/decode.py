@@ -68,6 +68,35 @@ def _route(X, R, IDX, WEIGHT, T, H, E, KSLOTS: tl.constexpr, T_PAD: tl.constexpr
 
 
 @triton.jit
+def _gate_up_rows(W, SW, p, n, M, H, S, A):
+    """Row pointers of program p's gate and up weights for neurons n: p < A is slice p of the shared part
+    (SW (2S, H): gate rows p·M + n, up rows S + p·M + n), else routed expert p − A of W (E, 2M, H)."""
+    if p < A:
+        gate_rows = SW + (p * M + n).to(tl.int64)[:, None] * H
+        up_rows = SW + (S + p * M + n).to(tl.int64)[:, None] * H
+        n_ok = (n < M) & (p * M + n < S)
+    else:
+        base = W + (p - A).to(tl.int64) * 2 * M * H
+        gate_rows = base + n.to(tl.int64)[:, None] * H
+        up_rows = base + (M + n).to(tl.int64)[:, None] * H
+        n_ok = n < M
+    return gate_rows, up_rows, n_ok
+
+
+@triton.jit
+def _down_rows(W, SD, p, n, k, M, H, S, A):
+    """Row pointers of program p's down weights for output features n, and which of its neurons k exist:
+    shared slice p of SD (H, S) (columns p·M + k), else routed expert p − A of W (E, H, M)."""
+    if p < A:
+        w_rows = SD + n.to(tl.int64)[:, None] * S + p * M
+        k_ok = (k < M) & (p * M + k < S)
+    else:
+        w_rows = W + (p - A).to(tl.int64) * H * M + n.to(tl.int64)[:, None] * M
+        k_ok = k < M
+    return w_rows, k_ok
+
+
+@triton.jit
 def _gate_up(X, W, SW, IDX, P, T, M, H, S, A, SPLIT_H, KSLOTS: tl.constexpr, S_PAD: tl.constexpr,
              T_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     p = tl.program_id(0)  # p < A: slice p of the shared part (rows p·M.. of SW); else routed expert p − A
@@ -75,15 +104,7 @@ def _gate_up(X, W, SW, IDX, P, T, M, H, S, A, SPLIT_H, KSLOTS: tl.constexpr, S_P
     chosen = tl.load(IDX + slots, mask=slots < T * KSLOTS, other=-2)
     if (p < A) | (tl.sum((chosen == p - A).to(tl.int32), axis=0) > 0):
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        if p < A:
-            gate_rows = SW + (p * M + n).to(tl.int64)[:, None] * H
-            up_rows = SW + (S + p * M + n).to(tl.int64)[:, None] * H
-            n_ok = (n < M) & (p * M + n < S)
-        else:
-            base = W + (p - A).to(tl.int64) * 2 * M * H
-            gate_rows = base + n.to(tl.int64)[:, None] * H
-            up_rows = base + (M + n).to(tl.int64)[:, None] * H
-            n_ok = n < M
+        gate_rows, up_rows, n_ok = _gate_up_rows(W, SW, p, n, M, H, S, A)
         split = tl.program_id(2)
         t = tl.arange(0, T_PAD)
         gate = tl.zeros([T_PAD, BLOCK_N], dtype=tl.float32)
@@ -119,12 +140,7 @@ def _down(P, W, SD, IDX, WEIGHT, OUT, T, M, H, E, S, A, SPLITS: tl.constexpr, KS
         if tl.max(coef, axis=0) > 0:
             for k0 in range(0, M, BLOCK_K):
                 k = k0 + tl.arange(0, BLOCK_K)
-                if p < A:  # shared_down (H, S): columns p·M + k
-                    w_rows = SD + n.to(tl.int64)[:, None] * S + p * M
-                    k_ok = (k < M) & (p * M + k < S)
-                else:
-                    w_rows = W + e.to(tl.int64) * H * M + n.to(tl.int64)[:, None] * M
-                    k_ok = k < M
+                w_rows, k_ok = _down_rows(W, SD, p, n, k, M, H, S, A)
                 ok = (t_ok & (coef > 0))[:, None] & k_ok[None, :]
                 gate = tl.zeros([T_PAD, BLOCK_K], dtype=tl.float32)
                 up = tl.zeros([T_PAD, BLOCK_K], dtype=tl.float32)
