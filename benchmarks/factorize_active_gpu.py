@@ -1,8 +1,9 @@
 """The factorized FFN that `compress factorize --active A` makes, timed on a GPU against the dense FFN it came
 from: a 7B-shape Llama MLP (4096 -> 11008, bf16) cut into 16 groups of 688 neurons, S shared groups that every
 token runs and k of E routed ones (--active 0.25: S2 + 2 of 14; 0.5: S4 + 4 of 12; 0.75: S6 + 6 of 10), in
-FactorizedMLP's own inference paths: up to 16 tokens the Triton decode kernels (shared part in the same
-launches), more the grouped matmuls beside the shared part's two matmuls.
+FactorizedMLP's own inference paths: up to 16 tokens the Triton decode kernels, up to BLOCKED_MAX_TOKENS the
+blocked Triton kernels (both with the shared part in the same launches), more the grouped matmuls beside the
+shared part's matmuls.
 Per token count (1, 16, 256 and 8 x 2048) each forward runs in a CUDA graph; each replay is timed alone after a
 write of 256 MB that evicts the weights from L2 (decode rows read the weights from HBM as a real model's layers
 do); the median of --repeats replays. The router is random (the timing depends on how many experts the
@@ -64,9 +65,13 @@ def relative_error(moe: FactorizedMLP, x: torch.Tensor) -> float:
 
 
 def path_name(tokens: int, device: str) -> str:
+    from compress.factorize.moe import BLOCKED_MAX_TOKENS, DECODE_MAX_TOKENS
+
     if device != "cuda":
         return "loop over experts"
-    return "decode kernels" if tokens <= 16 else "grouped matmuls"
+    if tokens <= DECODE_MAX_TOKENS:
+        return "decode kernels"
+    return "blocked kernels" if tokens <= BLOCKED_MAX_TOKENS else "grouped matmuls"
 
 
 def parts(moe: FactorizedMLP, x: torch.Tensor) -> dict:

@@ -86,8 +86,11 @@ class FactorizedMLP(nn.Module):
         """The shared neurons' output (zeros without a shared part)."""
         if self.shared_down is None:
             return torch.zeros_like(x)
+        return F.linear(self._shared_neurons(x), self.shared_down)
+
+    def _shared_neurons(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = F.linear(x, self.shared_gate_up).chunk(2, dim=-1)
-        return F.linear(self.act_fn(gate) * up, self.shared_down)
+        return self.act_fn(gate) * up
 
     def all_experts(self, x: torch.Tensor) -> torch.Tensor:
         """(tokens, experts, hidden): every expert's output (×fold), for pseudo-labels and losses."""
@@ -114,7 +117,7 @@ class FactorizedMLP(nn.Module):
         unsorted = torch.empty_like(pairs).index_copy_(0, order, pairs)
         if self.top_k == 1:
             return unsorted
-        return unsorted.view(x.shape[0], self.top_k, -1).float().sum(1).to(x.dtype)
+        return unsorted.view(x.shape[0], self.top_k, -1).sum(1)  # accumulates in float32
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
@@ -124,8 +127,8 @@ class FactorizedMLP(nn.Module):
         if self._blocked_kernels_apply(x):
             return self._blocked(x).reshape(shape)
         routed = self.routed(x)
-        if self.shared_down is not None:
-            routed = routed + self.shared_output(x)
+        if self.shared_down is not None:  # the shared part's down matmul adds onto the routed output
+            routed = torch.addmm(routed, self._shared_neurons(x), self.shared_down.t())
         return routed.reshape(shape)
 
     def _kernels_apply(self, x: torch.Tensor) -> bool:
