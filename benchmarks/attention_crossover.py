@@ -2,8 +2,9 @@
 (compress/attention/decoding/dense_rule.py) for this GPU, and the whole decode step re-measured under it.
 
 The default model's architecture (30 layers, 9 query heads on 3 KV heads of 64 channels, random weights, as
-benchmarks/attention_decode.py builds it), float16, the settings of that benchmark (1/16 of the channels and
-of the context, 4-bit labels, threshold select, the first 2 layers dense). Per (batch, context n): every
+benchmarks/attention_decode.py builds it), float16, the package's default Double Sparsity setting
+(compress.attention.config; recorded in the result) at T = 1/16 of each step's context, threshold select, a
+random channel file (with a position prior and projected labels, so any default runs). Per (batch, context n): every
 layer's KV cache holds n − 1 random tokens and one decode step is captured as a CUDA graph per mode; the
 modes' graphs are replayed in turn (blocks of 20 replays, the order alternating, median of the blocks), so
 drift hits every mode alike.
@@ -12,7 +13,9 @@ drift hits every mode alike.
      context measured (dense_rule.crossovers);
   2. batch 1 and 16 over the same contexts: dense vs the rule (the crossovers just measured): each step
      sparse or dense as the rule says; every row should be ≥ 1.0× (a row the rule keeps dense runs the same
-     graph as dense: its ratio is the timing noise).
+     graph as dense: its ratio is the timing noise);
+  3. the path of stock `model.generate` (eager, no graph) at a few points: transformers' DynamicCache vs
+     DoubleSparseCache kept dense vs DoubleSparseCache under the rule.
 Usage: python -m benchmarks.attention_crossover --json benchmarks/results/attention-crossover-h100.json
        python -m benchmarks.attention_crossover --store benchmarks/results/attention-crossover-h100.json
            (writes that run's crossovers into compress/attention/decoding/dense_rule.json, keyed by its GPU)
@@ -30,7 +33,7 @@ import time
 import torch
 
 from benchmarks._meta import meta
-from benchmarks.attention_decode import ARCHITECTURE, SETTINGS, TINY, build_model, fill_random
+from benchmarks.attention_decode import ARCHITECTURE, TINY, build_model, fill_random
 
 MARGIN = 1.05  # sparse must be this much faster for its crossover
 BLOCK, ROUNDS = 20, 11  # replays per timed block, blocks per mode
@@ -51,9 +54,11 @@ def _capture(step):
     return graph
 
 
-def interleaved_ms(steps: dict, prepare, cuda: bool, block: int = BLOCK, rounds: int = ROUNDS) -> tuple[dict, bool]:
-    """({mode: median ms of one step}, all graphed): each mode's step captured (`prepare(mode)` sets the
-    decoder first), then blocks of `block` replays of each mode in turn, the order reversed every round."""
+def interleaved_ms(steps: dict, prepare, cuda: bool, block: int = BLOCK, rounds: int = ROUNDS,
+                   synchronize: bool = False) -> tuple[dict, bool]:
+    """({mode: median ms of one step}, all graphed): each mode's step captured (`cuda`; `prepare(mode)` sets
+    the decoder first), then blocks of `block` replays of each mode in turn, the order reversed every round.
+    Without `cuda` the steps run eagerly, timed by the clock (`synchronize`: waiting for the GPU)."""
     runners, graphed = {}, True
     for mode, step in steps.items():
         prepare(mode)
@@ -76,9 +81,13 @@ def interleaved_ms(steps: dict, prepare, cuda: bool, block: int = BLOCK, rounds:
                 torch.cuda.synchronize()
                 times[mode].append(start.elapsed_time(end) / block)
             else:
+                if synchronize:
+                    torch.cuda.synchronize()
                 began = time.perf_counter()
                 for _ in range(block):
                     runners[mode]()
+                if synchronize:
+                    torch.cuda.synchronize()
                 times[mode].append(1e3 * (time.perf_counter() - began) / block)
     return {mode: statistics.median(t) for mode, t in times.items()}, graphed
 
@@ -114,6 +123,65 @@ def time_modes(model, decoder, batch: int, context: int, modes: dict, device) ->
             "budget": decoder.budget(context), "graph": graphed, **{f"{name}_ms": v for name, v in ms.items()}}
 
 
+def guarded(measure, batch: int, context: int, decoder) -> dict:
+    """measure(), or a row naming its error (out of memory, say): the other points still run."""
+    try:
+        return measure()
+    except Exception as error:  # noqa: BLE001 (recorded in the row)
+        print(f"  batch {batch}, context {context} failed: {type(error).__name__}: {str(error)[:200]}", flush=True)
+        decoder.mode, decoder.rule = "sparse", None
+        decoder.stores.clear()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        return {"batch": batch, "context": context, "error": f"{type(error).__name__}: {error}"[:300]}
+
+
+def _fill_cache(cache, layers: int, batch: int, kv_heads: int, length: int, head_dim: int, dtype, device) -> None:
+    generator = torch.Generator(device=device).manual_seed(length)
+    for layer in range(layers):
+        shape = (batch, kv_heads, length, head_dim)
+        cache.update(torch.randn(shape, device=device, dtype=dtype, generator=generator),
+                     torch.randn(shape, device=device, dtype=dtype, generator=generator), layer)
+
+
+@torch.no_grad()
+def time_generate_path(model, settings, batch: int, context: int, rule, device) -> dict:
+    """Eager decode steps as stock `model.generate` runs them (no CUDA graph), after context − 1 random cached
+    tokens: transformers' DynamicCache (dense, concatenating every step) vs DoubleSparseCache kept dense (its
+    buffers, no labels) vs DoubleSparseCache under `rule`; each step is cropped off again, modes in turn."""
+    from transformers import DynamicCache
+
+    from compress.attention.decoding.cache import DoubleSparseCache
+    from compress.attention.decoding.dense_rule import DenseRule
+    from compress.attention.evaluation.measure import _cache_argument
+
+    config = model.config
+    never = DenseRule("never", {1: None})
+    caches = {"stock": DynamicCache(config=config), "cache_dense": DoubleSparseCache(model, settings, dense_rule=never),
+              "cache_rule": DoubleSparseCache(model, settings, dense_rule=rule)}
+    for cache in caches.values():
+        _fill_cache(cache, config.num_hidden_layers, batch, config.num_key_value_heads, context - 1, config.head_dim,
+                    model.dtype, device)
+    ids = torch.randint(0, config.vocab_size, (batch, 1), device=device)
+    argument = _cache_argument(model)
+
+    def step(cache):
+        model(input_ids=ids, use_cache=True, **{argument: cache})
+        cache.crop(-1)
+
+    steps = {name: (lambda cache=cache: step(cache)) for name, cache in caches.items()}
+    ms, _ = interleaved_ms(steps, lambda name: None, False, *((5, 5) if device.type == "cuda" else (1, 2)),
+                           synchronize=device.type == "cuda")
+    sparse_steps = caches["cache_rule"].steps
+    del caches
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"batch": batch, "context": context, **{f"{name}_ms": v for name, v in ms.items()},
+            "rule_sparse": sparse_steps > 0, "speedup_vs_stock": ms["stock"] / ms["cache_rule"],
+            "speedup_vs_cache_dense": ms["cache_dense"] / ms["cache_rule"]}
+
+
 def run(args) -> dict:
     from compress.attention.config import DoubleSparsity
     from compress.attention.decoding.dense_rule import DenseRule, crossovers
@@ -126,40 +194,62 @@ def run(args) -> dict:
     architecture = TINY if args.tiny else ARCHITECTURE
     began = time.perf_counter()
     model = build_model(architecture, torch.float16, device)
-    sparse_layers = architecture["num_hidden_layers"] - SETTINGS["dense_layers"]
     grid, checked = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        settings = DoubleSparsity(channel_file=str(random_channel_file(model, f"{tmp}/channels.json")), **SETTINGS)
+        # the package's default setting (labels, channels, bits, prior), T = 1/16 of each step's context
+        path = random_channel_file(model, f"{tmp}/channels.json", prior=True, projection=True)
+        settings = DoubleSparsity(channel_file=str(path), tokens="1/16")
+        used = settings.model_dump(exclude={"channel_file", "sink", "recent", "mode"})
+        print(f"setting: {used}", flush=True)
         decoder = decoder_from_settings(model, settings)  # T = 1/16 of each step's context
         print(f"{name}: grid, dense vs sparse (every step), batches {args.batches} x contexts {args.contexts}",
               flush=True)
         for batch in args.batches:
             for context in args.contexts:
-                row = time_modes(model, decoder, batch, context, {"dense": ("dense", None),
-                                                                  "sparse": ("sparse", None)}, device)
-                row["speedup"] = row["dense_ms"] / row["sparse_ms"]
-                row["per_layer_gain_us"] = 1e3 * (row["dense_ms"] - row["sparse_ms"]) / sparse_layers
+                row = guarded(lambda: time_modes(model, decoder, batch, context, {"dense": ("dense", None),
+                                                                                  "sparse": ("sparse", None)}, device),
+                              batch, context, decoder)
+                if "error" not in row:
+                    row["speedup"] = row["dense_ms"] / row["sparse_ms"]
+                    sparse_layers = architecture["num_hidden_layers"] - settings.dense_layers
+                    row["per_layer_gain_us"] = 1e3 * (row["dense_ms"] - row["sparse_ms"]) / sparse_layers
                 grid.append(row)
                 print(f"[{time.perf_counter() - began:5.0f} s] {json.dumps(row)}", flush=True)
-        rule = DenseRule(name, crossovers(grid, MARGIN), architecture["head_dim"],
-                         f"benchmarks/attention_crossover.py on {name}, margin {MARGIN}")
+        timed = [{**r, "rows": r["batch"] * architecture["num_key_value_heads"], "dense_ms": 0.0, "sparse_ms": 1.0}
+                 if "error" in r else r for r in grid]  # a point that failed counts as sparse losing
+        rule = DenseRule(name, crossovers(timed, args.margin), architecture["head_dim"],
+                         f"benchmarks/attention_crossover.py on {name}, margin {args.margin}, setting {used}")
         print(f"crossovers (batch x KV heads: context): {rule.crossover}", flush=True)
         for batch in args.rule_batches:
             for context in args.contexts:
-                row = time_modes(model, decoder, batch, context, {"dense": ("dense", None),
-                                                                  "rule": ("sparse", rule)}, device)
+                row = guarded(lambda: time_modes(model, decoder, batch, context, {"dense": ("dense", None),
+                                                                                  "rule": ("sparse", rule)}, device),
+                              batch, context, decoder)
                 row["rule_sparse"] = rule.sparse(batch, context, architecture["num_key_value_heads"],
                                                  architecture["head_dim"])
-                row["speedup"] = row["dense_ms"] / row["rule_ms"]
+                if "error" not in row:
+                    row["speedup"] = row["dense_ms"] / row["rule_ms"]
                 checked.append(row)
                 print(f"[{time.perf_counter() - began:5.0f} s] rule: {json.dumps(row)}", flush=True)
-    slower = [r for r in checked if r["speedup"] < 1.0]
+        print(f"model.generate's path (eager): transformers' DynamicCache vs DoubleSparseCache dense vs under the "
+              f"rule, {args.generate_points}", flush=True)
+        generate_path = []
+        for batch, context in args.generate_points:
+            try:
+                row = time_generate_path(model, settings, batch, context, rule, device)
+            except Exception as error:  # noqa: BLE001 (recorded: the graphed rows above stand without it)
+                row = {"batch": batch, "context": context, "error": f"{type(error).__name__}: {error}"[:300]}
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            generate_path.append(row)
+            print(f"[{time.perf_counter() - began:5.0f} s] generate path: {json.dumps(row)}", flush=True)
+    slower = [r for r in checked if "error" in r or r["speedup"] < 1.0]
     return {"device": name, "model": {"architecture": architecture, "weights": "random", "dtype": str(model.dtype)},
-            "settings": {**SETTINGS, "selection": "threshold", "budget": "1/16 of the step's context"},
+            "settings": {**used, "selection": "threshold", "budget": "1/16 of the step's context"},
             "timing": f"CUDA graphs, modes interleaved: {ROUNDS} blocks of {BLOCK} replays each, median",
-            "margin": MARGIN, "grid": grid, "rule": {"gpu": name, **rule.as_json(), "margin": MARGIN},
-            "with_rule": checked, "checks": {"rows": len(checked), "at_least_dense": len(checked) - len(slower),
-                                             "slower": [(r["batch"], r["context"], round(r["speedup"], 3))
+            "margin": args.margin, "grid": grid, "rule": {"gpu": name, **rule.as_json(), "margin": args.margin},
+            "with_rule": checked, "generate_path": generate_path, "checks": {"rows": len(checked), "at_least_dense": len(checked) - len(slower),
+                                             "slower": [(r["batch"], r["context"], round(r.get("speedup", 0), 3))
                                                         for r in slower]},
             "seconds": time.perf_counter() - began}
 
@@ -171,7 +261,11 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, nargs="*", default=[4096, 8192, 16384, 32768, 65536, 131072])
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 4, 16])
     parser.add_argument("--rule-batches", type=int, nargs="*", default=[1, 16])
-    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--generate-points", type=int, nargs="*", default=[1, 8192, 1, 32768, 1, 131072, 16, 8192,
+                                                                          16, 32768],
+                        help="batch, context pairs of the eager model.generate path's timing (three caches held)")
+    parser.add_argument("--margin", type=float, default=MARGIN, help="sparse must be this much faster")
+    parser.add_argument("--tiny", action="store_true", help="a tiny model, margin 0 (every path runs)")
     args = parser.parse_args()
     if args.store:
         from compress.attention.decoding.dense_rule import store_rule
@@ -182,18 +276,33 @@ def main() -> None:
         parser.error("--json or --store is required")
     if args.tiny:
         args.contexts, args.batches, args.rule_batches = [48, 96, 192], [1, 2], [1, 2]
+        args.generate_points, args.margin = [1, 96, 2, 192], 0.0
+    args.generate_points = list(zip(args.generate_points[::2], args.generate_points[1::2]))
     run_meta = meta()
     result = {"meta": run_meta, **run(args)}
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
     print(f"{'B':>3}{'context':>8}{'dense ms':>10}{'sparse ms':>10}{'speedup':>8}")
     for r in result["grid"]:
+        if "error" in r:
+            print(f"{r['batch']:>3}{r['context']:>8}  {r['error']}")
+            continue
         print(f"{r['batch']:>3}{r['context']:>8}{r['dense_ms']:>10.3f}{r['sparse_ms']:>10.3f}{r['speedup']:>8.2f}")
     print(f"rule {result['rule']['crossover']}")
     print(f"{'B':>3}{'context':>8}{'dense ms':>10}{'rule ms':>10}{'speedup':>8}{'sparse':>7}")
     for r in result["with_rule"]:
+        if "error" in r:
+            print(f"{r['batch']:>3}{r['context']:>8}  {r['error']}")
+            continue
         print(f"{r['batch']:>3}{r['context']:>8}{r['dense_ms']:>10.3f}{r['rule_ms']:>10.3f}{r['speedup']:>8.3f}"
               f"{str(r['rule_sparse']):>7}")
+    print(f"{'B':>3}{'context':>8}{'stock ms':>10}{'dense ms':>10}{'rule ms':>10}{'vs stock':>9}{'vs dense':>9}")
+    for r in result["generate_path"]:
+        if "error" in r:
+            print(f"{r['batch']:>3}{r['context']:>8}  {r['error']}")
+            continue
+        print(f"{r['batch']:>3}{r['context']:>8}{r['stock_ms']:>10.3f}{r['cache_dense_ms']:>10.3f}"
+              f"{r['cache_rule_ms']:>10.3f}{r['speedup_vs_stock']:>9.2f}{r['speedup_vs_cache_dense']:>9.2f}")
     checks = result["checks"]
     print(f"with the rule: {checks['at_least_dense']} of {checks['rows']} rows >= 1.0x dense "
           f"(below: {checks['slower']}); {result['seconds']:.0f} s")

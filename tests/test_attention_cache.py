@@ -205,6 +205,40 @@ def test_gpu_generate_with_kernels_is_the_evaluation_mode(bits, selection, tmp_p
     check(compare_cache_generation(model, prompt, 8, with_prior, selection), sparse_layers=3)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [4, 16])
+def test_gpu_labels_appended_by_the_kernel_equal_labels_built_whole(bits, tmp_path):
+    """On CUDA the first sparse step labels the cache, then the Triton kernel appends a token's labels a step:
+    the label cache ends equal to labels built over the whole key cache; buffers grew past their first size."""
+    from compress.attention.decode_kernels.decode_torch import label_cache
+
+    model = tiny_model("cuda")
+    path = random_channel_file(model, tmp_path / "c.json")
+    prompt = torch.randint(0, 320, (2, 250), generator=torch.Generator().manual_seed(1)).cuda()
+    cache = DoubleSparseCache(model, settings(path, bits, tokens="8"), dense_rule=None)
+    generate_tokens(model, prompt, 12, cache)
+    layer = cache.layers[2]
+    assert cache.steps == 2 * 11 and layer.keys.shape[2] == 261 and layer._buffers[0].shape[2] > 256
+    assert torch.equal(layer.labels, label_cache(layer.keys, cache.plan.heavy[2], bits))
+
+
+@pytest.mark.gpu
+def test_gpu_dense_rule_keeps_short_steps_dense(tmp_path):
+    from compress.attention.decoding.dense_rule import DenseRule, rule_for_device
+
+    model = tiny_model("cuda")
+    path = random_channel_file(model, tmp_path / "c.json")
+    prompt = torch.randint(0, 320, (2, 30), generator=torch.Generator().manual_seed(1)).cuda()
+    _, dense_logits = generate_tokens(model, prompt, 12)
+    cache = DoubleSparseCache(model, settings(path, 4, tokens="4"), dense_rule=DenseRule("test", {6: 40}))
+    _, logits = generate_tokens(model, prompt, 12, cache)
+    assert cache.steps == 2 * 2
+    scale = dense_logits.abs().max()
+    assert (logits[:, :10] - dense_logits[:, :10]).abs().max() < 5e-3 * scale
+    assert (logits[:, 10:] - dense_logits[:, 10:]).abs().max() > 0.05 * scale
+    assert DoubleSparseCache(model, settings(path, 4)).plan.rule == rule_for_device("cuda")
+
+
 def test_the_package_exports_the_cache():
     import compress.attention
     from compress.attention.decoding import cache
@@ -223,7 +257,7 @@ def test_other_families_generate(family, tmp_path):
     layers = dict(num_hidden_layers=4, layer_types=["sliding_attention", "full_attention"] * 2)
     model = family_model(family, **layers) if family == "gemma3" else family_model(family)
     ours = DoubleSparsity(channel_file=str(random_channel_file(model, tmp_path / "c.json")), channels="1/4",
-                          tokens="1/8", dense_layers=0, label_bits=16)
+                          tokens="1/8", dense_layers=0, label_bits=16, labels="channels", position_prior=False)
     row = compare_cache_generation(model, torch.randint(0, 320, (2, 60), generator=torch.Generator().manual_seed(3)),
                                    6, ours, "topk")
     check(row, sparse_layers=2)
