@@ -27,19 +27,24 @@ def test_factorize_eval_export_reloads_as_mixtral(train, tiny_model_dir, text_fi
     result = invoke("factorize", tiny_model_dir, "--experts", 4, "--top-k", 2, "--split", "cluster", "--router", "par",
                     "--steps", 30,
                     "--text", text_file, "--nsamples", 8, "--seqlen", 64, "--device", "cpu", "--eval",
-                    "--eval-text", text_file, "--eval-context", 64, "--eval-tokens", 512, "--json", "--out", out,
-                    "--train", train, "--expert-steps", 5, "--expert-batch", 2)
+                    "--eval-text", text_file, "--eval-context", 64, "--eval-tokens", 512, "--out", out,
+                    "--train", train, "--expert-steps", 5, "--expert-batch", 2)  # no --json: progress on stderr
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    stage = report["stages"][0]["result"]
+    manifest = json.loads((out / "compression.json").read_text())
+    stage = manifest["stages"][0]["result"]
     assert (stage["end_to_end"] is None) == (train == "router")
     if train != "router":
         assert stage["end_to_end"]["tokens"] == 5 * 2 * 64 and stage["end_to_end"]["losses"][0]["distill"] > 0
+        first, last = stage["end_to_end"]["losses"][0], stage["end_to_end"]["losses"][-1]
+        assert (first["step"], last["step"], last["steps"]) == (0, 4, 5) and last["tokens_per_s"] > 0
+        # stage B reports progress: step, loss and tokens/s, a plain line each without a terminal
+        lines = [line for line in result.stderr.splitlines() if "stage B step" in line]
+        assert [line.split("stage B step ")[1].split(":")[0] for line in lines] == ["1/5", "5/5"]
+        assert f"loss {last['loss']:.4f}" in lines[-1] and "tokens/s" in lines[-1] and "\x1b" not in result.stderr
     assert (stage["experts"], stage["top_k"], stage["split"], stage["exports_to"]) == (4, 2, "cluster", "mixtral")
     assert stage["training_tokens"] == 8 * 64 and len(stage["layers"]) == 2
     assert all(len(layer["info"]["load"]) == 4 for layer in stage["layers"])
-    manifest = json.loads((out / "compression.json").read_text())
-    assert manifest["stages"][0]["result"]["split"] == "cluster" and manifest["calibration"]["nsamples"] == 8
+    assert manifest["calibration"]["nsamples"] == 8
 
     loaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(loaded).__name__ == "MixtralForCausalLM"

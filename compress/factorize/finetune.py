@@ -149,7 +149,10 @@ def train_end_to_end(model: nn.Module, params: list[nn.Parameter], calibration: 
                 schedule.step()
                 fit.tokens += ids.numel()
                 if step % log_every == 0 or step == settings.steps - 1:
-                    entry = {"step": step, **{name: round(value.item(), 5) for name, value in parts.items()}}
+                    elapsed = time.perf_counter() - started
+                    entry = {"step": step, "steps": settings.steps,
+                             **{name: round(value.item(), 5) for name, value in parts.items()},
+                             "loss": round(loss.item(), 5), "tokens_per_s": round(fit.tokens / max(elapsed, 1e-9), 1)}
                     fit.losses.append(entry)
                     if on_step:
                         on_step(entry)

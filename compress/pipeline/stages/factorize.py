@@ -87,11 +87,19 @@ def _exports_to(config, shared: bool) -> str | None:
         return None
 
 
+def stage_b_line(entry: dict) -> str:
+    """One progress line of stage B: step, the loss and its terms, training tokens per second."""
+    terms = ", ".join(f"{name} {entry[name]:.4f}" for name in ("distill", "lm", "par", "balance") if name in entry)
+    return (f"stage B step {entry['step'] + 1}/{entry['steps']}: loss {entry['loss']:.4f} ({terms}), "
+            f"{entry['tokens_per_s']:,.0f} tokens/s")
+
+
 def _run(session, config: FactorizeStage) -> FactorizeResultReport:
     from compress.factorize.apply import factorize_model
 
     calibration = session.calibration() if config.needs_calibration() else None
-    result = factorize_model(session.model, config, calibration, session.device, on_layer=session.progress.layer)
+    result = factorize_model(session.model, config, calibration, session.device, on_layer=session.progress.layer,
+                             on_step=lambda entry: session.progress.stage(stage_b_line(entry)))
     session.exporter = _export
     summary = result.to_dict()
     return FactorizeResultReport(
