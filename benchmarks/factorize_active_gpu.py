@@ -1,7 +1,7 @@
 """The factorized FFN that `compress factorize --active A` makes, timed on a GPU against the dense FFN it came
 from: a 7B-shape Llama MLP (4096 -> 11008, bf16) cut into 16 groups of 688 neurons, S shared groups that every
 token runs and k of E routed ones (--active 0.25: S2 + 2 of 14; 0.5: S4 + 4 of 12; 0.75: S6 + 6 of 10), in
-FactorizedMLP's own inference paths: up to 16 tokens the Triton decode kernels, up to BLOCKED_MAX_TOKENS the
+FactorizedMLP's own inference paths: up to 16 tokens the Triton decode kernels, up to a few thousand the
 blocked Triton kernels (both with the shared part in the same launches), more the grouped matmuls beside the
 shared part's matmuls.
 Per token count (1, 16, 256 and 8 x 2048) each forward runs in a CUDA graph; each replay is timed alone after a
@@ -65,13 +65,14 @@ def relative_error(moe: FactorizedMLP, x: torch.Tensor) -> float:
 
 
 def path_name(tokens: int, device: str) -> str:
-    from compress.factorize.moe import BLOCKED_MAX_TOKENS, DECODE_MAX_TOKENS
+    from compress.factorize.launch import bounds
 
     if device != "cuda":
         return "loop over experts"
-    if tokens <= DECODE_MAX_TOKENS:
+    limits = bounds(torch.device("cuda"))
+    if tokens <= min(limits["decode"], 16):
         return "decode kernels"
-    return "blocked kernels" if tokens <= BLOCKED_MAX_TOKENS else "grouped matmuls"
+    return "blocked kernels" if tokens <= limits["blocked"] else "grouped matmuls"
 
 
 def parts(moe: FactorizedMLP, x: torch.Tensor) -> dict:
@@ -150,6 +151,13 @@ def end_to_end(args, dtype) -> list:
     return rows
 
 
+def _launch_entry(device: str) -> dict | None:
+    """The launch settings and hand-over points the run used (compress/factorize/launch_settings.json)."""
+    from compress.factorize.launch import _entry
+
+    return _entry(torch.device(device)) or None if device == "cuda" else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", required=True)
@@ -168,7 +176,8 @@ def main() -> None:
     checks, rows = ffn_rows(args, device, dtype, flush)
     result = {"meta": run_meta, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "dtype": str(dtype).replace("torch.", ""), "hidden": 64 if args.tiny else 4096,
-              "intermediate": 256 if args.tiny else 11008, "groups": ACTIVE_GROUPS, "checks": checks, "rows": rows,
+              "intermediate": 256 if args.tiny else 11008, "groups": ACTIVE_GROUPS,
+              "launch_table": _launch_entry(device), "checks": checks, "rows": rows,
               "checks_pass": all(c["relative_error"] < c["bound"] for c in checks), "end_to_end": []}
     del flush
     if device == "cuda" and not args.no_e2e:

@@ -6,9 +6,9 @@ found so far (decode kernels at 1 and 16 tokens; blocked kernels at 256 and 1638
 winners, the grouped-matmul path and the dense FFN at every token count from 16 to 16384, which places the
 boundaries between the paths. Each time: one forward in a CUDA graph, each replay alone after a 256 MB write
 that evicts L2, median of --repeats (benchmarks/factorize_gpu.py's timer). Settings that do not compile or do not
-fit are recorded with their error. The winners are copied by hand into LAUNCH of decode.py and blocked.py and
-the boundaries into moe.py, which name this file.
-Usage: python -m benchmarks.factorize_launch --json benchmarks/results/factorize-launch-h100.json
+fit are recorded with their error. With --store the winners and the hand-over points go into
+compress/factorize/launch_settings.json under this GPU's name, which FactorizedMLP's paths read (launch.py).
+Usage: python -m benchmarks.factorize_launch --store --json benchmarks/results/factorize-launch-h200.json
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ DECODE_GROUPS = [{"split": [1, 2, 4], "up_n": [16, 32, 64], "up_k": [128, 256]},
 BLOCKED_GROUPS = [{"block_t": [16, 32, 64, 128]}, {"up_n": [32, 64, 128], "up_k": [32, 64, 128]},
                   {"up_warps": [4, 8], "up_stages": [2, 3, 4]}, {"down_n": [32, 64, 128], "down_k": [32, 64, 128]},
                   {"down_warps": [4, 8], "down_stages": [2, 3, 4]}]
-SPAN = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+SPAN = [4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
 
 
 def kernel_call(moe, kind: str, launch: dict):
@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--json", required=True)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--budget", type=float, default=420, help="seconds for the searches")
+    parser.add_argument("--store", action="store_true", help="write the result into compress/factorize/launch_settings.json")
     args = parser.parse_args()
     run_meta = meta()
     started = time.time()
@@ -109,14 +110,52 @@ def main() -> None:
             row[f"{name} settings ms"] = measure(moe, "blocked", best[name]["launch"], x, args.repeats, flush)
         if n <= 16:
             row["decode 16 settings ms"] = measure(moe, "decode", best["decode 16"]["launch"], x, args.repeats, flush)
+            row["decode 1 settings ms"] = measure(moe, "decode", best["decode 1"]["launch"], x, args.repeats, flush)
         span.append(row)
         print(json.dumps(row), flush=True)
     result = {"meta": run_meta, "device": torch.cuda.get_device_name(), "dtype": "bfloat16", "hidden": 4096,
               "intermediate": 11008, "active": 0.25, "experts": moe.num_experts, "top_k": moe.top_k,
               "shared_neurons": moe.shared_width, "repeats": args.repeats, "best": best, "span": span, "search": log,
               "seconds": round(time.time() - started, 1)}
+    result["entry"] = table_entry(best, span, args.json)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
+    if args.store:
+        from compress.factorize.launch import store
+
+        store(result["device"], result["entry"])
+
+
+def _ms(row: dict, key: str) -> float:
+    value = row.get(key)
+    return value if isinstance(value, float) else float("inf")
+
+
+def _last_before(span: list[dict], wins) -> int:
+    """The largest token count up to which `wins(row)` holds at every measured count (0 if not at the first)."""
+    last = 0
+    for row in span:
+        if not wins(row):
+            break
+        last = row["tokens"]
+    return last
+
+
+def table_entry(best: dict, span: list[dict], source: str) -> dict:
+    """launch_settings.json's entry: the searched settings and where each path stops being the fastest."""
+    blocked = lambda r: min(_ms(r, "blocked 256 settings ms"), _ms(r, "blocked 16384 settings ms"))  # noqa: E731
+    decode = lambda r: min(_ms(r, "decode 1 settings ms"), _ms(r, "decode 16 settings ms"))  # noqa: E731
+    small = [r for r in span if r["tokens"] > 16]
+    return {"decode_few": best["decode 1"]["launch"], "decode_many": best["decode 16"]["launch"],
+            "blocked_small": best["blocked 256"]["launch"], "blocked_large": best["blocked 16384"]["launch"],
+            "bounds": {"few": max(1, _last_before([r for r in span if r["tokens"] <= 16],
+                                                  lambda r: _ms(r, "decode 1 settings ms") <= _ms(r, "decode 16 settings ms"))),
+                       "decode": max(1, _last_before([r for r in span if r["tokens"] <= 16],
+                                                     lambda r: decode(r) <= blocked(r))),
+                       "small": _last_before(small, lambda r: _ms(r, "blocked 256 settings ms")
+                                             <= _ms(r, "blocked 16384 settings ms")) or 16,
+                       "blocked": _last_before(small, lambda r: blocked(r) <= r["grouped_ms"]) or 16},
+            "measured_by": f"python -m benchmarks.factorize_launch --store --json {source}"}
 
 
 if __name__ == "__main__":

@@ -107,7 +107,9 @@ def experts_blocked(x: torch.Tensor, router: torch.Tensor, gate_up: torch.Tensor
                     gelu_tanh: bool = False, shared_gate_up: torch.Tensor | None = None,
                     shared_down: torch.Tensor | None = None, launch: dict | None = None) -> torch.Tensor:
     """(tokens, hidden): routing (softmax top-k renormalised) and the routed plus shared output, five launches."""
-    c = {**LAUNCH, **(launch or {})}
+    from compress.factorize.launch import blocked_launch
+
+    c = {**LAUNCH, **(blocked_launch(x.shape[0], x.device) if launch is None else launch)}
     tokens, hidden = x.shape
     experts, m = gate_up.shape[0], gate_up.shape[1] // 2
     width = 0 if shared_down is None else shared_down.shape[1]

@@ -177,7 +177,9 @@ def experts_decode(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, i
     experts, m = gate_up.shape[0], gate_up.shape[1] // 2
     if tokens > MAX_TOKENS:
         raise ValueError(f"experts_decode takes at most {MAX_TOKENS} tokens, got {tokens}")
-    c = {**LAUNCH, **({"split": 1} if tokens > 4 else {}), **(launch or {})}
+    from compress.factorize.launch import decode_launch
+
+    c = {**LAUNCH, **(decode_launch(tokens, x.device) if launch is None else launch)}
     slots = index.shape[1]
     x, gate_up, down = x.contiguous(), gate_up.contiguous(), down.contiguous()
     index, weights = index.to(torch.int32).contiguous(), weights.float().contiguous()

@@ -11,10 +11,11 @@ Weights are stored as Mixtral stores them: gate_up (n, 2·m, hidden) and down (n
 A shared part (CMoE's shared experts: neurons every token runs, whatever the router picks) is an ordinary
 gated FFN of s neurons, shared_gate_up (2·s, hidden) and shared_down (hidden, s), added to the routed output;
 models without one hold neither tensor.
-Inference on a GPU: up to 16 tokens go through the expert-by-expert Triton kernels (decode.py), up to
-BLOCKED_MAX_TOKENS through blocked.py's (each expert's tokens gathered into blocks), both with the shared part
+Inference on a GPU: up to 16 tokens go through the expert-by-expert Triton kernels (decode.py), up to a few
+thousand through blocked.py's (each expert's tokens gathered into blocks), both with the shared part
 in the same launches; more through two grouped matmuls over the (token, expert) pairs sorted by expert beside
-the shared part's matmuls. None syncs with the host, so a CUDA graph can hold them. Elsewhere, and while training, a loop over the experts used.
+the shared part's matmuls (the hand-over points and launch settings are measured per GPU: launch.py). None
+syncs with the host, so a CUDA graph can hold them. Elsewhere, and while training, a loop over the experts used.
 """
 from __future__ import annotations
 
@@ -24,8 +25,6 @@ from torch import nn
 
 __all__ = ["FactorizedMLP", "route"]
 
-DECODE_MAX_TOKENS = 16  # up to here decode.py's kernels, then blocked.py's, then grouped matmuls
-BLOCKED_MAX_TOKENS = 4096
 KERNEL_ACTIVATIONS = {"SiLU": "silu", "SiLUActivation": "silu", "GELUTanh": "gelu_tanh",
                       "PytorchGELUTanh": "gelu_tanh"}  # act_fn classes the decode kernels compute
 
@@ -135,10 +134,14 @@ class FactorizedMLP(nn.Module):
         return x.is_cuda and not torch.is_grad_enabled() and type(self.act_fn).__name__ in KERNEL_ACTIVATIONS
 
     def _decode_kernels_apply(self, x: torch.Tensor) -> bool:
-        return self._kernels_apply(x) and x.shape[0] <= DECODE_MAX_TOKENS
+        from compress.factorize.launch import bounds
+
+        return self._kernels_apply(x) and x.shape[0] <= min(bounds(x.device)["decode"], 16)  # decode.MAX_TOKENS
 
     def _blocked_kernels_apply(self, x: torch.Tensor) -> bool:
-        return self._kernels_apply(x) and x.shape[0] <= BLOCKED_MAX_TOKENS
+        from compress.factorize.launch import bounds
+
+        return self._kernels_apply(x) and x.shape[0] <= bounds(x.device)["blocked"]
 
     def _blocked(self, x: torch.Tensor) -> torch.Tensor:
         """Routed and shared output of tens to thousands of tokens in five launches (blocked.py)."""
