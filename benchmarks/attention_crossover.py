@@ -8,7 +8,10 @@ random channel file (with a position prior and projected labels, so any default 
 layer's KV cache holds n − 1 random tokens and one decode step is captured as a CUDA graph per mode; the
 modes' graphs are replayed in turn (blocks of 20 replays, the order alternating, median of the blocks), so
 drift hits every mode alike.
-  1. the grid (batch 1, 4, 16 × context 4K–128K): dense vs sparse (every step sparse); the crossover of each
+  0. append_token (a sparse step's key, value and labels in one launch) against the separate writes; if it
+     differs, the run uses the separate writes;
+  1. the grid (batch 1, 4, 16 × context 4K–128K): dense vs sparse (every step sparse; at batch 1 and 16 also
+     without the one-launch append, key sparse_unfused_ms); the crossover of each
      batch × KV heads is the smallest context from which sparse was faster by the margin at every larger
      context measured (dense_rule.crossovers);
   2. batch 1 and 16 over the same contexts: dense vs the rule (the crossovers just measured): each step
@@ -95,11 +98,11 @@ def interleaved_ms(steps: dict, prepare, cuda: bool, block: int = BLOCK, rounds:
 @torch.no_grad()
 def time_modes(model, decoder, batch: int, context: int, modes: dict, device) -> dict:
     """Median ms of one decode step after context − 1 cached tokens per mode; `modes` {name: (decoder mode,
-    rule)}."""
+    rule, fused append)}."""
     from compress.attention.decoding.generate import installed, step_inputs
 
     config = model.config
-    decoder.mode, decoder.rule = "sparse", None
+    decoder.mode, decoder.rule, fused = "sparse", None, decoder.fused
     fill_random(decoder, config.num_hidden_layers, batch, config.num_key_value_heads, context - 1, config.head_dim,
                 model.dtype, device)
     ids = torch.randint(0, config.vocab_size, (batch, 1), device=device)
@@ -110,12 +113,13 @@ def time_modes(model, decoder, batch: int, context: int, modes: dict, device) ->
         return model(input_ids=ids, **inputs).logits
 
     def prepare(name):
-        decoder.mode, decoder.rule = modes[name]
+        decoder.mode, decoder.rule, decoder.fused = modes[name]
+        decoder.fused &= fused
 
     with installed(model, decoder):
         ms, graphed = interleaved_ms({name: step for name in modes}, prepare, device.type == "cuda",
                                      *((2, 3) if device.type == "cpu" else ()))
-    decoder.mode, decoder.rule = "sparse", None
+    decoder.mode, decoder.rule, decoder.fused = "sparse", None, fused
     decoder.stores.clear()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -123,13 +127,13 @@ def time_modes(model, decoder, batch: int, context: int, modes: dict, device) ->
             "budget": decoder.budget(context), "graph": graphed, **{f"{name}_ms": v for name, v in ms.items()}}
 
 
-def guarded(measure, batch: int, context: int, decoder) -> dict:
+def guarded(measure, batch: int, context: int, decoder, fused: bool) -> dict:
     """measure(), or a row naming its error (out of memory, say): the other points still run."""
     try:
         return measure()
     except Exception as error:  # noqa: BLE001 (recorded in the row)
         print(f"  batch {batch}, context {context} failed: {type(error).__name__}: {str(error)[:200]}", flush=True)
-        decoder.mode, decoder.rule = "sparse", None
+        decoder.mode, decoder.rule, decoder.fused = "sparse", None, fused
         decoder.stores.clear()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -185,8 +189,8 @@ def time_generate_path(model, settings, batch: int, context: int, rule, device) 
 def run(args) -> dict:
     from compress.attention.config import DoubleSparsity
     from compress.attention.decoding.dense_rule import DenseRule, crossovers
-    from compress.attention.decoding.generate import decoder_from_settings
-    from compress.attention.decoding.generate_check import random_channel_file
+    from compress.attention.decoding.generate import decoder_from_settings, kernels_available
+    from compress.attention.decoding.generate_check import appended_tokens_match, random_channel_file
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -202,15 +206,23 @@ def run(args) -> dict:
         used = settings.model_dump(exclude={"channel_file", "sink", "recent", "mode"})
         print(f"setting: {used}", flush=True)
         decoder = decoder_from_settings(model, settings)  # T = 1/16 of each step's context
+        # the one-launch key, value and label append (where the kernels run)
+        fused = appended_tokens_match(device.type) if kernels_available(torch.empty(0, device=device)) else {}
+        decoder.fused = all(fused.values())
+        print(f"one-launch append (append_token) matches: {fused}", flush=True)
         print(f"{name}: grid, dense vs sparse (every step), batches {args.batches} x contexts {args.contexts}",
               flush=True)
         for batch in args.batches:
             for context in args.contexts:
-                row = guarded(lambda: time_modes(model, decoder, batch, context, {"dense": ("dense", None),
-                                                                                  "sparse": ("sparse", None)}, device),
-                              batch, context, decoder)
+                modes = {"dense": ("dense", None, True), "sparse": ("sparse", None, True)}
+                if batch in args.unfused_batches:  # the same without the one-launch append
+                    modes["sparse_unfused"] = ("sparse", None, False)
+                row = guarded(lambda: time_modes(model, decoder, batch, context, modes, device), batch, context,
+                              decoder, decoder.fused)
                 if "error" not in row:
                     row["speedup"] = row["dense_ms"] / row["sparse_ms"]
+                    if "sparse_unfused_ms" in row:
+                        row["unfused_speedup"] = row["dense_ms"] / row["sparse_unfused_ms"]
                     sparse_layers = architecture["num_hidden_layers"] - settings.dense_layers
                     row["per_layer_gain_us"] = 1e3 * (row["dense_ms"] - row["sparse_ms"]) / sparse_layers
                 grid.append(row)
@@ -222,9 +234,9 @@ def run(args) -> dict:
         print(f"crossovers (batch x KV heads: context): {rule.crossover}", flush=True)
         for batch in args.rule_batches:
             for context in args.contexts:
-                row = guarded(lambda: time_modes(model, decoder, batch, context, {"dense": ("dense", None),
-                                                                                  "rule": ("sparse", rule)}, device),
-                              batch, context, decoder)
+                modes = {"dense": ("dense", None, True), "rule": ("sparse", rule, True)}
+                row = guarded(lambda: time_modes(model, decoder, batch, context, modes, device), batch, context,
+                              decoder, decoder.fused)
                 row["rule_sparse"] = rule.sparse(batch, context, architecture["num_key_value_heads"],
                                                  architecture["head_dim"])
                 if "error" not in row:
@@ -248,7 +260,8 @@ def run(args) -> dict:
             "settings": {**used, "selection": "threshold", "budget": "1/16 of the step's context"},
             "timing": f"CUDA graphs, modes interleaved: {ROUNDS} blocks of {BLOCK} replays each, median",
             "margin": args.margin, "grid": grid, "rule": {"gpu": name, **rule.as_json(), "margin": args.margin},
-            "with_rule": checked, "generate_path": generate_path, "checks": {"rows": len(checked), "at_least_dense": len(checked) - len(slower),
+            "with_rule": checked, "generate_path": generate_path, "append_token_matches": fused,
+            "fused_append": decoder.fused, "checks": {"rows": len(checked), "at_least_dense": len(checked) - len(slower),
                                              "slower": [(r["batch"], r["context"], round(r.get("speedup", 0), 3))
                                                         for r in slower]},
             "seconds": time.perf_counter() - began}
@@ -264,6 +277,8 @@ def main() -> None:
     parser.add_argument("--generate-points", type=int, nargs="*", default=[1, 8192, 1, 32768, 1, 131072, 16, 8192,
                                                                           16, 32768],
                         help="batch, context pairs of the eager model.generate path's timing (three caches held)")
+    parser.add_argument("--unfused-batches", type=int, nargs="*", default=[1, 16],
+                        help="grid batches also timed without the one-launch append (key sparse_unfused_ms)")
     parser.add_argument("--margin", type=float, default=MARGIN, help="sparse must be this much faster")
     parser.add_argument("--tiny", action="store_true", help="a tiny model, margin 0 (every path runs)")
     args = parser.parse_args()
@@ -282,12 +297,14 @@ def main() -> None:
     result = {"meta": run_meta, **run(args)}
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
-    print(f"{'B':>3}{'context':>8}{'dense ms':>10}{'sparse ms':>10}{'speedup':>8}")
+    print(f"{'B':>3}{'context':>8}{'dense ms':>10}{'sparse ms':>10}{'speedup':>8}{'unfused':>9}")
     for r in result["grid"]:
         if "error" in r:
             print(f"{r['batch']:>3}{r['context']:>8}  {r['error']}")
             continue
-        print(f"{r['batch']:>3}{r['context']:>8}{r['dense_ms']:>10.3f}{r['sparse_ms']:>10.3f}{r['speedup']:>8.2f}")
+        unfused = f"{r['unfused_speedup']:.2f}" if "unfused_speedup" in r else "-"
+        print(f"{r['batch']:>3}{r['context']:>8}{r['dense_ms']:>10.3f}{r['sparse_ms']:>10.3f}{r['speedup']:>8.2f}"
+              f"{unfused:>9}")
     print(f"rule {result['rule']['crossover']}")
     print(f"{'B':>3}{'context':>8}{'dense ms':>10}{'rule ms':>10}{'speedup':>8}{'sparse':>7}")
     for r in result["with_rule"]:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.attention.decoding.generate_check import (appended_labels_exact, compare_decoding, failed_rules, host_syncs,
-                                                       random_channel_file)
+from compress.attention.decoding.generate_check import (appended_labels_exact, appended_tokens_match, compare_decoding,
+                                                       failed_rules, host_syncs, random_channel_file)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,8 @@ def tiny_model(device="cpu", layers=3, dtype=torch.float16):
 def settings(path, bits, tokens="1/8"):
     from compress.attention.config import DoubleSparsity
 
-    return DoubleSparsity(channel_file=str(path), channels="1/16", tokens=tokens, dense_layers=1, label_bits=bits)
+    return DoubleSparsity(channel_file=str(path), channels="1/16", tokens=tokens, dense_layers=1, label_bits=bits,
+                          labels="channels", position_prior=False)
 
 
 CASES = [(16, "topk"), (4, "threshold")]
@@ -81,7 +82,7 @@ import json, tempfile
 import torch
 from compress.attention.decoding.generate_check import random_channel_file, compare_decoding, compare_cache_generation
 from compress.attention.decoding.generate import decoder_from_settings
-from compress.attention.decoding.generate_check import appended_labels_exact, host_syncs
+from compress.attention.decoding.generate_check import appended_labels_exact, appended_tokens_match, host_syncs
 from tests.test_attention_generate import settings, tiny_model
 model = tiny_model()
 rows = []
@@ -101,7 +102,8 @@ with tempfile.TemporaryDirectory() as tmp:
     prompt = torch.randint(0, 320, (2, 120), generator=torch.Generator().manual_seed(6))
     cache_rows = [compare_cache_generation(model, prompt, 6, settings(projected, 4).model_copy(
         update={{"position_prior": True}}), "threshold")]  # model.generate with a DoubleSparseCache
-print(json.dumps({{"rows": rows, "cache_rows": cache_rows, "append": appended_labels_exact("cpu"), "syncs": syncs}}))
+print(json.dumps({{"rows": rows, "cache_rows": cache_rows, "append": appended_labels_exact("cpu"), "syncs": syncs,
+                  "tokens": appended_tokens_match("cpu")}}))
 """
 
 
@@ -113,7 +115,7 @@ def test_triton_kernels_in_the_interpreter_match():
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert all(result["append"])
+    assert all(result["append"]) and all(result["tokens"].values()), result["tokens"]
     assert result["syncs"] == {"sparse": 0, "dense": 0, "skip": 0}  # the kernels' launch code reads no values
     # The kernels round P to float16 before P V, as on a GPU; the CPU's evaluation mode keeps it in float32.
     # One float16 ulp added to every attention output moves this tiny random model's logits by 2.1% of the
@@ -126,6 +128,13 @@ def test_triton_kernels_in_the_interpreter_match():
 @pytest.mark.gpu
 def test_gpu_appended_labels_exact():
     assert all(appended_labels_exact("cuda"))
+
+
+@pytest.mark.gpu
+def test_gpu_appended_tokens_match():
+    """append_token: a decode step's key, value and labels in one launch (generate_check.appended_tokens_match)."""
+    found = appended_tokens_match("cuda")
+    assert all(found.values()), found
 
 
 @pytest.mark.gpu
@@ -205,9 +214,11 @@ def test_generate_command(tiny_model_dir, tmp_path):
 
     from compress.cli import app
 
-    channels = random_channel_file(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "c.json")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    channels = random_channel_file(model, tmp_path / "c.json", prior=True, projection=True)  # the defaults read both
     base = ["attention", "generate", str(tiny_model_dir), "--double-sparsity", str(channels), "--device", "cpu",
             "--new-tokens", "5", "--dense-layers", "1", "--prompt", "It is a truth universally acknowledged, that a"]
+    plain = [*base[:4], str(random_channel_file(model, tmp_path / "plain.json")), *base[5:]]  # no prior, no projection
     runner = CliRunner()
     done = runner.invoke(app, base + ["--tokens", "4", "--json"])
     assert done.exit_code == 0, done.output
@@ -219,8 +230,8 @@ def test_generate_command(tiny_model_dir, tmp_path):
     for arguments, word in ((base + ["--tokens", "top-p:0.9"], "top-p"), (base + ["--label-bits", "8"], "label-bits"),
                             (without_prompt + ["--prompt-file", str(tmp_path / "none.txt")], "no such file"),
                             (base + ["--channels", "99"], "channels"), (base + ["--tokens", "0"], "tokens"),
-                            (base + ["--position-prior"], "position prior"),  # a file without a prior
-                            (base + ["--labels", "projection"], "projected labels"), (base + ["--labels", "pca"], "labels"),
+                            (plain + ["--labels", "channels"], "position prior"),  # the default prior, a file without
+                            (plain + ["--no-position-prior"], "projected labels"), (base + ["--labels", "pca"], "labels"),
                             (base[:-4] + ["--dense-layers", "99"] + base[-2:], "sparse")):
         done = runner.invoke(app, arguments)
         assert done.exit_code == 2 and len(done.output.strip().splitlines()) == 1, (arguments, done.output)
@@ -237,7 +248,7 @@ def test_other_families_decode(family, tmp_path):
     layers = dict(num_hidden_layers=4, layer_types=["sliding_attention", "full_attention"] * 2)
     model = family_model(family, **layers) if family == "gemma3" else family_model(family)
     settings = DoubleSparsity(channel_file=str(random_channel_file(model, tmp_path / "c.json")), channels="1/4",
-                              tokens="1/8", dense_layers=0, label_bits=16)
+                              tokens="1/8", dense_layers=0, label_bits=16, labels="channels", position_prior=False)
     row = compare_decoding(model, torch.randint(0, 320, (2, 60), generator=torch.Generator().manual_seed(3)), 6,
                            settings, "topk")
     check(row, sparse_layers=2)

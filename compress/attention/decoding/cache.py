@@ -112,7 +112,7 @@ class LabelledLayer(BufferedLayer):
     """One sparse layer: the buffered key/value cache plus the keys' labels. `heavy` (kv_heads, r) int32
     channels the labels hold; `key_map` (kv_heads, head_dim, r): projected labels (k B), else None. The labels
     are built over the whole cache when a sparse step first needs them (`label`), then appended as keys are:
-    one Triton launch a token where the kernels run."""
+    where the kernels run, one Triton launch a step writes the key, the value and the labels."""
 
     def __init__(self, heavy: torch.Tensor, bits: int, key_map: torch.Tensor | None = None):
         super().__init__()
@@ -139,7 +139,18 @@ class LabelledLayer(BufferedLayer):
             self.labels = self._label_buffer.narrow(self._token_dim(), 0, self.length)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        from compress.attention.decoding.generate import _one_launch
+
         start = self.length
+        if self._label_buffer is not None and start < self._buffers[0].shape[2] and \
+                _one_launch(key_states, value_states):  # key, value and labels in one launch
+            from compress.attention.decode_kernels.append import append_token
+
+            append_token(*self._buffers, self._label_buffer, key_states, value_states, self.heavy, start,
+                         self.key_map)
+            self.length += 1
+            self._views()
+            return self.keys, self.values
         keys, values = super().update(key_states, value_states, *args, **kwargs)
         if self._label_buffer is not None:  # labelled since a sparse step: keep the labels whole
             self._write_labels(start)

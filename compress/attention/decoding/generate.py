@@ -76,6 +76,13 @@ class LayerStore:
         return self.keys[:, :, :n], self.values[:, :, :n], labels
 
 
+def _one_launch(key: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether append_token takes this step's key and value: one token, unit-stride power-of-two channels."""
+    d = key.shape[-1]
+    return key.shape[2] == 1 and kernels_available(key) and key.stride(-1) == 1 and value.stride(-1) == 1 and \
+        d & (d - 1) == 0 and value.shape[-1] == d
+
+
 @dataclass
 class Decoder:
     """One generation's caches and attention settings. `heavy`: per decoder layer (kv_heads, r) heavy
@@ -95,6 +102,7 @@ class Decoder:
     maps: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (A (heads, head_dim, r), B (kv
     # heads, head_dim, r)): projected labels; the label cache holds k B, the kernels score q A (heavy: all r dims)
     rule: DenseRule | None = None  # when set, a step the rule keeps dense runs the model's own attention
+    fused: bool = True  # a sparse step's key, value and labels written by one launch where the kernels run
 
     def label_source(self, layer: int, states: torch.Tensor, query: bool = False) -> torch.Tensor:
         """What the labels are taken from: the states themselves, or their projection (float32) under maps
@@ -145,8 +153,17 @@ class Decoder:
             store = self.start(key, value, layer)
         elif store.length + key.shape[2] > store.keys.shape[2]:
             store.grow(2 * (store.length + key.shape[2]))
+        labelled = self.heavy[layer] is not None and (self.mode == "sparse" if labelled is None else labelled)
+        if labelled and self.fused and store.labelled == store.length and _one_launch(key, value):
+            from compress.attention.decode_kernels.append import append_token
+
+            key_map = None if self.maps is None else self.maps[layer][1]
+            append_token(store.keys, store.values, store.labels, key, value, self.heavy[layer], store.length, key_map)
+            store.length += 1
+            store.labelled = store.length
+            return store
         store.write(key, value)
-        if self.heavy[layer] is not None and (self.mode == "sparse" if labelled is None else labelled):
+        if labelled:
             self.label(layer, store)
         return store
 

@@ -13,7 +13,7 @@ import torch
 from compress.attention.decoding.generate import MODES, Decoder, decoder_from_settings, greedy_generate
 
 __all__ = ["random_channel_file", "cache_logits", "compare_decoding", "compare_cache_generation",
-           "failed_rules", "appended_labels_exact", "host_syncs"]
+           "failed_rules", "appended_labels_exact", "appended_tokens_match", "host_syncs"]
 
 
 def random_channel_file(model, path: str | Path, seed: int = 0, prior: bool = False, projection: bool = False) -> Path:
@@ -167,6 +167,46 @@ def appended_labels_exact(device: str) -> list[bool]:
         append_labels(split, key[:, :, 2:], heavy, 2)
         append_labels(split, key[:, :, :2], heavy, 0)
         found.append(torch.equal(one, full) and torch.equal(split, full))
+    return found
+
+
+def appended_tokens_match(device: str) -> dict[str, bool]:
+    """append_token (a decode step's key, value and labels in one launch; keys and values with transformers'
+    strides) writes the keys and values exactly, and the labels label_cache builds: exactly from heavy
+    channels; from projected keys k B up to float32 rounding (16 bits: within float16 rounding; 4 bits: the
+    dequantized labels within one code step)."""
+    from compress.attention.decode_kernels.append import append_token
+    from compress.attention.decode_kernels.decode_torch import dequantize_labels, label_cache
+
+    generator = torch.Generator().manual_seed(1)
+    found = {}
+    for r, bits, dtype, project in [(4, 4, torch.float16, False), (8, 16, torch.bfloat16, False),
+                                    (12, 4, torch.float16, False), (8, 4, torch.float16, True),
+                                    (8, 16, torch.float16, True)]:
+        key = (torch.randn(2, 7, 3, 64, generator=generator) * 3).to(dtype).transpose(1, 2).to(device)
+        value = torch.randn(2, 7, 3, 64, generator=generator).to(dtype).transpose(1, 2).to(device)
+        heavy = torch.stack([torch.randperm(64, generator=generator)[:r] for _ in range(3)]).to(device)
+        key_map = torch.randn(3, 64, r, generator=generator).to(device) if project else None
+        if project:
+            heavy = torch.arange(r, device=device).expand(3, r).contiguous()
+        source = key if key_map is None else key.float() @ key_map[None]
+        full = label_cache(source, heavy, bits)
+        keys, values = key.new_zeros(2, 3, 9, 64), value.new_zeros(2, 3, 9, 64)
+        labels = torch.zeros_like(full.narrow(-1 if bits == 4 else 2, 0, 1)).repeat(
+            *((1, 1, 1, 9) if bits == 4 else (1, 1, 9, 1)))
+        for t in range(7):
+            append_token(keys, values, labels, key[:, :, t:t + 1], value[:, :, t:t + 1], heavy, t, key_map)
+        ours = labels.narrow(-1 if bits == 4 else 2, 0, 7)
+        if not project:
+            same = torch.equal(ours, full)
+        elif bits == 16:
+            same = torch.allclose(ours.float(), full.float(), rtol=2e-3, atol=1e-3)
+        else:
+            step = ((source.amax(-1) - source.amin(-1)) / 15).max()
+            same = float((dequantize_labels(ours, r) - dequantize_labels(full, r)).abs().max()) <= 1.01 * float(step)
+        written = torch.equal(keys[:, :, :7], key) and torch.equal(values[:, :, :7], value) and \
+            not keys[:, :, 7:].any()
+        found[f"{bits}-bit {'projected' if project else f'r={r}'} {str(dtype)[6:]}"] = bool(same and written)
     return found
 
 
