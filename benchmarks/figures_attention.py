@@ -112,7 +112,10 @@ def attention_kernels() -> str:
 
 
 def _passed(check: dict) -> bool:
-    return check["finite"] and check["selected_within_tolerance"] and check["selected_top_of_own_scores"]
+    """By the GPU tests' rules (recomputed: results stored before them counted by looser ones)."""
+    from compress.attention.decode_kernels.bench import check_failures
+
+    return not check_failures(check)
 
 
 def _target_rows() -> list[dict]:
@@ -163,9 +166,13 @@ def attention_decode() -> str:
 def _decode_checks() -> str:
     if not _decode_measured():
         return "not yet measured"
+    from compress.attention.decoding.generate_check import failed_rules
+
     data = load(DECODE)
     rows = data["generation"]
-    return (f"{data['checks']['generation_passed']} of {data['checks']['generation_total']} generation checks passed "
+    sparse_layers = data["model"]["architecture"]["num_hidden_layers"] - data["settings"]["dense_layers"]
+    passed = sum(not failed_rules(r, sparse_layers) for r in rows)  # the tests' rules, recomputed
+    return (f"{passed} of {len(rows)} generation checks passed by the test suite's rules "
             f"(prompt {rows[0]['prompt']}, {rows[0]['new_tokens']} new tokens; largest logit error vs dense "
             f"{max(r['dense_logit_error'] for r in rows):.1e}, vs the evaluation mode "
             f"{max(r['sparse_logit_error_vs_evaluation'] for r in rows):.1e}); label append kernel bit-equal to "
