@@ -16,7 +16,7 @@ def test_full_budget_generates_as_dense(tmp_path):
     in place (equal to transformers' own cache); no step needed labels, so none were built."""
     from transformers import DynamicCache
 
-    from compress.attention.decoding.cache import BufferedLayer, LabelledLayer
+    from compress.attention.decoding.cache_layers import BufferedLayer, LabelledLayer
 
     model = tiny_model()
     path = random_channel_file(model, tmp_path / "c.json")
@@ -42,7 +42,7 @@ def test_labels_are_built_when_first_needed_then_appended(tmp_path):
     """The first sparse step labels every cached key; later steps append theirs: at the end the label cache
     equals labels built over the whole key cache. Buffers grown past their first size keep every token."""
     from compress.attention.decode_kernels.decode_torch import label_cache
-    from compress.attention.decoding.cache import BufferedLayer
+    from compress.attention.decoding.cache_layers import BufferedLayer
 
     model = tiny_model()
     path = random_channel_file(model, tmp_path / "c.json", projection=True)
@@ -163,6 +163,83 @@ def test_left_padded_batch_rows_decode_as_alone(tokens, extra, tmp_path):
     for i, row in enumerate(rows):
         alone, _ = generate_tokens(model, row[None], 8, DoubleSparseCache(model, ours, dense_rule=None))
         assert torch.equal(batch[i], alone[0]), i
+
+
+PADDED = """
+import json, sys
+import torch
+from compress.attention.decoding.cache import DoubleSparseCache, generate_tokens
+from tests.test_attention_cache import padded_batch
+from tests.test_attention_generate import settings, tiny_model
+model = tiny_model(dtype=torch.float32)
+ids, mask, rows = padded_batch()
+ours = settings(sys.argv[1], 16, tokens="1/8").model_copy(update={"position_prior": True})
+cache = DoubleSparseCache(model, ours, selection="topk", dense_rule=None)
+batch, logits = generate_tokens(model, ids, 6, cache, attention_mask=mask)
+alone = [generate_tokens(model, row[None], 6, DoubleSparseCache(model, ours, selection="topk", dense_rule=None)
+                         )[0][0].tolist() for row in rows]
+print(json.dumps({"batch": batch.tolist(), "logits": logits.tolist(), "alone": alone, "steps": cache.steps}))
+"""
+
+
+def padded_batch():
+    """Left-padded rows of 70, 41, 41 and 56 tokens: (ids, mask, the rows)."""
+    generator = torch.Generator().manual_seed(2)
+    rows = [torch.randint(3, 320, (n,), generator=generator) for n in (70, 41, 41, 56)]
+    width = max(len(r) for r in rows)
+    ids = torch.stack([torch.cat([torch.zeros(width - len(r), dtype=torch.long), r]) for r in rows])
+    mask = torch.stack([torch.arange(width) >= width - len(r) for r in rows]).long()
+    return ids, mask, rows
+
+
+def test_left_padded_batches_run_the_kernels_in_the_interpreter(tmp_path):
+    """Triton's interpreter: a left-padded batch runs the kernels run by run of equally padded rows (70 | 41 41 |
+    56 tokens); each row's tokens are its tokens decoded alone through the kernels, and the logits are the
+    PyTorch decode step's (the CPU path here, pads masked) within the kernels' float16 P·V rounding (float32
+    label scores, topk: the same tokens chosen)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    model = tiny_model(dtype=torch.float32)
+    path = random_channel_file(model, tmp_path / "c.json", prior=True)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", PADDED, str(path)], env={**os.environ, "TRITON_INTERPRET": "1"},
+                          cwd=root, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["batch"] == result["alone"] and result["steps"] == 2 * 5
+    ids, mask, _ = padded_batch()
+    ours = settings(path, 16, tokens="1/8").model_copy(update={"position_prior": True})
+    tokens, logits = generate_tokens(model, ids, 6, DoubleSparseCache(model, ours, selection="topk", dense_rule=None),
+                                     attention_mask=mask)  # this process: no TRITON_INTERPRET, the PyTorch path
+    assert tokens.tolist() == result["batch"]
+    kernels = torch.tensor(result["logits"])
+    assert (kernels - logits).abs().max() <= 0.03 * logits.abs().max()
+
+
+@pytest.mark.gpu
+def test_gpu_left_padded_batches_run_the_kernels(tmp_path):
+    """On CUDA a left-padded batch runs the kernels run by run: each row decodes as alone, and the first sparse
+    step's logits are the CPU's PyTorch decode step's (same weights) within the kernels' rounding."""
+    model = tiny_model("cuda", dtype=torch.float32)
+    path = random_channel_file(model, tmp_path / "c.json", prior=True)
+    ids, mask, rows = padded_batch()
+    ours = settings(path, 16, tokens="1/8").model_copy(update={"position_prior": True})
+    cache = DoubleSparseCache(model, ours, selection="topk", dense_rule=None)
+    batch, logits = generate_tokens(model, ids.cuda(), 8, cache, attention_mask=mask.cuda())
+    assert cache.steps == 2 * 7
+    for i, row in enumerate(rows):
+        alone, _ = generate_tokens(model, row[None].cuda(), 8,
+                                   DoubleSparseCache(model, ours, selection="topk", dense_rule=None))
+        assert torch.equal(batch[i], alone[0]), i
+    cpu = tiny_model(dtype=torch.float32)
+    _, reference = generate_tokens(cpu, ids, 2, DoubleSparseCache(cpu, ours, selection="topk", dense_rule=None),
+                                   attention_mask=mask)
+    assert (logits[:, :2].cpu() - reference).abs().max() <= 0.03 * reference.abs().max()
 
 
 def test_sampling_follows_the_seed(tmp_path):

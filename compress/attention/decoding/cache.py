@@ -9,8 +9,9 @@ Creating one installs, once per model, an attention function through transformer
 (`install`; no model code patched). That function runs the implementation the model was using, except for a
 decode step (one query) of a layer whose keys a DoubleSparseCache has just stored: the step scores the layer's
 labels, keeps the top T tokens per KV head and attends exactly over them, with the Triton kernels of
-compress.attention.decode_kernels on CUDA (or in Triton's interpreter, TRITON_INTERPRET=1) for batches without
-padding, else in PyTorch (padded rows: left padding, the pads never chosen).
+compress.attention.decode_kernels on CUDA (or in Triton's interpreter, TRITON_INTERPRET=1), a left-padded batch
+run by run of rows with the same padding on views past their pads (the pads never read), else in PyTorch (the
+pads never chosen).
 
 T is the settings' token budget of the row's context (its cached tokens, padding excluded), or of `context`
 when given (fixed for every step, as the evaluation mode fixes it); a step whose rows all hold ≤ T tokens runs
@@ -26,170 +27,14 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from compress.attention.decoding.cache_layers import BufferedLayer, LabelledLayer
+
 __all__ = ["DoubleSparseCache", "BufferedLayer", "LabelledLayer", "install", "uninstall", "generate_tokens", "continue_text", "NAME"]
 
 NAME = "compress_double_sparse_cache"
 # id(attention module) -> (the cache that has just stored that module's keys, layer index); read (and cleared)
 # by the attention call that follows the store inside the same module's forward
 _STORED: dict[int, tuple[weakref.ref, int]] = {}
-
-
-class BufferedLayer(DynamicLayer):
-    """transformers' growing key/value cache in preallocated buffers: new tokens are written in place (the
-    buffers grow by a quarter when full) instead of concatenated, which copies the whole cache every step.
-    `keys` / `values` are views of the filled part."""
-
-    GROWTH, ROUND = 0.25, 256
-
-    def __init__(self):
-        super().__init__()
-        self._buffers: list[torch.Tensor] | None = None  # keys, values (b, kv_heads, capacity, d)
-        self.length = 0
-
-    def _capacity(self, needed: int) -> int:
-        return -(-int(needed * (1 + self.GROWTH)) // self.ROUND) * self.ROUND
-
-    def _resize(self, capacity: int) -> None:
-        """Buffers of `capacity` tokens holding the cached ones (a subclass widens its own buffers too)."""
-        def widen(t: torch.Tensor) -> torch.Tensor:
-            out = t.new_empty(*t.shape[:2], capacity, t.shape[-1])
-            out[:, :, :self.length] = t[:, :, :self.length]
-            return out
-
-        self._buffers = [widen(t) for t in self._buffers]
-
-    def _views(self) -> None:
-        self.keys, self.values = (t[:, :, :self.length] for t in self._buffers)
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-            self._buffers, self.length = [key_states[:, :, :0], value_states[:, :, :0]], 0
-        count = key_states.shape[2]
-        if self.length + count > self._buffers[0].shape[2]:
-            self._resize(self._capacity(self.length + count))
-        for buffer, new in zip(self._buffers, (key_states, value_states)):
-            buffer[:, :, self.length:self.length + count] = new
-        self.length += count
-        self._views()
-        return self.keys, self.values
-
-    def reset(self) -> None:
-        super().reset()
-        self._buffers, self.length = None, 0
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove > 0:
-            raise ValueError("crop takes the (negative) number of tokens to remove")
-        if tokens_to_remove and self.is_initialized:
-            self.length = max(0, self.length + tokens_to_remove)
-            self._views()
-
-    def _rows(self, pick) -> None:
-        """Apply `pick` to every buffer's batch rows."""
-        if self.is_initialized:
-            self._buffers = [pick(t) for t in self._buffers]
-            self._views()
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._rows(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._rows(lambda t: t[indices, ...])
-
-    def offload(self):
-        self._rows(lambda t: t.to("cpu", non_blocking=True))
-
-    def prefetch(self):
-        if self.is_initialized and self._buffers[0].device != self.device:
-            self._rows(lambda t: t.to(self.device, non_blocking=True))
-
-
-class LabelledLayer(BufferedLayer):
-    """One sparse layer: the buffered key/value cache plus the keys' labels. `heavy` (kv_heads, r) int32
-    channels the labels hold; `key_map` (kv_heads, head_dim, r): projected labels (k B), else None. The labels
-    are built over the whole cache when a sparse step first needs them (`label`), then appended as keys are:
-    where the kernels run, one Triton launch a step writes the key, the value and the labels."""
-
-    def __init__(self, heavy: torch.Tensor, bits: int, key_map: torch.Tensor | None = None):
-        super().__init__()
-        self.heavy, self.bits, self.key_map = heavy, bits, key_map
-        self.labels: torch.Tensor | None = None  # 16 bits (b, kv_heads, n, r); 4 bits (b, kv_heads, planes, n)
-        self._label_buffer: torch.Tensor | None = None
-
-    def _token_dim(self) -> int:
-        return 3 if self.bits == 4 else 2
-
-    def _resize(self, capacity: int) -> None:
-        super()._resize(capacity)
-        if self._label_buffer is not None:
-            shape = list(self._label_buffer.shape)
-            shape[self._token_dim()] = capacity
-            out = self._label_buffer.new_empty(shape)
-            out.narrow(self._token_dim(), 0, self.length).copy_(self._label_buffer.narrow(self._token_dim(), 0,
-                                                                                            self.length))
-            self._label_buffer = out
-
-    def _views(self) -> None:
-        super()._views()
-        if self._label_buffer is not None:
-            self.labels = self._label_buffer.narrow(self._token_dim(), 0, self.length)
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        from compress.attention.decoding.generate import _one_launch
-
-        start = self.length
-        if self._label_buffer is not None and start < self._buffers[0].shape[2] and \
-                _one_launch(key_states, value_states):  # key, value and labels in one launch
-            from compress.attention.decode_kernels.append import append_token
-
-            append_token(*self._buffers, self._label_buffer, key_states, value_states, self.heavy, start,
-                         self.key_map)
-            self.length += 1
-            self._views()
-            return self.keys, self.values
-        keys, values = super().update(key_states, value_states, *args, **kwargs)
-        if self._label_buffer is not None:  # labelled since a sparse step: keep the labels whole
-            self._write_labels(start)
-        return keys, values
-
-    def label(self) -> torch.Tensor:
-        """The labels of every cached key (built over the cache the first time)."""
-        if self._label_buffer is None:
-            b, kvh, capacity = self._buffers[0].shape[:3]
-            r = self.heavy.shape[-1]
-            shape = (b, kvh, capacity, r) if self.bits == 16 else (b, kvh, (r + 7) // 8 + 1, capacity)
-            self._label_buffer = self._buffers[0].new_empty(shape, dtype=torch.float16 if self.bits == 16 else
-                                                            torch.int32)
-            self._write_labels(0)
-        return self.labels
-
-    def _write_labels(self, start: int) -> None:
-        from compress.attention.decode_kernels.decode_torch import label_cache
-        from compress.attention.decoding.generate import kernels_available
-
-        keys = self.keys[:, :, start:]
-        source = keys if self.key_map is None else keys.float() @ self.key_map[None]
-        if source.shape[2] == 1 and kernels_available(source):
-            from compress.attention.decode_kernels.append import append_labels
-
-            append_labels(self._label_buffer, source, self.heavy, start)
-        else:
-            self._label_buffer.narrow(self._token_dim(), start, source.shape[2]).copy_(
-                label_cache(source, self.heavy, self.bits))
-        self.labels = self._label_buffer.narrow(self._token_dim(), 0, self.length)  # keys stay the same object
-
-    def reset(self) -> None:
-        super().reset()
-        self.labels = self._label_buffer = None
-
-    def _rows(self, pick) -> None:
-        if self._label_buffer is not None:
-            self._label_buffer = pick(self._label_buffer)
-        super()._rows(pick)
 
 
 class DoubleSparseCache(DynamicCache):
@@ -222,7 +67,7 @@ class DoubleSparseCache(DynamicCache):
             key_map = None if self.plan.maps is None or heavy is None else self.plan.maps[i][1]
             self.layers[i] = BufferedLayer() if heavy is None else LabelledLayer(heavy, self.plan.label_bits, key_map)
         self.steps, self.kept = 0, 0.0
-        self._mask, self._padded = None, False
+        self._mask, self._padding = None, (None, True)
         install(model)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
@@ -236,16 +81,17 @@ class DoubleSparseCache(DynamicCache):
 
     def attend(self, layer: int, module, inner, query, key, value, attention_mask, scaling, dropout, **kwargs):
         """One decode step of a sparse layer: (batch, 1, heads, head_dim), or the model's own attention when
-        every row's budget covers its context."""
+        every row's budget covers its context or the dense rule keeps the step dense."""
         from compress.attention.decode_kernels.decode_torch import reference_decode
         from compress.attention.decoding.generate import kernels_available
 
         n = key.shape[2]
         allowed = _allowed_keys(attention_mask, n)
-        if attention_mask is not self._mask:  # the layers of a step share one mask: one host read a step
-            self._mask, self._padded = attention_mask, allowed is not None and not bool(allowed.all())
-        padded = self._padded
-        counts = allowed.sum(-1).tolist() if padded else [n] * query.shape[0]
+        if attention_mask is not self._mask:  # the layers of a step share one mask: its host reads once a step
+            self._mask, self._padding = attention_mask, _padding(allowed, n)
+        counts, prefix = self._padding
+        padded = counts is not None
+        counts = counts if padded else [n] * query.shape[0]
         budgets = [self.plan.budget(count) for count in counts]
         plan = self.plan
         if all(t >= count for t, count in zip(budgets, counts)) or \
@@ -255,17 +101,44 @@ class DoubleSparseCache(DynamicCache):
         labels = self.layers[layer].label()
         prior = None if plan.prior is None else plan.prior[layer]
         scored = plan.label_source(layer, query[:, :, 0], query=True)
-        if kernels_available(query) and not padded:
-            from compress.attention.decode_kernels.decode import select_tokens, sparse_decode
-
-            index = select_tokens(scored, labels, plan.heavy[layer], budgets[0], plan.selection, prior)[1]
-            out = sparse_decode(query[:, :, 0], key, value, index, scale)
+        if kernels_available(query) and prefix:
+            out = self._kernel_runs(layer, query[:, :, 0], key, value, labels, scored, [n - c for c in counts],
+                                    budgets, scale, prior)
         else:
             out = reference_decode(query[:, :, 0], key, value, labels, plan.heavy[layer], budgets, scale,
                                    plan.label_bits, prior, scored, allowed if padded else None)
         self.steps += 1
         self.kept += sum(min(t, count) for t, count in zip(budgets, counts)) / len(counts)
         return out[:, None], None
+
+    def _kernel_runs(self, layer: int, query, key, value, labels, scored, starts: list[int], budgets: list[int],
+                     scale: float, prior) -> torch.Tensor:
+        """The Triton decode step over each run of neighbouring rows with the same padding, on views that start
+        at the rows' first real token (no copies; the prior counts positions from there): (b, heads, d). A
+        batch without padding is one run."""
+        from compress.attention.decode_kernels.decode import select_tokens, sparse_decode
+
+        plan, n, token_dim = self.plan, key.shape[2], self.layers[layer]._token_dim()
+        outs, first = [], 0
+        while first < len(starts):
+            last, start = first + 1, starts[first]
+            while last < len(starts) and starts[last] == start:
+                last += 1
+            rows = slice(first, last)
+            index = select_tokens(scored[rows], labels[rows].narrow(token_dim, start, n - start), plan.heavy[layer],
+                                  budgets[first], plan.selection, prior)[1]
+            outs.append(sparse_decode(query[rows], key[rows, :, start:], value[rows, :, start:], index, scale))
+            first = last
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _padding(allowed: torch.Tensor | None, keys: int) -> tuple[list[int] | None, bool]:
+    """(real tokens per row, or None without padding; whether each row's pads all precede its tokens)."""
+    if allowed is None or bool(allowed.all()):
+        return None, True
+    counts = allowed.sum(-1)
+    prefix = allowed == (torch.arange(keys, device=allowed.device) >= keys - counts[:, None])
+    return counts.tolist(), bool(prefix.all())
 
 
 def _allowed_keys(mask: torch.Tensor | None, keys: int) -> torch.Tensor | None:
