@@ -38,8 +38,9 @@ class BufferedLayer(DynamicLayer):
         self.keys, self.values = (t[:, :, :self.length] for t in self._buffers)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
+        if self._buffers is None:
+            # set here, not through lazy_initialization: its signature differs across transformers versions
+            self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True
             self._buffers, self.length = [key_states[:, :, :0], value_states[:, :, :0]], 0
         count = key_states.shape[2]
         if self.length + count > self._buffers[0].shape[2]:
@@ -57,13 +58,13 @@ class BufferedLayer(DynamicLayer):
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove > 0:
             raise ValueError("crop takes the (negative) number of tokens to remove")
-        if tokens_to_remove and self.is_initialized:
+        if tokens_to_remove and self._buffers is not None:
             self.length = max(0, self.length + tokens_to_remove)
             self._views()
 
     def _rows(self, pick) -> None:
         """Apply `pick` to every buffer's batch rows."""
-        if self.is_initialized:
+        if self._buffers is not None:
             self._buffers = [pick(t) for t in self._buffers]
             self._views()
 
@@ -80,7 +81,7 @@ class BufferedLayer(DynamicLayer):
         self._rows(lambda t: t.to("cpu", non_blocking=True))
 
     def prefetch(self):
-        if self.is_initialized and self._buffers[0].device != self.device:
+        if self._buffers is not None and self._buffers[0].device != self.device:
             self._rows(lambda t: t.to(self.device, non_blocking=True))
 
 
