@@ -183,3 +183,74 @@ def _decode_checks() -> str:
 FIGURES["attention.decode-checks"] = _decode_checks
 FIGURES.setdefault(f"meta/{DECODE}", lambda: "not yet measured")
 FIGURES.setdefault(f"cmd/{DECODE}", lambda: f"```bash\n{DECODE_COMMAND}\n```")
+
+
+CROSSOVER = "attention-crossover-h100"  # benchmarks/attention_crossover.py; "not yet measured" until stored
+CROSSOVER_COMMAND = "python -m benchmarks.attention_crossover --json benchmarks/results/attention-crossover-h100.json"
+
+
+def _crossover() -> dict | None:
+    return load(CROSSOVER) if (RESULTS / f"{CROSSOVER}.json").exists() else None
+
+
+def _ms(r: dict, key: str) -> str:
+    return f"{r[key]:.3f}" if key in r else "—"
+
+
+@figure("attention-crossover")
+def attention_crossover() -> str:
+    data = _crossover()
+    if data is None:
+        return "_Not yet measured: the command above writes `results/attention-crossover-h100.json`._"
+    body = [[r["batch"], r["context"], r.get("budget", "—"), "error: " + r["error"], "", "", "", ""] if "error" in r else
+            [r["batch"], r["context"], r["budget"], _ms(r, "dense_ms"), _ms(r, "sparse_ms"), f"**{r['speedup']:.2f}x**",
+             _ms(r, "sparse_unfused_ms"), f"{r['unfused_speedup']:.2f}x" if "unfused_speedup" in r else "—"]
+            for r in data["grid"]]
+    return table(["batch", "context", "T", "dense step ms", "sparse step ms", "speedup",
+                  "sparse step ms, separate K/V/label writes", "speedup, separate writes"], body)
+
+
+@figure("attention-crossover-rule")
+def attention_crossover_rule() -> str:
+    data = _crossover()
+    if data is None:
+        return "_Not yet measured._"
+    body = [[r["batch"], r["context"], "sparse" if r["rule_sparse"] else "dense",
+             *(["error: " + r["error"], "", ""] if "error" in r else
+               [_ms(r, "dense_ms"), _ms(r, "rule_ms"), f"**{r['speedup']:.3f}x**"])] for r in data["with_rule"]]
+    return table(["batch", "context", "the rule's step", "dense step ms", "step under the rule ms", "speedup"], body)
+
+
+@figure("attention-crossover-generate")
+def attention_crossover_generate() -> str:
+    data = _crossover()
+    if data is None:
+        return "_Not yet measured._"
+    body = [[r["batch"], r["context"], "error: " + r["error"], "", "", "", ""] if "error" in r else
+            [r["batch"], r["context"], f"{r['stock_ms']:.2f}", f"{r['cache_dense_ms']:.2f}", f"{r['cache_rule_ms']:.2f}",
+             "sparse" if r["rule_sparse"] else "dense", f"{r['speedup_vs_stock']:.2f}x"] for r in data["generate_path"]]
+    return table(["batch", "context", "transformers' DynamicCache ms", "DoubleSparseCache, dense ms",
+                  "DoubleSparseCache under the rule ms", "the rule's step", "speedup vs DynamicCache"], body)
+
+
+def _crossover_summary() -> str:
+    data = _crossover()
+    if data is None:
+        return "not yet measured"
+    heads = data["model"]["architecture"]["num_key_value_heads"]
+    found = ", ".join(f"batch {int(rows) // heads}: " + ("never up to the longest context" if context is None else
+                                                         f"from {context // 1024}K")
+                      for rows, context in data["rule"]["crossover"].items())
+    checks = data["checks"]
+    lowest = min((r for r in data["with_rule"] if "speedup" in r), key=lambda r: r["speedup"], default=None)
+    low = "" if lowest is None else (f"; the lowest {lowest['speedup']:.3f}x at batch {lowest['batch']}, "
+                                     f"{lowest['context'] // 1024}K ({'sparse' if lowest['rule_sparse'] else 'dense'} "
+                                     "under the rule)")
+    return (f"crossovers on {data['device']} (margin {data['margin']}): {found}. Under the rule "
+            f"{checks['at_least_dense']} of {checks['rows']} rows ≥ 1.0x dense{low}; one-launch append "
+            f"{'used' if data['fused_append'] else 'not used (it differed on this GPU)'}")
+
+
+FIGURES["attention.crossover-summary"] = _crossover_summary
+FIGURES.setdefault(f"meta/{CROSSOVER}", lambda: "not yet measured")
+FIGURES.setdefault(f"cmd/{CROSSOVER}", lambda: f"```bash\n{CROSSOVER_COMMAND}\n```")
