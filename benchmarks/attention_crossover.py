@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 
@@ -284,8 +285,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.store:
         from compress.attention.decoding.dense_rule import store_rule
+        from compress.errors import BadInput
 
-        print(f"stored: {json.dumps(store_rule(json.loads(open(args.store).read())))}")
+        try:
+            print(f"stored: {json.dumps(store_rule(json.loads(open(args.store).read())))}")
+        except BadInput as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
         return
     if not args.json:
         parser.error("--json or --store is required")
