@@ -46,9 +46,11 @@ def test_nothing_dropped_equals_dense(family, tmp_path):
     ids = torch.randint(0, 320, (2, 30), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         dense = model(ids).logits
-        with sparse_attention(model, DoubleSparsity(channel_file=path, channels="16", tokens="30", dense_layers=0), 30):
+        with sparse_attention(model, DoubleSparsity(channel_file=path, channels="16", tokens="30", dense_layers=0,
+                                                    labels="channels", position_prior=False), 30):
             same = model(ids).logits
-        with sparse_attention(model, DoubleSparsity(channel_file=path, channels="1/4", tokens="1/6", dense_layers=0), 30):
+        with sparse_attention(model, DoubleSparsity(channel_file=path, channels="1/4", tokens="1/6", dense_layers=0,
+                                                    labels="channels", position_prior=False), 30):
             cut = model(ids).logits
     torch.testing.assert_close(same, dense, rtol=1e-5, atol=1e-5)
     assert (cut - dense).abs().max() > 1e-3
@@ -66,9 +68,11 @@ def test_gemma3_sliding_window_layers_stay_local(tmp_path):
     ids = torch.randint(0, 320, (1, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         dense = model(ids).logits
-        with sparse_attention(model, DoubleSparsity(channel_file=path, channels="1/4", tokens="4", dense_layers=0), 20) as state:
+        with sparse_attention(model, DoubleSparsity(channel_file=path, channels="1/4", tokens="4", dense_layers=0,
+                                                    labels="channels", position_prior=False), 20) as state:
             cut = model(ids).logits
-        with sparse_attention(model, DoubleSparsity(channel_file=path, channels="1/4", tokens="4", dense_layers=4), 20):
+        with sparse_attention(model, DoubleSparsity(channel_file=path, channels="1/4", tokens="4", dense_layers=4,
+                                                    labels="channels", position_prior=False), 20):
             kept_dense = model(ids).logits
     assert state.rows == 2 * 20 * 2  # 2 global layers × 20 queries × 2 KV heads
     assert (cut - dense).abs().max() > 1e-3

@@ -116,7 +116,8 @@ def test_installed_prior_equals_brute_force(tmp_path):
     file = read_channel_file(path, model.config, 2)
     prior = file.prior[1]
     assert prior.shape == (2, BUCKETS) and prior.abs().sum() > 0
-    settings = DoubleSparsity(channel_file=str(path), channels="2", tokens="6", dense_layers=1, position_prior=True)
+    settings = DoubleSparsity(channel_file=str(path), channels="2", tokens="6", dense_layers=1, position_prior=True,
+                              labels="channels")
     attn = model.model.layers[1].self_attn
     seen = {}
     hooks = [attn.v_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("v", o)),

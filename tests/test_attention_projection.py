@@ -137,7 +137,7 @@ def test_installed_projection_equals_brute_force(tmp_path, kv_heads):
     model = LlamaForCausalLM(tiny_llama_config(num_key_value_heads=kv_heads)).eval()
     path = _projected_file(model, tmp_path / "ch.json")
     settings = DoubleSparsity(channel_file=str(path), channels="3", tokens="5", dense_layers=1, labels="projection",
-                              sink=1, recent=1)
+                              position_prior=False, sink=1, recent=1)
     attn = model.model.layers[1].self_attn
     seen = {}
     hook = attn.o_proj.register_forward_pre_hook(lambda m, i: seen.__setitem__("out", i[0]))
@@ -190,7 +190,7 @@ def test_cli_round_trip_and_bad_inputs(tmp_path, text_file):
     assert projected["labels"] == "projection" and projected["channels"] == 2 and 0 < projected["kept_share"] < 1
 
     plain = tmp_path / "plain.json"
-    assert invoke(*calibrate[:-1], model_dir, "--out", plain).exit_code == 0
+    assert invoke(*calibrate[:-1], "--no-projection", model_dir, "--out", plain).exit_code == 0
     other = tmp_path / "other.json"
     assert invoke(*calibrate, other_dir, "--out", other).exit_code == 0
     moved = tmp_path / "moved.json"
@@ -282,3 +282,27 @@ def test_altered_projection_and_prior_are_refused(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(BadInput, match="not finite"):
         read_channel_file(path, model.config, layers)
+
+
+def test_projected_labels_past_their_calibration_length_warn_once(tmp_path):
+    """The file records windows of 24 tokens: a context of 30 warns once (not again for the same file and
+    context), a context within 24 does not; channel labels never do."""
+    import warnings
+
+    from transformers import LlamaForCausalLM
+
+    from compress.attention.config import DoubleSparsity
+    from compress.attention.evaluation.runtime import build
+
+    torch.manual_seed(2)
+    model = LlamaForCausalLM(tiny_llama_config()).eval()
+    path = str(_projected_file(model, tmp_path / "ch.json"))
+    projected = DoubleSparsity(channel_file=path, channels="2", tokens="4", dense_layers=1, labels="projection",
+                               position_prior=False)
+    with pytest.warns(UserWarning, match="windows of 24 tokens serve a context of 30"):
+        build(model, projected, 30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build(model, projected, 30)
+        build(model, projected, 24)
+        build(model, projected.model_copy(update={"labels": "channels"}), 40)

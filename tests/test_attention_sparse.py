@@ -122,7 +122,8 @@ def test_all_channels_and_whole_context_equal_dense(tmp_path, kv_heads, bits):
     model = LlamaForCausalLM(tiny_llama_config(num_key_value_heads=kv_heads)).eval()
     path = _channel_file(model, tmp_path / "ch.json")
     ids = torch.randint(0, 320, (2, 40))
-    settings = DoubleSparsity(channel_file=str(path), channels="16", tokens="1", label_bits=bits, dense_layers=0)
+    settings = DoubleSparsity(channel_file=str(path), channels="16", tokens="1", label_bits=bits, dense_layers=0,
+                              labels="channels", position_prior=False)
     with torch.no_grad():
         dense = model(ids).logits
         with sparse_attention(model, settings.model_copy(update={"tokens": "40"}), 40) as state:
@@ -151,7 +152,7 @@ def test_installed_layer_equals_brute_force(tmp_path, kv_heads, monkeypatch):
     model = LlamaForCausalLM(tiny_llama_config(num_key_value_heads=kv_heads)).eval()
     path = _channel_file(model, tmp_path / "ch.json")
     settings = DoubleSparsity(channel_file=str(path), channels="1/4", tokens="5", label_bits=4, dense_layers=1,
-                              sink=1, recent=1)
+                              sink=1, recent=1, labels="channels", position_prior=False)
     attn = model.model.layers[1].self_attn
     seen = {}
     hooks = [attn.v_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("v", o)),
@@ -231,3 +232,37 @@ def test_eval_double_sparsity_reports_dense_and_sparse(tmp_path):
     adaptive = json.loads(invoke(*base, "--double-sparsity", channels, "--tokens", "top-p:0.5",
                                "--dense-layers", 1).stdout)["results"][1]
     assert adaptive["top_p"] == 0.5 and 0 < adaptive["kept_share"] < 1
+
+
+def test_spread_order_visits_every_depth_and_spreads_any_prefix():
+    from compress.attention.evaluation.measure import spread_order
+
+    for n in (1, 2, 5, 16, 20):
+        order = spread_order(n)
+        assert sorted(order) == list(range(n))
+    assert sorted(i * 5 // 20 for i in spread_order(20)[:5]) == [0, 1, 2, 3, 4]  # one depth in each fifth
+    assert sorted(i * 4 // 16 for i in spread_order(16)[:4]) == [0, 1, 2, 3]
+
+
+def test_greedy_continuations_equal_a_loop_without_cache(tmp_path):
+    """The dense tokens of `continuations` (one prefill keeping the last logits, then cached steps) equal greedy
+    decoding written out with a full forward per token; at T = the whole context sparse decoding is dense."""
+    from transformers import LlamaForCausalLM
+
+    from compress.attention.config import DoubleSparsity
+    from compress.attention.evaluation.measure import continuations, greedy_agreement
+
+    torch.manual_seed(4)
+    model = LlamaForCausalLM(tiny_llama_config()).eval()
+    prompt = torch.randint(0, 320, (20,))
+    with torch.no_grad():
+        dense, sparse_tokens, _ = continuations(model, prompt, 6, None)
+        ids = prompt.clone()
+        for _ in range(6):
+            ids = torch.cat([ids, model(ids[None]).logits[0, -1].argmax().view(1)])
+    assert sparse_tokens is None and torch.equal(dense, ids[20:])
+    settings = DoubleSparsity(channel_file=str(_channel_file(model, tmp_path / "ch.json")), tokens="26", dense_layers=0,
+                              labels="channels", position_prior=False)
+    with torch.no_grad():
+        assert greedy_agreement(model, prompt, 6, settings) == {"agreement": 1.0, "common_prefix": 6, "new_tokens": 6,
+                                                                "kept_share": 1.0}

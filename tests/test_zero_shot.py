@@ -85,7 +85,8 @@ def definitions(scores: list[list[float]], items: list[dict]) -> dict:
 def settings_for(channel_file):
     from compress.attention.config import DoubleSparsity
 
-    return DoubleSparsity(channel_file=str(channel_file), channels="1/4", tokens="16", dense_layers=0)
+    return DoubleSparsity(channel_file=str(channel_file), channels="1/4", tokens="16", dense_layers=0,
+                          labels="channels", position_prior=False)
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "double-sparsity"])

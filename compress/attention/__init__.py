@@ -3,6 +3,7 @@ matter; attention then reads only the top tokens.
 
   config.py         typed settings: calibrating a channel file (ChannelCalibration), the sparse attention
                     that reads one (DoubleSparsity)
+  defaults.py       the default setting as plain values (chosen by measurement), read by config and the CLI
   calibration/      the channel file and what writes it: the file itself, channel statistics over
                     calibration windows, the position prior, projected labels, the calibration job
   evaluation/       the PyTorch sparse attention installed through the attention registry, over whole

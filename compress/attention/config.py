@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import field_validator
 
+from compress.attention import defaults
 from compress.calibrate.config import CalibrateConfig
 from compress.config import StrictConfig, count
 from compress.model.config import LoadConfig
@@ -22,11 +23,13 @@ class ChannelCalibration(LoadConfig, CalibrateConfig):
     """The channel file (JSON) to write."""
     mode: Literal["qk", "q", "k"] = "qk"
     """qk: mean |q ⊙ k| after RoPE; q / k: mean |q| / |k| of the projections' outputs."""
-    projection: bool = False
-    """Also fit projected labels (compress.attention.calibration.projection), written beside the channel file."""
+    projection: bool = defaults.CALIBRATION_PROJECTION
+    """Also fit projected labels (compress.attention.calibration.projection), written beside the channel file: the
+    default DoubleSparsity reads them."""
     force: bool = False
-    nsamples: int = count(16)
-    seqlen: int = count(2048, minimum=2)
+    nsamples: int = count(defaults.CALIBRATION_NSAMPLES)
+    seqlen: int = count(defaults.CALIBRATION_SEQLEN, minimum=2)
+    """Tokens per window (capped at the model's maximum): projected labels choose well up to this position."""
 
 
 def parse_budget(text: str, what: str) -> Fraction | int:
@@ -46,20 +49,22 @@ def parse_budget(text: str, what: str) -> Fraction | int:
 
 class DoubleSparsity(StrictConfig):
     """Sparse attention from a channel file: label scores over `channels` heavy channels pick `tokens` past
-    tokens per query; exact softmax attention over those."""
+    tokens per query; exact softmax attention over those.
+
+    The defaults (compress.attention.defaults) are the setting measured best on the default model at T = 1/16."""
 
     channel_file: str
-    channels: str = "1/16"
-    """Heavy channels per head: a fraction of head_dim (1/16) or a count (8)."""
-    tokens: str = "1/16"
+    channels: str = defaults.CHANNELS
+    """Heavy channels (or the projected labels' rank) per head: a fraction of head_dim (1/8) or a count (8)."""
+    tokens: str = defaults.TOKENS
     """Tokens kept per query: a fraction of the evaluation context, a count, or top-p:P (adaptive)."""
-    dense_layers: int = count(2, minimum=0)
+    dense_layers: int = count(defaults.DENSE_LAYERS, minimum=0)
     """The first layers keep dense attention."""
-    label_bits: Literal[4, 8, 16] = 4
-    labels: Literal["channels", "projection"] = "channels"
+    label_bits: Literal[4, 8, 16] = defaults.LABEL_BITS
+    labels: Literal["channels", "projection"] = defaults.LABELS
     """channels: q·k over the heavy channels (the paper); projection: (q A)·(k B) of rank `channels` from the
     file's projected labels (calibrated with --projection)."""
-    position_prior: bool = False
+    position_prior: bool = defaults.POSITION_PRIOR
     """Add the file's position prior (compress.attention.calibration.prior: the mean logit per query-key distance) to the
     label scores before choosing tokens."""
     sink: int = count(0, minimum=0)
@@ -68,7 +73,7 @@ class DoubleSparsity(StrictConfig):
     """Most recent tokens always kept (inside the budget)."""
     mode: Literal["qk", "q", "k"] | None = None
     """Which rows of the file to read (default: the file's own mode)."""
-    per_kv_head: bool = True
+    per_kv_head: bool = defaults.PER_KV_HEAD
     """Under GQA: one heavy-channel set per KV head (the file's GQA-aware selection), else each query head's row."""
 
     @field_validator("channels")

@@ -5,6 +5,7 @@ from typing import Optional
 
 import typer
 
+from compress.attention import defaults as ds
 from compress.cli.common import exit_codes, out, print_json
 
 __all__ = ["attention_app", "EXAMPLES"]
@@ -12,15 +13,15 @@ __all__ = ["attention_app", "EXAMPLES"]
 EXAMPLES = """
 Examples:
 
-  compress attention calibrate --out channels.json              # default model, Austen text
+  compress attention calibrate --out channels.json              # default model, Austen text, + channels.projection.safetensors
 
   compress attention calibrate ./Llama-3-8B --out ch.json --mode qk --nsamples 32
 
-  compress attention calibrate --out ch.json --projection       # + ch.projection.safetensors
+  compress attention calibrate --out ch.json --no-projection    # the channel ranking and the prior only
 
-  compress eval --double-sparsity channels.json --channels 1/16 --tokens 1/16 --context 4096
+  compress eval --double-sparsity channels.json --context 4096  # the default setting (projected labels + prior)
 
-  compress eval --double-sparsity ch.json --labels projection --channels 1/16 --tokens 1/16
+  compress eval --double-sparsity ch.json --labels channels --no-position-prior --channels 1/16 --tokens 1/16
 """
 
 attention_app = typer.Typer(help="Double Sparsity: heavy channels of Q·K pick the past tokens attention reads.",
@@ -37,14 +38,15 @@ def calibrate(
     model: Optional[str] = typer.Argument(None, help="HF model directory, .gguf file or hub id; default SmolLM2-135M-Instruct (dequantized Q4_1 GGUF)."),
     out_file: str = typer.Option(..., "--out", help="The channel file (JSON) to write."),
     mode: str = typer.Option("qk", help="qk: mean |q*k| after RoPE | q: mean |q| | k: mean |k| (projection outputs)."),
-    projection: bool = typer.Option(False, "--projection", help="Also fit projected labels (rank-r maps of q and k, "
+    projection: bool = typer.Option(ds.CALIBRATION_PROJECTION, "--projection/--no-projection", help="Also fit projected labels (rank-r maps of q and k, "
                                     "the best approximation of q·k on the calibration windows), written beside --out "
                                     "as NAME.projection.safetensors; eval reads them with --labels projection."),
     text: Optional[str] = typer.Option(None, help="Calibration text: a .txt/.md file or .jsonl (see --text-field)."),
     dataset: Optional[str] = typer.Option(None, help="Calibration dataset NAME[:CONFIG][:SPLIT] (needs compress[datasets])."),
     text_field: str = typer.Option("text", help="Field holding the text in .jsonl records or dataset rows."),
-    nsamples: int = typer.Option(16, help="Calibration windows (the statistic sums over all of them)."),
-    seqlen: int = typer.Option(2048, help="Tokens per window (capped at the model's maximum)."),
+    nsamples: int = typer.Option(ds.CALIBRATION_NSAMPLES, help="Calibration windows (the statistic sums over all of them)."),
+    seqlen: int = typer.Option(ds.CALIBRATION_SEQLEN, help="Tokens per window (capped at the model's maximum); "
+                               "projected labels choose well up to this position."),
     seed: int = typer.Option(0, help="Seed for drawing the windows."),
     bos: bool = typer.Option(True, "--bos/--no-bos", help="Start each window with the tokenizer's BOS where it adds one."),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16 (auto: float32 on CPU)."),

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from compress.attention import defaults as ds
 from compress.cli.attention import attention_app
 from compress.cli.common import exit_codes, out, print_json
 
@@ -31,12 +32,13 @@ def generate(
     prompt: Optional[str] = typer.Option(None, help="The prompt text."),
     prompt_file: Optional[str] = typer.Option(None, help="A text file holding the prompt."),
     new_tokens: int = typer.Option(32, help="Tokens to generate."),
-    channels: str = typer.Option("1/16", help="Heavy channels per head, a fraction of head_dim or a count."),
-    tokens: str = typer.Option("1/16", help="Tokens kept per decode step: a fraction of the step's context or a count."),
-    dense_layers: int = typer.Option(2, help="The first layers keep dense attention."),
-    label_bits: int = typer.Option(4, help="Key label bits, 4 | 16."),
-    position_prior: bool = typer.Option(False, "--position-prior", help="Add the channel file's position prior to the label scores."),
-    labels: str = typer.Option("channels", help="channels | projection (the file's projected labels, rank = --channels)."),
+    channels: str = typer.Option(ds.CHANNELS, help="Heavy channels per head (or the projected labels' rank), a "
+                                 "fraction of head_dim or a count."),
+    tokens: str = typer.Option(ds.TOKENS, help="Tokens kept per decode step: a fraction of the step's context or a count."),
+    dense_layers: int = typer.Option(ds.DENSE_LAYERS, help="The first layers keep dense attention."),
+    label_bits: int = typer.Option(ds.LABEL_BITS, help="Key label bits, 4 | 16."),
+    position_prior: bool = typer.Option(ds.POSITION_PRIOR, "--position-prior/--no-position-prior", help="Add the channel file's position prior to the label scores."),
+    labels: str = typer.Option(ds.LABELS, help="channels | projection (the file's projected labels, rank = --channels)."),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
     device: str = typer.Option("auto", help="auto | cuda | cpu (CUDA runs the Triton decode kernels)"),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),

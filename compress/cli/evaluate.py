@@ -5,6 +5,7 @@ from typing import List, Optional
 
 import typer
 
+from compress.attention import defaults as ds
 from compress.cli.common import error_line, exit_codes, print_json, progress
 from compress.cli.prune import DEVICE_MAP_HELP, MAX_MEMORY_HELP, OFFLOAD_HELP
 from compress.cli.run import GATE_HELP
@@ -18,9 +19,9 @@ Examples:
 
   compress eval ./dense ./pruned --json           # side by side
 
-  compress eval --double-sparsity channels.json --channels 1/16 --tokens 1/16 --context 4096
+  compress eval --double-sparsity channels.json --context 4096      # the defaults: rank-8 projected labels + prior
 
-  compress eval --double-sparsity ch.json --labels projection --position-prior --context 4096
+  compress eval --double-sparsity ch.json --labels channels --no-position-prior --channels 1/16   # the paper's labels
 
   compress eval ./dense ./pruned --tasks persuasion_next_sentence   # zero-shot accuracy (pip install 'compress[zeroshot]')
 """
@@ -73,16 +74,17 @@ def evaluate(
                                         "back to the dense path instead of failing (exit 1) on them."),
     double_sparsity: Optional[str] = typer.Option(None, "--double-sparsity", help="A channel file (compress attention "
                                                   "calibrate): perplexity with dense and with Double Sparsity attention."),
-    channels: str = typer.Option("1/16", help="With --double-sparsity: heavy channels per head, a fraction of head_dim or a count."),
-    ds_tokens: str = typer.Option("1/16", "--tokens", help="With --double-sparsity: tokens kept per query, a fraction of "
+    channels: str = typer.Option(ds.CHANNELS, help="With --double-sparsity: heavy channels per head (or the projected "
+                                 "labels' rank), a fraction of head_dim or a count."),
+    ds_tokens: str = typer.Option(ds.TOKENS, "--tokens", help="With --double-sparsity: tokens kept per query, a fraction of "
                                   "--context, a count, or top-p:P (the fewest whose approximate attention mass reaches P)."),
-    dense_layers: int = typer.Option(2, help="With --double-sparsity: the first layers keep dense attention."),
-    label_bits: int = typer.Option(4, help="With --double-sparsity: key label bits, 4 | 8 | 16."),
+    dense_layers: int = typer.Option(ds.DENSE_LAYERS, help="With --double-sparsity: the first layers keep dense attention."),
+    label_bits: int = typer.Option(ds.LABEL_BITS, help="With --double-sparsity: key label bits, 4 | 8 | 16."),
     sink: int = typer.Option(0, help="With --double-sparsity: first tokens always kept (inside the budget)."),
     recent: int = typer.Option(0, help="With --double-sparsity: most recent tokens always kept (inside the budget)."),
-    labels: str = typer.Option("channels", help="With --double-sparsity: channels (q·k over the heavy channels) | "
+    labels: str = typer.Option(ds.LABELS, help="With --double-sparsity: channels (q·k over the heavy channels) | "
                                "projection (rank --channels projected labels; calibrate with --projection)."),
-    position_prior: bool = typer.Option(False, "--position-prior", help="With --double-sparsity: add the channel "
+    position_prior: bool = typer.Option(ds.POSITION_PRIOR, "--position-prior/--no-position-prior", help="With --double-sparsity: add the channel "
                                         "file's mean logit per query-key distance to the label scores."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Zero-shot accuracy through lm-evaluation-harness (pip "
                                         "install 'compress[zeroshot]'), comma-separated tasks: persuasion_next_sentence "

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,7 @@ class ChannelFile:
     prior: list[torch.Tensor] | None = None  # per layer: (kv heads, buckets) position prior, when recorded
     source: str = ""
     projection_digest: str | None = None  # sha256 of the projection file as written with this file
+    calibration_length: int | None = None  # tokens per calibration window, when recorded
 
     def heavy(self, layer: int, channels: int, per_kv_head: bool) -> torch.Tensor:
         """(heads, channels) heavy channel indices each query head reads its labels with: its own row
@@ -95,6 +97,20 @@ class ChannelFile:
         maps = read_projection(self.projection_file, len(self.rows), self.layout.num_kv_heads, self.layout.head_dim,
                                self.source)
         return [(a[..., :rank].contiguous(), b[..., :rank].contiguous()) for a, b in maps]
+
+    def warn_past_calibration(self, context: int) -> None:
+        """Warn (once per file and context) when projected labels serve positions past their calibration
+        windows: fitted on post-RoPE moments, they choose worse there."""
+        length = self.calibration_length
+        if length is None or context <= length or (self.source, length, context) in _WARNED:
+            return
+        _WARNED.add((self.source, length, context))
+        warnings.warn(f"{self.source}: projected labels calibrated on windows of {length} tokens serve a context of "
+                      f"{context}; past their calibration length they choose worse (calibrate with --seqlen {context})",
+                      stacklevel=3)
+
+
+_WARNED: set[tuple[str, int, int]] = set()
 
 
 def _fingerprint(config, layers: int) -> dict:
@@ -212,9 +228,11 @@ def read_channel_file(path: str | Path, config, num_layers: int, mode: str | Non
         raise BadInput(f"{source}: {EXTRA}.projection.file must name a file beside the channel file")
     projection = p.absolute().parent / named if named else None
     digest = extra["projection"].get("sha256") if named else None
+    windows, tokens = extra.get("windows"), extra.get("tokens")
+    length = tokens // windows if isinstance(windows, int) and isinstance(tokens, int) and windows > 0 else None
     return ChannelFile(mode, layout, str(expected["model_type"]), rows, kv_rows, projection,
                        _prior(extra.get("position_prior"), mode, num_layers, layout.num_kv_heads, source), source,
-                       digest if isinstance(digest, str) else None)
+                       digest if isinstance(digest, str) else None, length)
 
 
 def _prior(value, mode: str, num_layers: int, kv_heads: int, source: str) -> list[torch.Tensor] | None:

@@ -47,7 +47,7 @@ def continuations(model, prompt: torch.Tensor, new_tokens: int, settings: Double
 
     name = _cache_argument(model)
     cache = DynamicCache()
-    first = model(input_ids=prompt.to(device)[None], use_cache=True, **{name: cache}).logits[0, -1].argmax()
+    first = model(input_ids=prompt.to(device)[None], use_cache=True, logits_to_keep=1, **{name: cache}).logits[0, -1].argmax()
     sparse_cache = copy.deepcopy(cache) if settings is not None else None
 
     def decode(cache) -> torch.Tensor:
@@ -91,16 +91,27 @@ def passkey_prompt(tokenizer, length: int, depth: float, key: int) -> tuple[torc
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"]), str(key)
 
 
+def spread_order(n: int) -> list[int]:
+    """0..n-1 in bit-reversed order (0, n/2, n/4, 3n/4, ...): any first k of them spread over the range."""
+    bits = max(1, (n - 1).bit_length())
+    return sorted(range(n), key=lambda i: int(format(i, f"0{bits}b")[::-1], 2))
+
+
 def passkey_accuracy(model, tokenizer, length: int, trials: int, settings: DoubleSparsity, device="cpu",
-                     seed: int = 0, new_tokens: int = 8) -> dict:
+                     seed: int = 0, new_tokens: int = 8, on_trial=None) -> dict:
     """Share of `trials` prompts (needle depths spread evenly, keys drawn with `seed`) whose greedy
-    continuation holds the key, dense and sparse (decode steps sparse after a dense prefill)."""
+    continuation holds the key, dense and sparse (decode steps sparse after a dense prefill).
+    Depths are visited in spread_order, so the trials of a stopped run spread over the depths too;
+    `on_trial(result so far)` is called after each trial (its `trials` counts those done)."""
     rng = random.Random(seed)
     found = {"dense": 0, "sparse": 0}
-    for t in range(trials):
-        ids, key = passkey_prompt(tokenizer, length, (t + 0.5) / trials, rng.randint(10000, 99999))
+    for t, slot in enumerate(spread_order(trials)):
+        ids, key = passkey_prompt(tokenizer, length, (slot + 0.5) / trials, rng.randint(10000, 99999))
         dense, sparse, _ = continuations(model, ids, new_tokens, settings, device)
         found["dense"] += key in tokenizer.decode(dense.tolist())
         found["sparse"] += key in tokenizer.decode(sparse.tolist())
+        if on_trial is not None:
+            on_trial({"dense": found["dense"] / (t + 1), "sparse": found["sparse"] / (t + 1), "trials": t + 1,
+                      "trials_planned": trials, "length": length})
     return {"dense": found["dense"] / trials, "sparse": found["sparse"] / trials, "trials": trials,
-            "length": length}
+            "trials_planned": trials, "length": length}

@@ -99,6 +99,7 @@ def build(model, settings: DoubleSparsity, context: int, oracle: bool = False) -
         heavy = [file.heavy(i, channels, per_kv) for i in range(len(parts))]
         if settings.labels == "projection":
             maps = file.projection(channels)
+            file.warn_past_calibration(context)
         if settings.position_prior:
             prior = file.position_prior()
     return SparseAttention(settings, layout, {id(p.module): i for i, p in enumerate(parts)}, heavy, maps, prior, budget,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from compress.attention import defaults
 from compress.config import StrictConfig
 from compress.pipeline.registry import StageSpec, register
 from compress.pipeline.report import StageResult
@@ -19,8 +20,9 @@ class AttentionStage(StrictConfig):
     channel_file: str
     """The channel file (JSON) to write."""
     mode: Literal["qk", "q", "k"] = "qk"
-    projection: bool = False
-    """Also fit projected labels (compress.attention.calibration.projection), written beside the channel file."""
+    projection: bool = defaults.CALIBRATION_PROJECTION
+    """Also fit projected labels (compress.attention.calibration.projection), written beside the channel file: the
+    default Double Sparsity setting reads them."""
     force: bool = False
     """Replace channel_file if it is a channel file compress wrote."""
 
