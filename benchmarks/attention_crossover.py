@@ -187,6 +187,12 @@ def time_generate_path(model, settings, batch: int, context: int, rule, device) 
             "speedup_vs_cache_dense": ms["cache_dense"] / ms["cache_rule"]}
 
 
+def _partial(args, **found) -> None:
+    """What the run has found so far, written where the result goes (replaced by the whole result at the end)."""
+    with open(args.json, "w") as f:
+        json.dump({"partial": True, **found}, f, indent=2)
+
+
 def run(args) -> dict:
     from compress.attention.config import DoubleSparsity
     from compress.attention.decoding.dense_rule import DenseRule, crossovers
@@ -208,8 +214,11 @@ def run(args) -> dict:
         print(f"setting: {used}", flush=True)
         decoder = decoder_from_settings(model, settings)  # T = 1/16 of each step's context
         # the one-launch key, value and label append (where the kernels run)
-        fused = appended_tokens_match(device.type) if kernels_available(torch.empty(0, device=device)) else {}
-        decoder.fused = all(fused.values())
+        try:
+            fused = appended_tokens_match(device.type) if kernels_available(torch.empty(0, device=device)) else {}
+        except Exception as error:  # noqa: BLE001 (recorded; the run goes on with the separate writes)
+            fused = {"error": f"{type(error).__name__}: {error}"[:300]}
+        decoder.fused = all(v is True for v in fused.values())
         print(f"one-launch append (append_token) matches: {fused}", flush=True)
         print(f"{name}: grid, dense vs sparse (every step), batches {args.batches} x contexts {args.contexts}",
               flush=True)
@@ -233,6 +242,7 @@ def run(args) -> dict:
         rule = DenseRule(name, crossovers(timed, args.margin), architecture["head_dim"],
                          f"benchmarks/attention_crossover.py on {name}, margin {args.margin}, setting {used}")
         print(f"crossovers (batch x KV heads: context): {rule.crossover}", flush=True)
+        _partial(args, device=name, settings=used, grid=grid, rule=rule.as_json())
         for batch in args.rule_batches:
             for context in args.contexts:
                 modes = {"dense": ("dense", None, True), "rule": ("sparse", rule, True)}
@@ -244,6 +254,7 @@ def run(args) -> dict:
                     row["speedup"] = row["dense_ms"] / row["rule_ms"]
                 checked.append(row)
                 print(f"[{time.perf_counter() - began:5.0f} s] rule: {json.dumps(row)}", flush=True)
+        _partial(args, device=name, settings=used, grid=grid, rule=rule.as_json(), with_rule=checked)
         print(f"model.generate's path (eager): transformers' DynamicCache vs DoubleSparseCache dense vs under the "
               f"rule, {args.generate_points}", flush=True)
         generate_path = []
