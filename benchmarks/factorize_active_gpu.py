@@ -81,7 +81,7 @@ def parts(moe: FactorizedMLP, x: torch.Tensor) -> dict:
     flat = lambda h: h.reshape(-1, h.shape[-1])  # noqa: E731
     out = {"router": lambda h: route(moe.router(flat(h)), moe.top_k), "shared": lambda h: moe.shared_output(flat(h)),
            "routed": lambda h: moe.routed(flat(h))}
-    if flat(x).shape[0] <= 16:
+    if flat(x).shape[0] <= 16 and x.is_cuda:
         out["grouped matmuls + shared"] = lambda h: moe.grouped(flat(h), *route(moe.router(flat(h)), moe.top_k)) + \
             moe.shared_output(flat(h))
     return out
@@ -109,7 +109,7 @@ def ffn_rows(args, device, dtype, flush) -> tuple[list, list]:
                    "dense_ms": dense_time["ms"], "moe_ms": moe_time["ms"], "speedup": dense_time["ms"] / moe_time["ms"],
                    "graph": moe_time["graph"] and dense_time["graph"], "capture_error": moe_time["capture_error"],
                    "busiest_over_fair": busiest_load(moe, x)}
-            if device == "cuda" and active == args.active[0]:  # where the time goes, and the other path at ≤ 16
+            if active == args.active[0]:  # where the time goes, and the other path at ≤ 16
                 with torch.no_grad():
                     row["parts_ms"] = {name: time_forward(fn, x, args.repeats, flush)["ms"] for name, fn in parts(moe, x).items()}
             rows.append(row)
@@ -151,11 +151,13 @@ def end_to_end(args, dtype) -> list:
     return rows
 
 
-def _launch_entry(device: str) -> dict | None:
-    """The launch settings and hand-over points the run used (compress/factorize/launch_settings.json)."""
+def _launch_entry(device: str) -> str:
+    """The launch settings and hand-over points the run used (compress/factorize/launch_settings.json), as JSON
+    text (its keys are the table's, not this file's)."""
     from compress.factorize.launch import _entry
 
-    return _entry(torch.device(device)) or None if device == "cuda" else None
+    entry = _entry(torch.device(device)) if device == "cuda" else {}
+    return json.dumps(entry, sort_keys=True) if entry else "none stored for this GPU: the kernels' defaults"
 
 
 def main() -> None:
@@ -177,9 +179,10 @@ def main() -> None:
     result = {"meta": run_meta, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "dtype": str(dtype).replace("torch.", ""), "hidden": 64 if args.tiny else 4096,
               "intermediate": 256 if args.tiny else 11008, "groups": ACTIVE_GROUPS,
-              "launch_table": _launch_entry(device), "checks": checks, "rows": rows,
+              "launch_settings": _launch_entry(device), "checks": checks, "rows": rows,
               "checks_pass": all(c["relative_error"] < c["bound"] for c in checks), "end_to_end": []}
     del flush
+    result["peak_gib"] = None
     if device == "cuda" and not args.no_e2e:
         torch.cuda.empty_cache()
         result["end_to_end"] = end_to_end(args, dtype)

@@ -80,19 +80,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--budget", type=float, default=420, help="seconds for the searches")
     parser.add_argument("--store", action="store_true", help="write the result into compress/factorize/launch_settings.json")
+    parser.add_argument("--tiny", action="store_true", help="small shapes, a few settings: a quick GPU check")
     args = parser.parse_args()
     run_meta = meta()
     started = time.time()
     torch.manual_seed(0)
-    dense = dense_mlp(4096, 11008, torch.bfloat16, "cuda")
+    hidden, intermediate = (256, 1024) if args.tiny else (4096, 11008)
+    dense = dense_mlp(hidden, intermediate, torch.bfloat16, "cuda")
     moe = factorized(dense, 0.25)
     flush = torch.zeros(64 * 2**20, device="cuda", dtype=torch.float32)
-    tokens = lambda n: torch.randn(n, 4096, device="cuda", dtype=torch.bfloat16)  # noqa: E731
+    tokens = lambda n: torch.randn(n, hidden, device="cuda", dtype=torch.bfloat16)  # noqa: E731
+    decode_groups, blocked_groups, span = DECODE_GROUPS, BLOCKED_GROUPS, SPAN
+    if args.tiny:
+        decode_groups, blocked_groups, span = [{"split": [1, 2]}], [{"block_t": [16, 32]}], [4, 16, 64]
+        args.repeats = 3
     log, best = [], {}
     share = args.budget / 4
-    for i, (kind, n, base, groups) in enumerate([("decode", 1, DECODE, DECODE_GROUPS), ("decode", 16, DECODE, DECODE_GROUPS),
-                                                 ("blocked", 256, BLOCKED, BLOCKED_GROUPS),
-                                                 ("blocked", 16384, BLOCKED, BLOCKED_GROUPS)]):
+    for i, (kind, n, base, groups) in enumerate([("decode", 1, DECODE, decode_groups), ("decode", 16, DECODE, decode_groups),
+                                                 ("blocked", 256, BLOCKED, blocked_groups),
+                                                 ("blocked", 16384, BLOCKED, blocked_groups)]):
         launch, ms = coordinate(moe, kind, base, groups, tokens(n), args.repeats, flush, log,
                                 started + share * (i + 1))
         with torch.no_grad():
@@ -100,7 +106,7 @@ def main() -> None:
         best[f"{kind} {n}"] = {"launch": launch, "ms": ms, "dense_ms": dense_ms}
         print(json.dumps({"best": f"{kind} {n}", **best[f"{kind} {n}"]}), flush=True)
     span = []
-    for n in SPAN:
+    for n in span:
         x = tokens(n)
         with torch.no_grad():
             row = {"tokens": n, "dense_ms": time_forward(dense, x, args.repeats, flush)["ms"],
@@ -113,8 +119,8 @@ def main() -> None:
             row["decode 1 settings ms"] = measure(moe, "decode", best["decode 1"]["launch"], x, args.repeats, flush)
         span.append(row)
         print(json.dumps(row), flush=True)
-    result = {"meta": run_meta, "device": torch.cuda.get_device_name(), "dtype": "bfloat16", "hidden": 4096,
-              "intermediate": 11008, "active": 0.25, "experts": moe.num_experts, "top_k": moe.top_k,
+    result = {"meta": run_meta, "device": torch.cuda.get_device_name(), "dtype": "bfloat16", "hidden": hidden,
+              "intermediate": intermediate, "active": 0.25, "experts": moe.num_experts, "top_k": moe.top_k,
               "shared_neurons": moe.shared_width, "repeats": args.repeats, "best": best, "span": span, "search": log,
               "seconds": round(time.time() - started, 1)}
     result["entry"] = table_entry(best, span, args.json)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from benchmarks import figures_factorize  # noqa: F401  (registers the FactorLLM figures)
 from benchmarks import figures_factorize_cmoe  # noqa: F401  (registers the CMoE side-by-side figures)
+from benchmarks import figures_factorize_active  # noqa: F401  (registers the --active GPU figures)
 from benchmarks import figures_graph  # noqa: F401  (registers the graph-transformer figures)
 from benchmarks import figures_attention  # noqa: F401  (registers the Double Sparsity figures)
 from benchmarks import figures_perm  # noqa: F401  (registers the permutation figures)

@@ -34,6 +34,8 @@ SCRIPTS = {
     "factorize_oracle.py": ("--out", ["factorize-oracle"], False),
     "factorize_finetune.py": ("--out", ["factorize-finetune"], False),
     "factorize_gpu.py": ("--json", ["factorize-gpu-h200"], False),  # its tiny mode runs on the CPU
+    "factorize_active_gpu.py": ("--json", ["factorize-active-gpu-h100"], True),
+    "factorize_launch.py": ("--json", ["factorize-launch-h100"], True),
     "e2e_7b.py": ("--json", ["e2e7b-h200", "e2e7b-compile-h200"], True),
     "sparse_gemm.py": ("--json", ["kernels-h200", "kernels-ours-h200"], True),
     "cslt_transposed.py": ("--json", ["cslt-transposed-h200"], True),
