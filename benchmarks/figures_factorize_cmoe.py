@@ -51,4 +51,20 @@ FIGURES["factorize-cmoe.calibration"] = lambda: (f"{load(STEM)['calibration']['w
                                                  f"{load(STEM)['calibration']['seqlen']} tokens, seeds "
                                                  + ", ".join(map(str, load(STEM)['calibration']['seeds'])))
 FIGURES["factorize-cmoe.ours_commit"] = lambda: _run_commit("ours")
-FIGURES["factorize-cmoe.refit_commit"] = lambda: _run_commit("ours", "refit=true")
+def _refit_commits() -> str:
+    """Each run of the refit rows: its commit and the ratios it measured (--active, else all)."""
+    parts = []
+    for run in load(STEM)["runs"]:
+        command = run["meta"]["command"].split()
+        if "refit=true" not in command:
+            continue
+        at = command.index("--active") + 1 if "--active" in command else None
+        ratios = []
+        while at is not None and at < len(command) and not command[at].startswith("--"):
+            ratios.append(f"{100 * float(command[at]):.0f}%")
+            at += 1
+        parts.append(f"{run['meta']['commit'][:7]} ({', '.join(ratios) or 'every ratio'})")
+    return ", ".join(parts)
+
+
+FIGURES["factorize-cmoe.refit_commit"] = _refit_commits
