@@ -3,11 +3,15 @@ dense model), against the dense model fine-tuned on the same tokens, so adaptati
 counted as a gain of factorizing.
 
 Rows: dense; dense with its MLP weights fine-tuned by next-token loss on the calibration windows (same steps,
-batch, learning rate and tokens as stage B); then for each E:k:G:split: stage A only (routers fitted to PAR
-labels, experts bit-equal slices) and stage A + stage B (compress/factorize/finetune.py). Perplexity on the
+batch, learning rate and tokens as stage B; --no-dense-finetune leaves it out); then for each E:k:G:split:
+stage A only (routers fitted to PAR labels, experts bit-equal slices) and stage A + stage B
+(compress/factorize/finetune.py); a row `active:A` is `compress factorize --active A` as it is by default
+(shared neurons, carved experts, the analytic router, refit) before stage B. Perplexity on the
 first `--eval-tokens` tokens of Persuasion (never used for calibration or training).
 The default model is SmolLM2-135M-Instruct dequantized from its Q4_1 GGUF.
 Usage: python -m benchmarks.factorize_finetune --out benchmarks/results/factorize-finetune.json
+       python -m benchmarks.factorize_finetune --rows active:0.25 --no-dense-finetune --lr 2e-4 \
+           --out benchmarks/results/factorize-finetune-active.json
        python -m benchmarks.factorize_finetune --tiny --out /tmp/tiny.json   # tiny random model: a quick check
 """
 from __future__ import annotations
@@ -29,9 +33,7 @@ ROWS = ["4:2:1:cluster", "4:1:1:cluster"]
 def main() -> None:
     from compress.evaluate import perplexity
     from compress.factorize import FactorizeConfig, factorize_model
-    from compress.factorize.finetune import EndToEndTraining, teacher_targets, train_end_to_end, train_experts
-    from compress.factorize.mlp import find_gated_mlp
-    from compress.model.layers import decoder_layers
+    from compress.factorize.finetune import EndToEndTraining, teacher_targets, train_experts
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -40,6 +42,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="stage B (and dense fine-tuning) steps")
     parser.add_argument("--batch", type=int, default=1, help="calibration windows per step")
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--no-dense-finetune", action="store_true", help="leave out the dense control row")
     add_text_arguments(parser)
     args = parser.parse_args()
     run_meta = meta()
@@ -65,24 +68,17 @@ def main() -> None:
         with open(args.out, "w") as f:  # after every row: a long run keeps what it measured
             json.dump(result, f, indent=2)
 
-    tuned = copy.deepcopy(model)
-    mlp_weights = []
-    for name, layer in decoder_layers(tuned):
-        mlp = find_gated_mlp(layer, name)
-        mlp_weights += [mlp.gate.weight, mlp.up.weight, mlp.down.weight]
-    load_before = os.getloadavg()[0]
-    fit = train_end_to_end(tuned, mlp_weights, calibration, None,
-                           EndToEndTraining(steps=steps, lr=args.lr, batch=args.batch, distill_weight=0.0,
-                                            lm_weight=1.0, par_weight=0.0, balance_weight=0.0), device, show)
-    save({"row": "dense, MLP fine-tuned (next-token loss)", "kind": "dense-finetuned", "ppl": measure(tuned),
-          "train_seconds": round(fit.seconds, 1), "train_tokens": fit.tokens, "losses": fit.losses,
-          "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]})
-    del tuned
+    if not args.no_dense_finetune:
+        dense_control(model, calibration, steps, args, device, measure, save, show)
     teacher = teacher_targets(model, calibration, settings.distill_top, device)
     for spec in args.rows or (["4:2:1:cluster"] if args.tiny else ROWS):
-        experts, top_k, granularity, split = spec.split(":")
-        config = FactorizeConfig(experts=int(experts), top_k=int(top_k), granularity=int(granularity), split=split, router="par",
-                                 steps=router_steps)
+        if spec.startswith("active:"):
+            config = FactorizeConfig(active=float(spec.split(":")[1]))
+            split = config.split
+        else:
+            experts, top_k, granularity, split = spec.split(":")
+            config = FactorizeConfig(experts=int(experts), top_k=int(top_k), granularity=int(granularity), split=split,
+                                     router="par", steps=router_steps)
         work = copy.deepcopy(model)
         load_before, clock = os.getloadavg()[0], time.perf_counter()
         factorize_model(work, config, calibration)
@@ -96,6 +92,26 @@ def main() -> None:
               "train_seconds": round(fit.seconds, 1), "train_tokens": fit.tokens, "losses": fit.losses,
               "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]})
         del work
+
+
+def dense_control(model, calibration, steps, args, device, measure, save, show) -> None:
+    """The dense model's MLPs fine-tuned by next-token loss with stage B's steps, batch and learning rate."""
+    from compress.factorize.finetune import EndToEndTraining, train_end_to_end
+    from compress.factorize.mlp import find_gated_mlp
+    from compress.model.layers import decoder_layers
+
+    tuned = copy.deepcopy(model)
+    mlp_weights = []
+    for name, layer in decoder_layers(tuned):
+        mlp = find_gated_mlp(layer, name)
+        mlp_weights += [mlp.gate.weight, mlp.up.weight, mlp.down.weight]
+    load_before = os.getloadavg()[0]
+    fit = train_end_to_end(tuned, mlp_weights, calibration, None,
+                           EndToEndTraining(steps=steps, lr=args.lr, batch=args.batch, distill_weight=0.0,
+                                            lm_weight=1.0, par_weight=0.0, balance_weight=0.0), device, show)
+    save({"row": "dense, MLP fine-tuned (next-token loss)", "kind": "dense-finetuned", "ppl": measure(tuned),
+          "train_seconds": round(fit.seconds, 1), "train_tokens": fit.tokens, "losses": fit.losses,
+          "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]})
 
 
 if __name__ == "__main__":
