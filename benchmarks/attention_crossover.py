@@ -17,8 +17,9 @@ drift hits every mode alike.
   2. batch 1 and 16 over the same contexts: dense vs the rule (the crossovers just measured): each step
      sparse or dense as the rule says; every row should be ≥ 1.0× (a row the rule keeps dense runs the same
      graph as dense: its ratio is the timing noise);
-  3. the path of stock `model.generate` (eager, no graph) at a few points: transformers' DynamicCache vs
-     DoubleSparseCache kept dense vs DoubleSparseCache under the rule.
+  3. the path of stock `model.generate` (eager, no graph) over a smaller grid: transformers' DynamicCache vs
+     DoubleSparseCache kept dense vs DoubleSparseCache sparse at every step; the eager crossovers (what
+     DoubleSparseCache reads by default) from the last two, and the step each row takes under them.
 Usage: python -m benchmarks.attention_crossover --json benchmarks/results/attention-crossover-h100.json
        python -m benchmarks.attention_crossover --store benchmarks/results/attention-crossover-h100.json
            (writes that run's crossovers into compress/attention/decoding/dense_rule.json, keyed by its GPU)
@@ -151,10 +152,11 @@ def _fill_cache(cache, layers: int, batch: int, kv_heads: int, length: int, head
 
 
 @torch.no_grad()
-def time_generate_path(model, settings, batch: int, context: int, rule, device) -> dict:
+def time_generate_path(model, settings, batch: int, context: int, device) -> dict:
     """Eager decode steps as stock `model.generate` runs them (no CUDA graph), after context − 1 random cached
     tokens: transformers' DynamicCache (dense, concatenating every step) vs DoubleSparseCache kept dense (its
-    buffers, no labels) vs DoubleSparseCache under `rule`; each step is cropped off again, modes in turn."""
+    buffers, no labels) vs DoubleSparseCache sparse at every step; each step is cropped off again, modes in
+    turn."""
     from transformers import DynamicCache
 
     from compress.attention.decoding.cache import DoubleSparseCache
@@ -164,7 +166,7 @@ def time_generate_path(model, settings, batch: int, context: int, rule, device) 
     config = model.config
     never = DenseRule("never", {1: None})
     caches = {"stock": DynamicCache(config=config), "cache_dense": DoubleSparseCache(model, settings, dense_rule=never),
-              "cache_rule": DoubleSparseCache(model, settings, dense_rule=rule)}
+              "cache_sparse": DoubleSparseCache(model, settings, dense_rule=None)}
     for cache in caches.values():
         _fill_cache(cache, config.num_hidden_layers, batch, config.num_key_value_heads, context - 1, config.head_dim,
                     model.dtype, device)
@@ -178,13 +180,43 @@ def time_generate_path(model, settings, batch: int, context: int, rule, device) 
     steps = {name: (lambda cache=cache: step(cache)) for name, cache in caches.items()}
     ms, _ = interleaved_ms(steps, lambda name: None, False, *((5, 5) if device.type == "cuda" else (1, 2)),
                            synchronize=device.type == "cuda")
-    sparse_steps = caches["cache_rule"].steps
+    sparse_steps = caches["cache_sparse"].steps
     del caches
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"batch": batch, "context": context, **{f"{name}_ms": v for name, v in ms.items()},
-            "rule_sparse": sparse_steps > 0, "speedup_vs_stock": ms["stock"] / ms["cache_rule"],
-            "speedup_vs_cache_dense": ms["cache_dense"] / ms["cache_rule"]}
+    return {"batch": batch, "context": context, "rows": batch * config.num_key_value_heads,
+            **{f"{name}_ms": v for name, v in ms.items()}, "sparse_ran": sparse_steps > 0}
+
+
+def eager_rows(model, settings, points, device, margin: float, name: str, began: float) -> tuple[list, dict]:
+    """The eager grid (time_generate_path at each (batch, context) of `points`), the eager crossovers, and per
+    row the step the eager rule takes and its speedups."""
+    from compress.attention.decoding.dense_rule import crossovers
+
+    rows = []
+    for batch, context in points:
+        try:
+            row = time_generate_path(model, settings, batch, context, device)
+        except Exception as error:  # noqa: BLE001 (recorded: the graphed rows stand without it)
+            row = {"batch": batch, "context": context, "error": f"{type(error).__name__}: {error}"[:300]}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(row)
+        print(f"[{time.perf_counter() - began:5.0f} s] generate path: {json.dumps(row)}", flush=True)
+    heads = model.config.num_key_value_heads
+    timed = [{"rows": r["batch"] * heads, "context": r["context"], "dense_ms": 0.0, "sparse_ms": 1.0} if "error" in r
+             else {**r, "dense_ms": r["cache_dense_ms"], "sparse_ms": r["cache_sparse_ms"]} for r in rows]
+    eager = crossovers(timed, margin)
+    from compress.attention.decoding.dense_rule import DenseRule
+
+    rule = DenseRule(f"{name} (eager)", eager, model.config.head_dim)
+    for r in rows:
+        if "error" not in r:
+            r["rule_sparse"] = rule.sparse(r["batch"], r["context"], heads, model.config.head_dim)
+            r["cache_rule_ms"] = r["cache_sparse_ms"] if r["rule_sparse"] else r["cache_dense_ms"]
+            r["speedup_vs_stock"] = r["stock_ms"] / r["cache_rule_ms"]
+            r["speedup_vs_cache_dense"] = r["cache_dense_ms"] / r["cache_rule_ms"]
+    return rows, rule.as_json()
 
 
 def _partial(args, **found) -> None:
@@ -255,24 +287,17 @@ def run(args) -> dict:
                 checked.append(row)
                 print(f"[{time.perf_counter() - began:5.0f} s] rule: {json.dumps(row)}", flush=True)
         _partial(args, device=name, settings=used, grid=grid, rule=rule.as_json(), with_rule=checked)
-        print(f"model.generate's path (eager): transformers' DynamicCache vs DoubleSparseCache dense vs under the "
-              f"rule, {args.generate_points}", flush=True)
-        generate_path = []
-        for batch, context in args.generate_points:
-            try:
-                row = time_generate_path(model, settings, batch, context, rule, device)
-            except Exception as error:  # noqa: BLE001 (recorded: the graphed rows above stand without it)
-                row = {"batch": batch, "context": context, "error": f"{type(error).__name__}: {error}"[:300]}
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            generate_path.append(row)
-            print(f"[{time.perf_counter() - began:5.0f} s] generate path: {json.dumps(row)}", flush=True)
+        print(f"model.generate's path (eager): transformers' DynamicCache vs DoubleSparseCache dense vs sparse, "
+              f"{args.generate_points}", flush=True)
+        generate_path, eager_rule = eager_rows(model, settings, args.generate_points, device, args.margin, name, began)
+        print(f"eager crossovers (batch x KV heads: context): {eager_rule['crossover']}", flush=True)
     slower = [r for r in checked if "error" in r or r["speedup"] < 1.0]
     return {"device": name, "model": {"architecture": architecture, "weights": "random", "dtype": str(model.dtype)},
             "settings": {**used, "selection": "threshold", "budget": "1/16 of the step's context"},
             "timing": f"CUDA graphs, modes interleaved: {ROUNDS} blocks of {BLOCK} replays each, median",
             "margin": args.margin, "grid": grid, "rule": {"gpu": name, **rule.as_json(), "margin": args.margin},
-            "with_rule": checked, "generate_path": generate_path, "append_token_matches": fused,
+            "with_rule": checked, "generate_path": generate_path, "eager_rule": eager_rule,
+            "append_token_matches": fused,
             "fused_append": decoder.fused, "checks": {"rows": len(checked), "at_least_dense": len(checked) - len(slower),
                                              "slower": [(r["batch"], r["context"], round(r.get("speedup", 0), 3))
                                                         for r in slower]},
@@ -286,9 +311,9 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, nargs="*", default=[4096, 8192, 16384, 32768, 65536, 131072])
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 4, 16])
     parser.add_argument("--rule-batches", type=int, nargs="*", default=[1, 16])
-    parser.add_argument("--generate-points", type=int, nargs="*", default=[1, 8192, 1, 32768, 1, 131072, 16, 8192,
-                                                                          16, 32768],
-                        help="batch, context pairs of the eager model.generate path's timing (three caches held)")
+    parser.add_argument("--generate-points", type=int, nargs="*", default=[1, 8192, 1, 32768, 1, 131072, 4, 32768,
+                                                                          4, 131072, 16, 8192, 16, 32768],
+                        help="batch, context pairs of the eager model.generate path's grid (three caches held)")
     parser.add_argument("--unfused-batches", type=int, nargs="*", default=[1, 16],
                         help="grid batches also timed without the one-launch append (key sparse_unfused_ms)")
     parser.add_argument("--margin", type=float, default=MARGIN, help="sparse must be this much faster")
@@ -330,13 +355,16 @@ def main() -> None:
             continue
         print(f"{r['batch']:>3}{r['context']:>8}{r['dense_ms']:>10.3f}{r['rule_ms']:>10.3f}{r['speedup']:>8.3f}"
               f"{str(r['rule_sparse']):>7}")
-    print(f"{'B':>3}{'context':>8}{'stock ms':>10}{'dense ms':>10}{'rule ms':>10}{'vs stock':>9}{'vs dense':>9}")
+    print(f"eager rule {result['eager_rule']['crossover']}")
+    print(f"{'B':>3}{'context':>8}{'stock ms':>10}{'dense ms':>10}{'sparse ms':>10}{'rule':>7}{'vs stock':>9}"
+          f"{'vs dense':>9}")
     for r in result["generate_path"]:
         if "error" in r:
             print(f"{r['batch']:>3}{r['context']:>8}  {r['error']}")
             continue
         print(f"{r['batch']:>3}{r['context']:>8}{r['stock_ms']:>10.3f}{r['cache_dense_ms']:>10.3f}"
-              f"{r['cache_rule_ms']:>10.3f}{r['speedup_vs_stock']:>9.2f}{r['speedup_vs_cache_dense']:>9.2f}")
+              f"{r['cache_sparse_ms']:>10.3f}{'sparse' if r['rule_sparse'] else 'dense':>7}"
+              f"{r['speedup_vs_stock']:>9.2f}{r['speedup_vs_cache_dense']:>9.2f}")
     checks = result["checks"]
     print(f"with the rule: {checks['at_least_dense']} of {checks['rows']} rows >= 1.0x dense "
           f"(below: {checks['slower']}); {result['seconds']:.0f} s")

@@ -226,11 +226,13 @@ def attention_crossover_generate() -> str:
     data = _crossover()
     if data is None:
         return "_Not yet measured._"
-    body = [[r["batch"], r["context"], "error: " + r["error"], "", "", "", ""] if "error" in r else
-            [r["batch"], r["context"], f"{r['stock_ms']:.2f}", f"{r['cache_dense_ms']:.2f}", f"{r['cache_rule_ms']:.2f}",
+    body = [[r["batch"], r["context"], "error: " + r["error"], "", "", "", "", ""] if "error" in r else
+            [r["batch"], r["context"], f"{r['stock_ms']:.2f}", f"{r['cache_dense_ms']:.2f}",
+             f"{r['cache_sparse_ms']:.2f}" if "cache_sparse_ms" in r else "—", f"{r['cache_rule_ms']:.2f}",
              "sparse" if r["rule_sparse"] else "dense", f"{r['speedup_vs_stock']:.2f}x"] for r in data["generate_path"]]
     return table(["batch", "context", "transformers' DynamicCache ms", "DoubleSparseCache, dense ms",
-                  "DoubleSparseCache under the rule ms", "the rule's step", "speedup vs DynamicCache"], body)
+                  "DoubleSparseCache, sparse ms", "DoubleSparseCache under the rule ms", "the rule's step",
+                  "speedup vs DynamicCache"], body)
 
 
 def _crossover_summary() -> str:
@@ -246,7 +248,16 @@ def _crossover_summary() -> str:
     low = "" if lowest is None else (f"; the lowest {lowest['speedup']:.3f}x at batch {lowest['batch']}, "
                                      f"{lowest['context'] // 1024}K ({'sparse' if lowest['rule_sparse'] else 'dense'} "
                                      "under the rule)")
-    return (f"crossovers on {data['device']} (margin {data['margin']}): {found}. Under the rule "
+    if "eager_rule" in data:
+        found += "; eager (model.generate): " + ", ".join(
+            f"batch {int(rows) // heads}: " + ("never up to the longest context" if context is None else
+                                               f"from {context // 1024}K")
+            for rows, context in data["eager_rule"]["crossover"].items())
+    used = data["settings"]
+    setting = (f"channels {used['channels']}, {used['labels']} labels, {used['label_bits']}-bit, "
+               f"{'with' if used['position_prior'] else 'no'} position prior, T {used['tokens']}")
+    return (f"setting of the run: {setting}; crossovers on {data['device']} (margin {data['margin']}): {found}. "
+            f"Under the rule "
             f"{checks['at_least_dense']} of {checks['rows']} rows ≥ 1.0x dense{low}; one-launch append "
             f"{'used' if data['fused_append'] else 'not used (it differed on this GPU)'}")
 

@@ -66,3 +66,21 @@ def test_a_measured_run_is_stored_under_its_gpu(tmp_path):
     assert rule_for("NVIDIA H200", table).crossover == rule_for("NVIDIA H200").crossover  # others kept
     with pytest.raises(BadInput):
         store_rule({"rule": {**result["rule"], "gpu": "cpu"}}, table)
+
+
+def test_eager_crossovers_are_read_for_eager_steps(tmp_path):
+    """rule_for(eager=True): the GPU's eager crossovers, else the fallback's; the graphed ones otherwise."""
+    table = tmp_path / "rule.json"
+    stored = json.loads(TABLE.read_text())
+    stored["gpus"]["A"] = {"crossover": {"3": 4096}, "eager_crossover": {"3": 65536}, "head_dim": 64}
+    stored["gpus"]["B"] = {"crossover": {"3": 4096}, "head_dim": 64}
+    table.write_text(json.dumps(stored))
+    assert rule_for("A", table).sparse(1, 4096, 3, 64) and not rule_for("A", table, eager=True).sparse(1, 4096, 3, 64)
+    assert rule_for("A", table, eager=True).sparse(1, 65536, 3, 64)
+    fallback_eager = {int(k): v for k, v in stored["fallback"]["eager_crossover"].items()}
+    assert rule_for("B", table, eager=True).crossover == fallback_eager
+    assert rule_for(None, table, eager=True).crossover == fallback_eager
+    result = {"meta": {}, "rule": {"gpu": "C", "crossover": {"3": None}, "head_dim": 64, "margin": 1.05, "source": "t"},
+              "eager_rule": {"crossover": {"48": 32768}}}
+    store_rule(result, table)
+    assert rule_for("C", table, eager=True).crossover == {48: 32768}

@@ -42,8 +42,8 @@ class DoubleSparseCache(DynamicCache):
     `settings`: DoubleSparsity (compress.attention.config) or a channel file's path (default settings);
     `context`: fix T as that fraction of `context` tokens (else of each step's context); `selection`: the
     kernels' top-T select (compress.attention.decode_kernels.decode.SELECTIONS); `dense_rule`: the steps that
-    stay dense because sparse would be slower (compress.attention.decoding.dense_rule): "measured" (the rule
-    stored for the model's GPU; the fallback's for others and the CPU), a DenseRule, or None (every step with
+    stay dense because sparse would be slower (compress.attention.decoding.dense_rule): "measured" (the eager
+    rule stored for the model's GPU; the fallback's for others and the CPU), a DenseRule, or None (every step with
     more tokens than T sparse, as the evaluation mode). Counts the sparse layer-steps run (`steps`) and the
     tokens they kept per row and KV head (`kept`)."""
 
@@ -56,8 +56,8 @@ class DoubleSparseCache(DynamicCache):
 
         if isinstance(settings, str):
             settings = DoubleSparsity(channel_file=settings)
-        if dense_rule == "measured":
-            dense_rule = rule_for_device(next(model.parameters()).device)
+        if dense_rule == "measured":  # generate runs the step eagerly: the eager crossovers
+            dense_rule = rule_for_device(next(model.parameters()).device, eager=True)
         self.plan = decoder_from_settings(model, settings, context, selection, dense_rule)
         super().__init__(config=model.config)
         self.modules = [part.module for part in attention_parts(model)]
@@ -67,7 +67,7 @@ class DoubleSparseCache(DynamicCache):
             key_map = None if self.plan.maps is None or heavy is None else self.plan.maps[i][1]
             self.layers[i] = BufferedLayer() if heavy is None else LabelledLayer(heavy, self.plan.label_bits, key_map)
         self.steps, self.kept = 0, 0.0
-        self._mask, self._padding = None, (None, True)
+        self._mask, self._step = None, (None,)
         install(model)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
@@ -85,17 +85,19 @@ class DoubleSparseCache(DynamicCache):
         from compress.attention.decode_kernels.decode_torch import reference_decode
         from compress.attention.decoding.generate import kernels_available
 
-        n = key.shape[2]
-        allowed = _allowed_keys(attention_mask, n)
-        if attention_mask is not self._mask:  # the layers of a step share one mask: its host reads once a step
-            self._mask, self._padding = attention_mask, _padding(allowed, n)
-        counts, prefix = self._padding
-        padded = counts is not None
-        counts = counts if padded else [n] * query.shape[0]
-        budgets = [self.plan.budget(count) for count in counts]
-        plan = self.plan
-        if all(t >= count for t, count in zip(budgets, counts)) or \
-                not plan.pays(query.shape[0], n, key.shape[1], key.shape[-1]):
+        n, plan = key.shape[2], self.plan
+        if attention_mask is not self._mask or (n, query.shape[0]) != self._step[0]:  # a step's layers share it
+            allowed = _allowed_keys(attention_mask, n)
+            counts, prefix = _padding(allowed, n)  # host reads: once a step
+            padded = counts is not None
+            counts = counts if padded else [n] * query.shape[0]
+            budgets = [plan.budget(count) for count in counts]
+            dense = all(t >= count for t, count in zip(budgets, counts)) or \
+                not plan.pays(query.shape[0], n, key.shape[1], key.shape[-1])
+            self._mask, self._step = attention_mask, ((n, query.shape[0]), allowed, counts, prefix, padded, budgets,
+                                                      dense)
+        _, allowed, counts, prefix, padded, budgets, dense = self._step
+        if dense:
             return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         labels = self.layers[layer].label()

@@ -35,7 +35,7 @@ class BufferedLayer(DynamicLayer):
         self._buffers = [widen(t) for t in self._buffers]
 
     def _views(self) -> None:
-        self.keys, self.values = (t[:, :, :self.length] for t in self._buffers)
+        self.keys, self.values = (t.narrow(2, 0, self.length) for t in self._buffers)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if self._buffers is None:
@@ -46,7 +46,7 @@ class BufferedLayer(DynamicLayer):
         if self.length + count > self._buffers[0].shape[2]:
             self._resize(self._capacity(self.length + count))
         for buffer, new in zip(self._buffers, (key_states, value_states)):
-            buffer[:, :, self.length:self.length + count] = new
+            buffer.narrow(2, self.length, count).copy_(new)  # (narrow + copy_: less host time than indexing)
         self.length += count
         self._views()
         return self.keys, self.values

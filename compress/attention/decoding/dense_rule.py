@@ -17,7 +17,9 @@ measured.
 
 The crossovers are stored per GPU name (torch.cuda.get_device_name()) in dense_rule.json beside this module;
 a GPU not in the table, and the CPU, get the table's fallback (conservative: sparse only for many rows and
-long contexts).
+long contexts). Two per GPU: `crossover` for decode steps run as CUDA graphs (the benchmarks' decoder), and
+`eager_crossover` for steps run eagerly, as stock `model.generate` runs DoubleSparseCache: there each of the
+sparse step's launches costs host time (Python, Triton's launcher), so sparse pays later or not at all.
 """
 from __future__ import annotations
 
@@ -71,18 +73,22 @@ def _table(path: str) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def rule_for(gpu: str | None, table: Path | str = TABLE) -> DenseRule:
+def rule_for(gpu: str | None, table: Path | str = TABLE, eager: bool = False) -> DenseRule:
     """The stored rule of GPU `gpu` (its torch.cuda.get_device_name()), else the fallback (also for None: the
-    CPU)."""
+    CPU); `eager`: for steps run eagerly (the GPU's eager crossovers, else the fallback's)."""
     stored = _table(str(table))
-    if gpu in stored["gpus"]:
-        return _rule(gpu, stored["gpus"][gpu])
-    return _rule("fallback", stored["fallback"])
+    entry = stored["gpus"].get(gpu)
+    if eager:
+        if entry is None or "eager_crossover" not in entry:
+            gpu, entry = "fallback", stored["fallback"]
+        entry = {**entry, "crossover": entry["eager_crossover"]}
+        return _rule(f"{gpu} (eager)", entry)
+    return _rule(gpu, entry) if entry is not None else _rule("fallback", stored["fallback"])
 
 
-def rule_for_device(device: torch.device | str) -> DenseRule:
+def rule_for_device(device: torch.device | str, eager: bool = False) -> DenseRule:
     device = torch.device(device)
-    return rule_for(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    return rule_for(torch.cuda.get_device_name(device) if device.type == "cuda" else None, eager=eager)
 
 
 def crossovers(timings: list[dict], margin: float) -> dict[int, int | None]:
@@ -114,6 +120,8 @@ def store_rule(result: dict, table: Path | str = TABLE) -> dict:
     stamp = result.get("meta", {})
     entry = {"crossover": measured["crossover"], "head_dim": measured["head_dim"], "margin": measured["margin"],
              "source": f"{measured['source']}; code of {str(stamp.get('commit', '?'))[:7]}, {stamp.get('date', '?')}"}
+    if "eager_rule" in result:  # runs since the eager grid was added
+        entry["eager_crossover"] = result["eager_rule"]["crossover"]
     stored = json.loads(Path(table).read_text())
     stored["gpus"][measured["gpu"]] = entry
     handle, temporary = tempfile.mkstemp(dir=Path(table).parent, suffix=".json")
