@@ -1,98 +1,139 @@
 """BENCHMARKS.md's Double Sparsity tables and figures, from benchmarks/results/attention-*.json (see render.py)."""
 from __future__ import annotations
 
+from benchmarks._meta import invocation
 from benchmarks.figures import FIGURES, RESULTS, figure, load, pct, table, verdict
 
 QUALITY = "attention-quality"
+PASSKEY = "attention-passkey"
 KERNELS = "attention-kernels-h200"
+LABEL_SCALE_BYTES = 4  # a label's float16 min and step, per token and KV head (the kernels' 4-bit format)
 
 
-def _dense(context: int) -> float:
-    return next(r["perplexity"] for r in load(QUALITY)["perplexity"] if r["selection"] == "dense" and r["context"] == context)
+def _default(r: dict) -> bool:
+    """A row measured with the config's default setting (compress.attention.defaults)."""
+    from compress.attention import defaults as d
+
+    return (r["selection"] == "labels" and r["channels"] == d.CHANNELS and r["tokens"] == d.TOKENS
+            and r["labels"] == d.LABELS and r["position_prior"] == d.POSITION_PRIOR and r["label_bits"] == d.LABEL_BITS
+            and r["dense_layers"] == d.DENSE_LAYERS and r["per_kv_head"] == d.PER_KV_HEAD and not r["sink"]
+            and not r["recent"])
 
 
 def _label(r: dict) -> str:
     if r["selection"] == "oracle":
         return "oracle: exact top-T by the true logits"
-    if r["selection"] == "sink+recent":
-        return "4 sink + most recent tokens"
-    extra = "" if r.get("per_kv_head", True) else ", a channel set per query head"
-    if r.get("position_prior"):
-        extra += ", position prior"
-    if r.get("sink") or r.get("recent"):
-        extra += f", {r['sink']} sink + {r['recent']} recent inside T"
-    if r.get("labels") == "projection":
-        return f"projected labels (rank = channels{extra})"
-    return f"labels ({r['mode']}{extra})"
+    extra = "" if r["per_kv_head"] or r["labels"] == "projection" else ", a channel set per query head"
+    extra += ", position prior" if r["position_prior"] else ""
+    extra += f", {r['sink']} sink + {r['recent']} recent inside T" if r["sink"] or r["recent"] else ""
+    extra += f", first {r['dense_layers']} layers dense" if r["dense_layers"] != 2 else ""
+    kind = "projected labels" if r["labels"] == "projection" else "heavy-channel labels"
+    return f"{'**default**: ' if _default(r) else ''}{kind}{extra}"
+
+
+def _change(ratio: float) -> str:
+    return f"{100 * (ratio - 1):+.1f}%"
+
+
+def _interval(r: dict) -> str:
+    return f"{_change(r['ratio'])} ({_change(r['low'])} to {_change(r['high'])})"
 
 
 @figure("attention-quality")
 def attention_quality() -> str:
     body = []
-    for r in load(QUALITY)["perplexity"]:
-        dense = _dense(r["context"])
+    order = {"dense": 0, "oracle": 1}
+    for r in sorted(load(QUALITY)["perplexity"], key=lambda r: (-r["context"], order.get(r["name"], 2))):
         if r["selection"] == "dense":
-            body.append([r["context"], r["windows"], "dense", "all", "all", "—", f"{r['perplexity']:.2f}", "—", "100%"])
+            body.append([r["context"], r["windows"], "dense", "—", "—", "—", f"{r['perplexity']:.2f}", "—", "100%"])
             continue
-        channels = "all" if r["selection"] != "labels" else f"{r['channels_asked']} ({r['channels']})"
-        bits = "—" if r["selection"] != "labels" else r["label_bits"]
-        tokens = r["tokens_asked"] if r["selection"] != "sink+recent" else f"1/16 ({r['budget']})"
-        tokens = f"{tokens} ({r['budget']})" if r["selection"] != "sink+recent" and r["budget"] else tokens
-        body.append([r["context"], r["windows"], _label(r), channels, tokens, bits, f"{r['perplexity']:.2f}",
-                     f"{100 * (r['perplexity'] / dense - 1):+.1f}%", pct(r["kept_share"])])
-    return table(["context", "windows", "selection", "channels (count)", "tokens (T)", "label bits", "perplexity",
-                  "vs dense", "past tokens read"], body)
+        labelled = r["selection"] == "labels"
+        count = r["channel_count"]
+        body.append([r["context"], r["windows"], _label(r), f"{r['channels']} ({count})" if labelled else "—",
+                     f"{count * r['label_bits'] / 8 + LABEL_SCALE_BYTES:g}" if labelled else "—", f"{r['tokens']} ({r['budget']})",
+                     f"{r['perplexity']:.2f}", _interval(r), pct(r["kept_share"])])
+    return table(["context", "windows", "selection", "label channels (count)", "label bytes per token and KV head",
+                  "tokens (T)", "perplexity", "vs dense (95% interval)", "past tokens read"], body)
 
 
-def _main(context: int) -> dict:
-    return next(r for r in load(QUALITY)["perplexity"] if r["context"] == context and r["selection"] == "labels"
-                and r["mode"] == "qk" and r["channels_asked"] == "1/16" and r["tokens_asked"] == "1/16"
-                and r["label_bits"] == 4 and not r["sink"] and not r["recent"] and r["per_kv_head"]
-                and r.get("labels", "channels") == "channels" and not r.get("position_prior"))
+def _defaults() -> list[dict]:
+    return sorted((r for r in load(QUALITY)["perplexity"] if _default(r)), key=lambda r: -r["context"])
 
 
-def _best(context: int) -> dict:
-    """The lowest perplexity of any label row at 1/16 channels and 1/16 tokens at `context`."""
-    return min((r for r in load(QUALITY)["perplexity"] if r["context"] == context and r["selection"] == "labels"
-                and r["channels_asked"] == "1/16" and r["tokens_asked"] == "1/16"), key=lambda r: r["perplexity"])
+def _at(rows: list[dict]) -> str:
+    return " and ".join(f"{_interval(r)} at {r['context']} tokens ({r['windows']} windows)" for r in rows)
 
 
-def _best_text(context: int) -> str:
-    r = _best(context)
-    return f"{100 * (r['perplexity'] / _dense(context) - 1):+.1f}% ({_label(r)})"
+def _target() -> str:
+    rows = _defaults()
+    assert rows, "no row of attention-quality.json measured the default setting"
+
+    def one(r: dict) -> str:
+        if r["high"] <= 1.05:
+            return "**met**"
+        return "**met by the point estimate only**" if r["ratio"] <= 1.05 else "**missed**"
+
+    return " and ".join(f"{one(r)} at {r['context']} tokens" for r in rows)
 
 
-def _contexts() -> list[int]:
-    return sorted({r["context"] for r in load(QUALITY)["perplexity"] if r["selection"] == "dense"})
+def _setting_text() -> str:
+    from compress.attention import defaults as d
+
+    return (f"{'rank-r projected labels' if d.LABELS == 'projection' else 'heavy-channel labels'} with r = {d.CHANNELS} of "
+            f"head_dim, {d.LABEL_BITS}-bit{', with the position prior' if d.POSITION_PRIOR else ''}, "
+            f"T = {d.TOKENS} of the context, the first {d.DENSE_LAYERS} layers dense")
 
 
-def _increase(context: int) -> float:
-    return _main(context)["perplexity"] / _dense(context) - 1
+def _bytes_limit() -> str:
+    """Label bytes and the bytes-read limit of the default vs the paper's 1/16 heavy channels, per head_dim."""
+    from fractions import Fraction
+
+    from compress.attention import defaults as d
+
+    def limit(head_dim: int, channels: str) -> tuple[float, float]:
+        label = Fraction(channels) * head_dim * d.LABEL_BITS / 8 + LABEL_SCALE_BYTES
+        kv = 2 * 2 * head_dim  # float16 K and V
+        return float(label), kv / float(label + kv * Fraction(d.TOKENS))
+
+    parts = []
+    for head_dim in (64, 128):
+        (ours, ours_limit), (paper, paper_limit) = limit(head_dim, d.CHANNELS), limit(head_dim, "1/16")
+        parts.append(f"at head_dim {head_dim} {ours:g} label bytes per token and KV head (1/16 of the channels: "
+                     f"{paper:g}), a bytes-read limit of {ours_limit:.1f}x dense ({paper_limit:.1f}x)")
+    return "; ".join(parts)
 
 
-FIGURES["attention.increase-1-16"] = lambda: f"{100 * _increase(load(QUALITY)['perplexity'][0]['context']):+.1f}%"
-FIGURES["attention.increase-1-16-long"] = lambda: f"{100 * _increase(max(r['context'] for r in load(QUALITY)['perplexity'])):+.1f}%"
-FIGURES["attention.target-1-16"] = lambda: ("met" if max(_increase(r["context"]) for r in load(QUALITY)["perplexity"]
-                                                          if r["selection"] == "dense") <= 0.05 else "**missed**")
-FIGURES["attention.best-1-16"] = lambda: f"{_best_text(_contexts()[0])} at {_contexts()[0]} tokens and " \
-    f"{_best_text(_contexts()[-1])} at {_contexts()[-1]}"
-FIGURES["attention.target-1-16-best"] = lambda: (
-    "met" if max(_best(c)["perplexity"] / _dense(c) - 1 for c in _contexts()) <= 0.05 else "**missed**")
+def _runs_block(stem: str) -> str:
+    """Every run that wrote the file's rows (measured in parts, some in parallel), one command a line."""
+    return "```bash\n" + "\n".join(invocation(m["command"]) for m in load(stem)["runs"]) + "\n```"
 
 
-def _settings(r: dict) -> str:
-    if r.get("labels") == "projection":
-        return "projected labels" + (" + prior" if r.get("position_prior") else "")
-    return ("qk labels" + (" + prior" if r.get("position_prior") else "")
-            + (" + window" if r.get("recent") else ""))
+FIGURES["cmd/attention-quality"] = lambda: _runs_block(QUALITY)
+FIGURES["cmd/attention-passkey"] = lambda: _runs_block(PASSKEY)
+FIGURES["attention.bytes-limit"] = _bytes_limit
+FIGURES["attention.default"] = _setting_text
+FIGURES["attention.default-quality"] = lambda: _at(_defaults())
+FIGURES["attention.target-default"] = _target
+FIGURES["attention.oracle"] = lambda: _at(sorted((r for r in load(QUALITY)["perplexity"] if r["selection"] == "oracle"),
+                                                 key=lambda r: -r["context"]))
+FIGURES["attention.interval"] = lambda: load(QUALITY)["interval"]
+FIGURES["attention.dense4"] = lambda: _at(sorted((r for r in load(QUALITY)["perplexity"]
+                                                  if r["name"] == "projection+prior-1/8-dense4"), key=lambda r: -r["context"]))
+
+
+def _name_text(name: str) -> str:
+    rows = [r for r in load(QUALITY)["perplexity"] if r["name"] == name]
+    return _label(rows[0]) if rows else name
 
 
 FIGURES["attention.greedy"] = lambda: "; ".join(
-    f"{_settings(r)}: {pct(r['agreement'])} (common prefix {r['common_prefix']} "
-    f"of {r['new_tokens']})" for r in load(QUALITY)["greedy"]["rows"])
-FIGURES["attention.passkey"] = lambda: "; ".join(
-    f"{_settings(r)}, {r['length']} tokens, {r['trials']} trials: dense {pct(r['dense'])}, sparse {pct(r['sparse'])}"
-    for r in load(QUALITY)["passkey"]["rows"])
+    f"{_name_text(g['name'])}: {pct(g['agreement'])} of tokens equal, common prefix {g['common_prefix_mean']:.1f} of "
+    f"{g['new_tokens']} on average, {g['all_equal']} of {len(g['prompts'])} prompts identical"
+    for g in load(QUALITY)["greedy"])
+
+
+def _passkey_label(r: dict) -> str:
+    return _label({**r, "selection": "labels"})
 
 
 @figure("attention-kernels")
@@ -133,12 +174,9 @@ FIGURES["attention.kernel-checks"] = lambda: (
 
 @figure("attention-passkey")
 def attention_passkey() -> str:
-    body = []
-    for r in load("attention-passkey")["rows"]:
-        window = f", {r['sink']} sink + {r['recent']} recent inside T" if r["sink"] or r["recent"] else ""
-        body.append([r["length"], f"{r['mode']}, channels {r['channels']}, tokens {r['tokens']}{window}", r["trials"],
-                     pct(r["dense"]), pct(r["sparse"]), f"{r['seconds']:.0f}"])
-    return table(["prompt tokens", "Double Sparsity", "trials", "dense found", "sparse found", "seconds"], body)
+    body = [[r["length"], _passkey_label(r), f"{r['trials']} of {r['trials_planned']}", pct(r["dense"]), pct(r["sparse"]),
+             f"{r['seconds']:.0f}"] for r in load(PASSKEY)["rows"]]
+    return table(["prompt tokens", "Double Sparsity", "trials run", "dense found", "sparse found", "seconds"], body)
 
 
 DECODE = "attention-decode-h200"  # benchmarks/attention_decode.py; "not yet measured" until its result is stored
