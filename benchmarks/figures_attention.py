@@ -172,6 +172,19 @@ FIGURES["attention.kernel-checks"] = lambda: (
 
 
 
+def _passkey_target() -> str:
+    parts = []
+    for r in load(PASSKEY)["rows"]:
+        met = r["sparse"] >= 0.9 and r["trials"] >= 20
+        few = "" if r["trials"] >= 20 else f", {r['trials']} trials"
+        parts.append(f"at {r['length']} tokens **{'met' if met else 'missed'}** (sparse {pct(r['sparse'])}, "
+                     f"dense {pct(r['dense'])}{few})")
+    return "; ".join(parts)
+
+
+FIGURES["attention.passkey-target"] = _passkey_target
+
+
 @figure("attention-passkey")
 def attention_passkey() -> str:
     body = [[r["length"], _passkey_label(r), f"{r['trials']} of {r['trials_planned']}", pct(r["dense"]), pct(r["sparse"]),
