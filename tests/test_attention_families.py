@@ -57,23 +57,27 @@ def test_nothing_dropped_equals_dense(family, tmp_path):
 
 
 def test_gemma3_sliding_window_layers_stay_local(tmp_path):
-    """Only global layers are made sparse: the rows the sparse path saw are those of the full-attention layers,
-    and with the global layers dense (dense_layers past them) the output is the model's own."""
+    """Only global layers are made sparse: the rows the sparse path saw are those of the full-attention layers
+    from dense_layers on; a dense_layers past every global layer leaves nothing sparse and is refused."""
     from compress.attention.config import DoubleSparsity
     from compress.attention.evaluation.runtime import sparse_attention
+    from compress.errors import BadInput
 
     types = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
     model = family_model("gemma3", num_hidden_layers=4, layer_types=types)
     path = channel_file(model, tmp_path / "ch.json")
     ids = torch.randint(0, 320, (1, 20), generator=torch.Generator().manual_seed(1))
+    settings = lambda first: DoubleSparsity(channel_file=path, channels="1/4", tokens="4", dense_layers=first,  # noqa: E731
+                                            labels="channels", position_prior=False)
     with torch.no_grad():
         dense = model(ids).logits
-        with sparse_attention(model, DoubleSparsity(channel_file=path, channels="1/4", tokens="4", dense_layers=0,
-                                                    labels="channels", position_prior=False), 20) as state:
+        with sparse_attention(model, settings(0), 20) as state:
             cut = model(ids).logits
-        with sparse_attention(model, DoubleSparsity(channel_file=path, channels="1/4", tokens="4", dense_layers=4,
-                                                    labels="channels", position_prior=False), 20):
-            kept_dense = model(ids).logits
+        with sparse_attention(model, settings(2), 20) as later:  # layer 1 dense, layer 3 sparse
+            model(ids)
     assert state.rows == 2 * 20 * 2  # 2 global layers × 20 queries × 2 KV heads
+    assert later.rows == 1 * 20 * 2
     assert (cut - dense).abs().max() > 1e-3
-    torch.testing.assert_close(kept_dense, dense, rtol=1e-5, atol=1e-5)
+    with pytest.raises(BadInput, match="leaves none"):
+        with sparse_attention(model, settings(4), 20):
+            pass

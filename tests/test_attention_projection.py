@@ -220,7 +220,8 @@ def test_cli_round_trip_and_bad_inputs(tmp_path, text_file):
         assert result.exit_code == 2, (args, result.output)
         assert needle in result.output and len(result.output.strip().splitlines()) == 1, (args, result.output)
     assert foreign.read_text() == "mine" and not (tmp_path / "f.json").exists()
-    assert invoke(*base, model_dir, "--double-sparsity", moved, "--labels", "projection").exit_code == 0
+    assert invoke(*base, model_dir, "--double-sparsity", moved, "--labels", "projection",
+                  "--dense-layers", 1).exit_code == 0
 
 
 def test_recipe_stage_writes_the_projection(tiny_model_dir, text_file, tmp_path):

@@ -40,14 +40,15 @@ def channel_file(tiny_model_dir, text_file, tmp_path_factory):
 def test_attention_generate_runs_the_pytorch_path_without_triton(tiny_model_dir, channel_file):
     result = compress_without_triton("attention", "generate", tiny_model_dir, "--double-sparsity", channel_file,
                                      "--prompt", "It is a truth universally acknowledged", "--new-tokens", 4,
-                                     "--tokens", 4, "--device", "cpu")
+                                     "--tokens", 4, "--dense-layers", 1, "--device", "cpu")  # the tiny model has 2
     assert result.returncode == 0, result.stderr
     assert "PyTorch decode steps" in result.stdout and "triton" not in result.stderr.lower()
 
 
 def test_eval_double_sparsity_runs_without_triton(tiny_model_dir, channel_file, text_file):
     result = compress_without_triton("eval", tiny_model_dir, "--double-sparsity", channel_file, "--text", text_file,
-                                     "--context", 64, "--max-tokens", 256, "--device", "cpu", "--json", "-q")
+                                     "--context", 64, "--max-tokens", 256, "--dense-layers", 1, "--device", "cpu",
+                                     "--json", "-q")
     assert result.returncode == 0, result.stderr
 
 

@@ -102,6 +102,9 @@ def build(model, settings: DoubleSparsity, context: int, oracle: bool = False) -
             file.warn_past_calibration(context)
         if settings.position_prior:
             prior = file.position_prior()
+    if settings.dense_layers >= len(parts):
+        raise BadInput(f"dense_layers {settings.dense_layers} leaves none of the model's {len(parts)} layers sparse",
+                       key="dense_layers")
     return SparseAttention(settings, layout, {id(p.module): i for i, p in enumerate(parts)}, heavy, maps, prior, budget,
                            settings.top_p())
 
