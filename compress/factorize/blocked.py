@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from compress.factorize.decode import _act, _down_rows, _gate_up_rows, route_decode
+from compress.factorize.decode import _act, _down_rows, _gate_up_rows, route_decode, shared_slices
 
 __all__ = ["LAUNCH", "experts_blocked"]
 
@@ -112,12 +112,7 @@ def experts_blocked(x: torch.Tensor, router: torch.Tensor, gate_up: torch.Tensor
     c = {**LAUNCH, **(blocked_launch(x.shape[0], x.device) if launch is None else launch)}
     tokens, hidden = x.shape
     experts, m = gate_up.shape[0], gate_up.shape[1] // 2
-    width = 0 if shared_down is None else shared_down.shape[1]
-    if width:
-        shared_gate_up, shared_down = shared_gate_up.contiguous(), shared_down.contiguous()
-    else:
-        shared_gate_up, shared_down = gate_up, down  # never read
-    slices = triton.cdiv(width, m)
+    shared_gate_up, shared_down, width, slices = shared_slices(gate_up, down, shared_gate_up, shared_down)
     x, gate_up, down = x.contiguous(), gate_up.contiguous(), down.contiguous()
     weights, index = route_decode(x, router, top_k)
     pairs = torch.empty(experts, tokens, device=x.device, dtype=torch.int32)

@@ -154,6 +154,16 @@ def _down(P, W, SD, IDX, WEIGHT, OUT, T, M, H, E, S, A, SPLITS: tl.constexpr, KS
     tl.store(OUT + t[:, None] * H + n[None, :], acc.to(OUT.dtype.element_ty), mask=t_ok[:, None] & n_ok[None, :])
 
 
+def shared_slices(gate_up: torch.Tensor, down: torch.Tensor, shared_gate_up: torch.Tensor | None,
+                  shared_down: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """The shared part as the kernels take it: (gate_up, down, width s, slices of an expert's width); without
+    one, width 0 and the routed tensors stand in as pointers never read."""
+    m = gate_up.shape[1] // 2
+    if shared_down is None:
+        return gate_up, down, 0, 0
+    return shared_gate_up.contiguous(), shared_down.contiguous(), shared_down.shape[1], triton.cdiv(shared_down.shape[1], m)
+
+
 def route_decode(x: torch.Tensor, router: torch.Tensor, top_k: int, block_k: int = LAUNCH["route_k"]
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights float32, index int32), each (tokens, k): softmax top-k renormalised, one launch for any tokens."""
@@ -183,12 +193,7 @@ def experts_decode(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, i
     slots = index.shape[1]
     x, gate_up, down = x.contiguous(), gate_up.contiguous(), down.contiguous()
     index, weights = index.to(torch.int32).contiguous(), weights.float().contiguous()
-    width = 0 if shared_down is None else shared_down.shape[1]
-    if width:
-        shared_gate_up, shared_down = shared_gate_up.contiguous(), shared_down.contiguous()
-    else:
-        shared_gate_up, shared_down = gate_up, down  # never read
-    slices = triton.cdiv(width, m)
+    shared_gate_up, shared_down, width, slices = shared_slices(gate_up, down, shared_gate_up, shared_down)
     split_h = triton.cdiv(triton.cdiv(hidden, c["split"]), c["up_k"]) * c["up_k"]
     splits = triton.cdiv(hidden, split_h)
     partial = torch.empty(splits, slices + experts, MAX_TOKENS, 2, m, device=x.device, dtype=torch.float32)
