@@ -161,7 +161,8 @@ def shared_slices(gate_up: torch.Tensor, down: torch.Tensor, shared_gate_up: tor
     m = gate_up.shape[1] // 2
     if shared_down is None:
         return gate_up, down, 0, 0
-    return shared_gate_up.contiguous(), shared_down.contiguous(), shared_down.shape[1], triton.cdiv(shared_down.shape[1], m)
+    width = shared_down.shape[1]
+    return shared_gate_up.contiguous(), shared_down.contiguous(), width, triton.cdiv(width, m)
 
 
 def route_decode(x: torch.Tensor, router: torch.Tensor, top_k: int, block_k: int = LAUNCH["route_k"]
