@@ -185,7 +185,12 @@ def test_cli_global_reports_the_loss_per_layer_and_folds(tiny_model_dir, text_fi
     lines = [line for line in result.output.splitlines() if "global permutation: layer error" in line]
     assert len(lines) == 2 and "(1/2) model.layers.0" in lines[0] and "training loss" in lines[0]
     pruned = json.loads((out / "compression.json").read_text())["stages"][0]["result"]
-    assert pruned["permute"]["kind"] == "global" and pruned["permute"]["global"]["steps"] == 3
+    assert pruned["permute"]["kind"] == "global" and pruned["permute"]["global"]["per_layer"]["steps"] == 3
+    steps = [line for line in result.output.splitlines() if "permutation model pass: step" in line]
+    assert steps[0].endswith(("channels moved 0",)) and "step 30/30" in steps[-1]
+    model_pass = pruned["permutation_model_pass"]
+    assert model_pass["steps"] == pruned["permute"]["global"]["model_pass"]["steps"] == 30
+    assert (model_pass["objective_learned"] < model_pass["objective_start"]) == (model_pass["kept"] == "learned")
     report = pruned["layers"][1]["info"]["global_permutation"]
     assert report["layer_error"] <= report["layer_error_heuristic"]
     assert len(load_file(out / "permutations.safetensors")) == 14

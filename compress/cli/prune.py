@@ -47,12 +47,14 @@ def prune(
     ria_alpha: float = typer.Option(0.5, help="RIA activation exponent."),
     mask_rule: str = typer.Option("row", help="SparseGPT unstructured: row (same fraction per row and block) | block (one threshold per block, as the reference code)."),
     calib_batch: int = typer.Option(0, help="Calibration sequences per forward (0: about 16k tokens)."),
-    permute: str = typer.Option("none", help="Input-channel permutation before N:M masking: none | heuristic | learned | global (learned against the dense decoder layer's output)."),
+    permute: str = typer.Option("none", help="Input-channel permutation before N:M masking: none | heuristic | learned | global (learned against the dense model's output)."),
     perm_blocks: int = typer.Option(1, help="Split the Hungarian refinement into this many blocks (faster)."),
     perm_steps: int = typer.Option(8, help="Search rounds per Linear for --permute learned (stops early when a round gains < 0.1%)."),
     perm_block_size: int = typer.Option(64, help="--permute learned scores every channel swap inside windows of this many channels; --permute global permutes within blocks of this many."),
-    perm_iters: int = typer.Option(40, help="Optimisation steps per decoder layer for --permute global."),
-    perm_tokens: int = typer.Option(4096, help="Calibration tokens per optimisation step for --permute global."),
+    perm_iters: int = typer.Option(0, help="--permute global: optimisation steps per decoder layer against the dense layer's output, before the model pass (0: off)."),
+    perm_tokens: int = typer.Option(4096, help="Calibration tokens per optimisation step of --perm-iters."),
+    perm_model_steps: int = typer.Option(30, help="--permute global: optimisation steps of the model pass, every layer at once against the dense model's final hidden states (0: off)."),
+    perm_windows: int = typer.Option(2, help="Calibration windows per step of the --permute global model pass."),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16 (auto: float32 on CPU)."),
     device: str = typer.Option("auto", help="auto | cuda | cpu. The model stays in CPU memory; one layer at a time moves to the GPU."),
     device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP),
@@ -83,7 +85,7 @@ def prune(
         stage = {"method": method, "targets": targets, "ignore": ignore, "blocksize": blocksize, "damp": damp,
                  "ria_alpha": ria_alpha, "mask_rule": mask_rule, "calib_batch": calib_batch, "permute": permute, "perm_blocks": perm_blocks,
                  "perm_steps": perm_steps, "perm_block_size": perm_block_size, "perm_iters": perm_iters,
-                 "perm_tokens": perm_tokens}
+                 "perm_tokens": perm_tokens, "perm_model_steps": perm_model_steps, "perm_windows": perm_windows}
         if pattern is not None or sparsity is None:
             stage["pattern"] = pattern if pattern is not None else "2:4"
         if sparsity is not None:
@@ -119,11 +121,13 @@ def _refuse_what_does_not_apply(ctx, method: str, permute: str, evaluate: bool, 
         (("ria_alpha",), method != "ria", f"--method {method} is not ria"),
         (("text", "dataset", "nsamples", "seqlen", "seed", "calib_batch"),
          method == "magnitude" and permute not in ("learned", "global"), "magnitude uses no calibration data"),
-        (("perm_blocks", "perm_steps", "perm_block_size", "perm_iters", "perm_tokens"), permute == "none",
+        (("perm_blocks", "perm_steps", "perm_block_size", "perm_iters", "perm_tokens", "perm_model_steps",
+          "perm_windows"), permute == "none",
          "there is no --permute"),
         (("perm_steps", "perm_block_size"), permute == "heuristic", "they tune --permute learned or global"),
         (("perm_steps",), permute == "global", "it tunes --permute learned"),
-        (("perm_iters", "perm_tokens"), permute in ("heuristic", "learned"), "they tune --permute global"),
+        (("perm_iters", "perm_tokens", "perm_model_steps", "perm_windows"), permute in ("heuristic", "learned"),
+         "they tune --permute global"),
         (("eval_text", "eval_dataset", "eval_context", "eval_tokens"), not evaluate, "there is no --eval"),
         (("export", "force", "resume"), out_dir is None, "there is no --out"),
     ]

@@ -18,6 +18,7 @@ from compress.permute import permutation_candidates, site_of, unpermute
 from compress.permute.layer_step import GroupStart, global_note, global_options
 from compress.prune.checkpoint import LayerCheckpoint
 from compress.prune.config import PruneConfig
+from compress.prune.permute_pass import check_model_pass, run_model_pass
 from compress.prune.method import Method
 
 __all__ = ["PruneConfig", "PruneResult", "prune_model", "check_config"]
@@ -31,6 +32,7 @@ class PruneResult:
     capture_seconds: float
     permutations: dict[str, torch.Tensor] = field(default_factory=dict)  # linear -> input perm
     permutation_sites: dict[str, str] = field(default_factory=dict)  # linear -> mlp | heads | index
+    model_pass: dict | None = None  # --permute global's model pass (permute_pass.py)
 
     @property
     def overall_sparsity(self) -> float:
@@ -45,6 +47,7 @@ class PruneResult:
             "layers": [asdict(s) for s in self.steps],
             "linears": self.linears,
             "permutation_sites": self.permutation_sites,
+            **({"permutation_model_pass": self.model_pass} if self.model_pass is not None else {}),
         }
 
 
@@ -164,10 +167,16 @@ def prune_model(
     device: str | torch.device = "cpu",
     on_layer: Callable[[LayerStep, int], None] | None = None,
     checkpoint: LayerCheckpoint | None = None,
+    group_starts: list | None = None,
+    on_note: Callable[[str], None] | None = None,
+    after_layers: Callable[[PruneResult], None] | None = None,
 ) -> PruneResult:
     """Prune `model` in place. `calibration` is (nsamples, seqlen) token ids; unused by magnitude.
     With a `checkpoint`, each finished layer is saved there, and the layers an earlier run saved are
-    restored instead of pruned again."""
+    restored instead of pruned again. With `group_starts` (permuting), each permutation group's dense weights,
+    score and first choice are appended to it (what the model-level permutation pass learns from); `on_note`
+    receives the model pass's progress lines; `after_layers` is called between the layer-sequential pass and the
+    model pass (a benchmark measures the heuristic start there)."""
     started = time.perf_counter()
     device = torch.device(device)
     method = _method(config.method)
@@ -175,6 +184,13 @@ def prune_model(
     linear_report: dict[str, dict] = {}
     result = PruneResult([], linear_report, 0.0, 0.0)
     done = checkpoint.resume(layers, result) if checkpoint is not None else 0
+    model_pass = config.permuting and config.permute == "global" and config.perm_model_steps > 0
+    if model_pass:
+        check_model_pass(model)
+        if done:
+            raise BadInput("--resume cannot continue a --permute global run: its model pass needs every layer's "
+                           "dense weights; run it again without --resume", key="resume")
+        group_starts = [] if group_starts is None else group_starts
     inputs, result.capture_seconds = (None, 0.0) if done == len(layers) else method_inputs(
         method, model, layers, calibration, config.calib_batch, device, started)
     if done and inputs is not None:
@@ -195,7 +211,7 @@ def prune_model(
                     data()
             if method.collector == "hessian":
                 hessians = collectors
-        options, stash = {}, ([] if config.permute == "global" else None)
+        options, stash = {}, ([] if config.permute == "global" or group_starts is not None else None)
         for group in _groups(linears, collectors, method):
             choices = _prune_group(group, linears, collectors, hessians, method, config, permute, heads, result,
                                    stash)
@@ -203,7 +219,9 @@ def prune_model(
                 site = result.permutation_sites[group[0]]
                 options[group[0][len(name) + 1:]] = (group, choices, site)
         training = None
-        if stash:
+        if group_starts is not None and stash:
+            group_starts.extend(stash)
+        if stash and config.permute == "global" and config.perm_iters > 0:
             found, training = global_options(name, layer, stash, data, permute.global_, config.parsed_pattern,
                                              heads, lambda g, perm: _pruned_in_order(g.stacked, g.stats, perm,
                                                                                        method, config))
@@ -232,5 +250,15 @@ def prune_model(
 
     with checkpoint or nullcontext():
         result.steps += walk_layers(layers, inputs, device, change_layer, on_done=finished, first=done)
+    if after_layers is not None:
+        after_layers(result)
+    if model_pass:
+        linears = dict(model.named_modules())
+        result.model_pass = run_model_pass(
+            model, group_starts, result, config, calibration, device,
+            prune_in_order=lambda start, perm: _pruned_in_order(start.stacked, start.stats, perm, method, config),
+            apply=lambda start, perm, weight: _apply(start.names, linears, _Choice("global", perm, weight, {}), result,
+                                                     result.permutation_sites[start.names[0]]),
+            on_note=on_note)
     result.seconds = time.perf_counter() - started
     return result

@@ -35,7 +35,7 @@ class PruneConfig(StrictConfig):
     """Calibration windows per forward (0: about 16k tokens)."""
     permute: Literal["none", "heuristic", "learned", "global"] = "none"
     """Input-channel permutation before N:M masking: global learns block-diagonal permutations against the
-    dense decoder layer's output (compress/permute/global_mode.py)."""
+    dense model's output (compress/permute/model_pass.py; optionally first per layer: global_mode.py)."""
     perm_blocks: int = count(1)
     """Split the Hungarian refinement into this many blocks (faster)."""
     perm_steps: int = count(8, minimum=0)
@@ -43,10 +43,16 @@ class PruneConfig(StrictConfig):
     perm_block_size: int = count(64, minimum=2)
     """Learned permutations score every channel swap inside windows of this many channels; global ones
     permute within blocks of this many channels."""
-    perm_iters: int = count(40, minimum=0)
-    """Optimisation steps per decoder layer for global permutations."""
+    perm_iters: int = count(0, minimum=0)
+    """Global permutations: optimisation steps per decoder layer against the dense layer's output, in the
+    sequential pass (0: the heuristic's permutations go to the model pass unchanged)."""
     perm_tokens: int = count(4096)
-    """Calibration tokens per optimisation step for global permutations."""
+    """Calibration tokens per optimisation step of the per-layer global permutations."""
+    perm_model_steps: int = count(30, minimum=0)
+    """Global permutations: optimisation steps of the model pass, all layers at once against the dense model's
+    final hidden states (0: no model pass)."""
+    perm_windows: int = count(2)
+    """Calibration windows per step of the model pass."""
     mask_rule: Literal["row", "block"] = "row"
     """SparseGPT unstructured masks: the same fraction of every row per column block (row), or one
     threshold over the whole block as the reference code does (block)."""

@@ -37,6 +37,7 @@ class PruneResultReport(StageResult):
     layers: list[LayerReport]
     linears: dict[str, dict[str, Any]]
     permutation_sites: dict[str, str]
+    permutation_model_pass: dict[str, Any] | None = None
     peak_gpu_bytes: int | None = None
     peak_gpu_bytes_per_device: list[int] | None = None
 
@@ -82,8 +83,17 @@ def _permute_report(config: PruneStage) -> dict:
     learn = config.permute_config().learn
     return {"kind": config.permute, "perm_blocks": config.perm_blocks, "sites": SITE_NOTES,
             "learned": learn.to_dict() if config.permute == "learned" else None,
-            "global": config.permute_config().global_.to_dict() if config.permute == "global" else None,
+            "global": _global_report(config) if config.permute == "global" else None,
             "stored_in": "permutations.safetensors (one int64 index per Linear: W_pruned[:, perm] is N:M)"}
+
+
+def _global_report(config: PruneStage) -> dict:
+    from compress.permute.model_pass import ModelPassConfig
+
+    per_layer = config.permute_config().global_.to_dict() if config.perm_iters else None
+    model_pass = ModelPassConfig(steps=config.perm_model_steps, windows=config.perm_windows,
+                                 block=config.perm_block_size, seed=config.perm_seed).to_dict()
+    return {"per_layer": per_layer, "model_pass": model_pass if config.perm_model_steps else None}
 
 
 def _run(session, config: PruneStage) -> PruneResultReport:
@@ -95,7 +105,8 @@ def _run(session, config: PruneStage) -> PruneResultReport:
 
     factorized = _factorize_before(session, config) is not None
     prune = prune_experts if factorized else prune_model  # experts: each with the statistics of its own tokens
-    resume = {} if factorized else {"checkpoint": layer_checkpoint(session, config)}  # experts: not checkpointed
+    resume = {} if factorized else {"checkpoint": layer_checkpoint(session, config),  # experts: not checkpointed
+                                    "on_note": session.progress.stage}
     calibration = session.calibration() if _needs_calibration(config) else None
     gpu = session.device.startswith("cuda")
     if gpu:
@@ -124,5 +135,5 @@ SPEC = register(StageSpec(
            "ignore": "--ignore", "blocksize": "--blocksize", "damp": "--damp", "ria_alpha": "--ria-alpha", "mask_rule": "--mask-rule",
            "calib_batch": "--calib-batch", "permute": "--permute", "perm_blocks": "--perm-blocks",
            "perm_steps": "--perm-steps", "perm_block_size": "--perm-block-size", "perm_iters": "--perm-iters",
-           "perm_tokens": "--perm-tokens"},
+           "perm_tokens": "--perm-tokens", "perm_model_steps": "--perm-model-steps", "perm_windows": "--perm-windows"},
 ))
