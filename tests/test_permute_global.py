@@ -200,6 +200,8 @@ def test_cli_global_reports_the_loss_per_layer_and_folds(tiny_model_dir, text_fi
     (["--method", "magnitude", "--permute", "global"], "calibration data"),
     (["--permute", "heuristic", "--perm-iters", "3"], "--perm-iters does not apply"),
     (["--permute", "global", "--perm-steps", "3"], "--perm-steps does not apply"),
+    (["--permute", "heuristic", "--perm-model-steps", "3"], "--perm-model-steps does not apply"),
+    (["--perm-windows", "3"], "--perm-windows does not apply"),
 ])
 def test_cli_global_refuses_what_does_not_apply(args, message, tiny_model_dir):
     from tests.test_cli import invoke
