@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--permute", nargs="+", default=["none"])
     parser.add_argument("--perm-blocks", type=int, default=8)
     parser.add_argument("--perm-steps", type=int, default=100)
+    parser.add_argument("--perm-model-steps", type=int, default=30, help="--permute global: model pass steps")
+    parser.add_argument("--perm-windows", type=int, default=2, help="--permute global: windows per model step")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="2 layers, hidden 256, 4 x 32 tokens, on the CPU")
     parser.add_argument("--json", default=None)
@@ -81,7 +83,9 @@ def main() -> None:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         config = prune_config(method, args.pattern, calib_batch=args.calib_batch, permute=permute,
-                              perm_blocks=args.perm_blocks, perm_steps=args.perm_steps)
+                              perm_blocks=args.perm_blocks, perm_steps=args.perm_steps,
+                              **({"perm_model_steps": args.perm_model_steps, "perm_windows": args.perm_windows}
+                                 if permute == "global" else {}))
         result = prune_model(model, config, ids, args.device)
         if cuda:
             torch.cuda.synchronize()
@@ -97,6 +101,9 @@ def main() -> None:
                "peak_gpu_gib": None if peak is None else round(peak / 2**30, 2), "model_gib": round(size / 2**30, 2),
                "phases_s": phases, "sparsity": round(result.overall_sparsity, 4),
                "mean_rel_error": round(sum(s.relative_error for s in result.steps) / len(result.steps), 5)}
+        if result.model_pass is not None:
+            row["model_pass"] = {k: result.model_pass[k] for k in ("steps", "windows", "seconds", "objective_start",
+                                                                   "objective_learned", "kept")}
         rows.append(row)
         print(json.dumps(row), flush=True)
     settings = {"tokens": args.nsamples * args.seqlen, "nsamples": args.nsamples, "seqlen": args.seqlen,

@@ -65,6 +65,9 @@ def cosine_error(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 def final_hidden(model, weights: dict, ids: torch.Tensor) -> torch.Tensor:
+    """The model's final hidden states with `weights` substituted, each in its parameter's dtype."""
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    weights = {name: w.to(dtypes[name]) for name, w in weights.items()}
     out = functional_call(model, weights, (ids,), {"use_cache": False}, strict=False)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
