@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--check-batches", type=int, nargs="*", default=[1, 16])
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--tune", action="store_true")
+    parser.add_argument("--channels", type=int, default=16,
+                        help="labels of head_dim/N channels (8: the default setting's rank, 1/8 of a head)")
     args = parser.parse_args()
     if args.tiny:
         args.contexts, args.batches, args.dtypes = [4096], [1], ["float16"]
@@ -44,7 +46,7 @@ def main() -> None:
                     for bits, selection in PATHS:
                         seed += 1
                         row = {"shape": name, **check_decode(batch, heads, kv_heads, context, head_dim,
-                                                             head_dim // 16, budget, getattr(torch, dtype), seed,
+                                                             head_dim // args.channels, budget, getattr(torch, dtype), seed,
                                                              selection=selection, label_bits=bits)}
                         row["failed"] = check_failures(row)
                         checks.append(row)
@@ -53,12 +55,14 @@ def main() -> None:
     tuning = []
     if args.tune:
         for heads, kv_heads, head_dim in SHAPES.values():
-            tuning += tune_decode(16, heads, kv_heads, 65536, head_dim, head_dim // 16, 65536 // 16, torch.float16)
+            tuning += tune_decode(16, heads, kv_heads, 65536, head_dim, head_dim // args.channels, 65536 // 16, torch.float16)
         for row in tuning:
             show(row)
-    rows = bench_attention(args.contexts, args.batches, list(SHAPES), args.dtypes[:1], on_row=show)
+    rows = bench_attention(args.contexts, args.batches, list(SHAPES), args.dtypes[:1], on_row=show,
+                           channel_fraction=args.channels)
     if not args.tiny:
-        rows += bench_attention([65536], [16], list(SHAPES), args.dtypes[1:], on_row=show)
+        rows += bench_attention([65536], [16], list(SHAPES), args.dtypes[1:], on_row=show,
+                                channel_fraction=args.channels)
     result = {"meta": run_meta, "device": torch.cuda.get_device_name(), "checks": checks, "rows": rows,
               **({"tuning": tuning} if tuning else {})}
     with open(args.json, "w") as f:

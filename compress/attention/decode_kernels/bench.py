@@ -235,8 +235,10 @@ def tune_decode(batch: int, heads: int, kv_heads: int, context: int, head_dim: i
 
 
 def bench_attention(contexts: list[int], batches: list[int], shapes: list[str], dtypes: list[str],
-                    fraction: int = 16, on_row: Callable[[dict], None] = lambda row: None) -> list[dict]:
-    """time_decode over the grid, 1/fraction of the channels and of the context."""
+                    fraction: int = 16, on_row: Callable[[dict], None] = lambda row: None,
+                    channel_fraction: int | None = None) -> list[dict]:
+    """time_decode over the grid, 1/fraction of the context and 1/channel_fraction (default: 1/fraction) of
+    the channels."""
     rows = []
     for dtype in dtypes:
         for shape in shapes:
@@ -244,7 +246,8 @@ def bench_attention(contexts: list[int], batches: list[int], shapes: list[str], 
             for batch in batches:
                 for context in contexts:
                     row = {"shape": shape, **time_decode(batch, heads, kv_heads, context, head_dim,
-                                                         head_dim // fraction, context // fraction,
+                                                         head_dim // (channel_fraction or fraction),
+                                                         context // fraction,
                                                          getattr(torch, dtype))}
                     rows.append(row)
                     on_row(row)
