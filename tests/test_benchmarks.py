@@ -21,10 +21,8 @@ RESULTS = BENCH / "results"
 # script -> (output flag, stored results it writes, needs CUDA)
 SCRIPTS = {
     "cpu_methods.py": ("--out", ["cpu-methods"], False),
-    "permutations.py": ("--out", ["permutations", "permutations-learned", "permutations-learned-rows",
-                                  "permutations-seeds", "permutations-draws-h200"], False),
-    "prune_7b.py": ("--json", ["prune7b-h200", "prune7b-h200-47263c1", "perm7b-4layers-h200", "perm7b-swap-h200"],
-                    False),
+    "permutations.py": ("--out", ["permutations-global-wanda24"], False),
+    "prune_7b.py": ("--json", ["prune7b-h200", "prune7b-h200-47263c1", "perm7b-swap-h200"], False),
     "ties.py": ("--out", ["ties"], False),
     "tie_rules.py": ("--out", ["tie-rules"], False),
     "first_token.py": ("--out", ["first-token"], False),
