@@ -165,6 +165,32 @@ def _target_rows() -> list[dict]:
 
 FIGURES["attention.kernel-target"] = lambda: verdict([r["speedup"] for r in _target_rows()], 8.0)
 FIGURES["attention.kernel-target-speedups"] = lambda: ", ".join(f"{r['shape']} {r['speedup']:.2f}x" for r in _target_rows())
+KERNELS_DEFAULT = "attention-kernels-default-h100"
+
+
+def _default_target() -> list[dict]:
+    return [r for r in load(KERNELS_DEFAULT)["rows"]
+            if r["batch"] == 16 and r["context"] == 65536 and r["dtype"] == "float16"]
+
+
+@figure("attention-kernels-default")
+def attention_kernels_default() -> str:
+    body = [[r["shape"], r["batch"], r["context"], f"{r['channels']} of {r['head_dim']}", f"{r['dense_ms']:.4f}",
+             f"{r['sparse_prior_ms']:.4f}", f"**{r['dense_ms'] / r['sparse_prior_ms']:.2f}x**", f"{r['speedup']:.2f}x",
+             f"{r['bytes_limit_speedup']:.2f}x"] for r in load(KERNELS_DEFAULT)["rows"]]
+    return table(["shape", "batch", "context", "label channels", "dense SDPA ms", "default setting ms",
+                  "speedup (the default: with the position prior)", "speedup without the prior",
+                  "bytes-read limit"], body)
+
+
+FIGURES["attention.default-kernel-target"] = lambda: verdict(
+    [r["dense_ms"] / r["sparse_prior_ms"] for r in _default_target()], 8.0)
+FIGURES["attention.default-kernel-speedups"] = lambda: ", ".join(
+    f"{r['shape']} {r['dense_ms'] / r['sparse_prior_ms']:.2f}x (without the prior {r['speedup']:.2f}x)"
+    for r in _default_target())
+FIGURES["attention.default-kernel-checks"] = lambda: (
+    f"{sum(_passed(c) for c in load(KERNELS_DEFAULT)['checks'])} of {len(load(KERNELS_DEFAULT)['checks'])} checks "
+    f"at batch 16, largest output error {max(c['output_error'] for c in load(KERNELS_DEFAULT)['checks']):.1e}")
 FIGURES["attention.kernel-checks"] = lambda: (
     f"{sum(_passed(c) for c in load(KERNELS)['checks'])} of "
     f"{len(load(KERNELS)['checks'])} checks, largest output error "

@@ -40,7 +40,7 @@ SCRIPTS = {
     "eval_kernels.py": ("--json", ["eval-kernels-1b-h200"], True),
     "attention_quality.py": ("--out", ["attention-quality"], False),
     "attention_passkey.py": ("--out", ["attention-passkey"], False),
-    "attention_kernels.py": ("--json", ["attention-kernels-h200"], True),
+    "attention_kernels.py": ("--json", ["attention-kernels-h200", "attention-kernels-default-h100"], True),
     "attention_decode.py": ("--json", ["attention-decode-h200"], False),  # its tiny mode runs on the CPU
     "attention_crossover.py": ("--json", ["attention-crossover-h100"], False),  # its tiny mode runs on the CPU
     "zero_shot.py": ("--out", ["zero-shot"], False),
