@@ -101,7 +101,8 @@ def _perm7b(stem: str, labels: dict, memory: bool) -> str:
             minutes += r["model_pass"]["seconds"] * 32 / r["layers"] / 60
         projected = f"about {minutes:.1f} min"
         if r["permute"] != "heuristic":
-            projected += f" (target ≤ 15 min: {'met' if minutes <= 15 else 'missed'})"
+            projected += f" (target ≤ 15 min: {'met' if minutes <= 15 else 'missed'}"
+            projected += " by time; memory: see below)" if "model_pass" in r else ")"
         label = labels.get(r["permute"], r["permute"])
         body.append(([NAMES[r["method"]]] if len({x["method"] for x in rows(stem)}) > 1 else [])
                     + [label, f"{r['median_layer_s']:.2f} s"]
@@ -116,6 +117,8 @@ def _perm7b(stem: str, labels: dict, memory: bool) -> str:
 
 
 FIGURES["perm7b-swap"] = lambda: _perm7b("perm7b-swap-h200", {"learned": "learned (swap search + layer-error check)"}, True)
+FIGURES["perm.global_7b_peak"] = lambda: "{:.1f} GiB (heuristic {:.1f} GiB)".format(
+    *(next(r["peak_gpu_gib"] for r in rows("perm7b-global-h100") if r["permute"] == k) for k in ("global", "heuristic")))
 for _gpu in ("h100", "h200"):
     if (RESULTS / f"perm7b-global-{_gpu}.json").exists():
         FIGURES["perm7b-global"] = (lambda stem: lambda: _perm7b(stem, {"global": "global (model pass)"}, True))(

@@ -61,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.tiny:
         args.layers, args.hidden, args.intermediate, args.nsamples, args.seqlen, args.device = 2, 256, 512, 4, 32, "cpu"
-        args.methods, vocab = ["wanda"], 320
+        args.methods, args.permute, args.perm_model_steps, vocab = ["wanda"], ["none", "global"], 2, 320
     else:
         vocab = 32000
     run_meta = meta()

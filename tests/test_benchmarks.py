@@ -22,7 +22,8 @@ RESULTS = BENCH / "results"
 SCRIPTS = {
     "cpu_methods.py": ("--out", ["cpu-methods"], False),
     "permutations.py": ("--out", ["permutations-global-wanda24"], False),
-    "prune_7b.py": ("--json", ["prune7b-h200", "prune7b-h200-47263c1", "perm7b-swap-h200"], False),
+    "prune_7b.py": ("--json", ["prune7b-h200", "prune7b-h200-47263c1", "perm7b-swap-h200", "perm7b-global-h100"],
+                    False),
     "ties.py": ("--out", ["ties"], False),
     "tie_rules.py": ("--out", ["tie-rules"], False),
     "first_token.py": ("--out", ["first-token"], False),
