@@ -46,7 +46,8 @@ def _verdict(stem: str) -> str:
     mean, low, _ = interval(_shares(stem))
     enough = len(_shares(stem)) >= 10
     met = mean >= BAR and low > FLOOR and enough
-    why = "" if enough else f", only {len(_shares(stem))} draws of the 10 asked"
+    count = len(_shares(stem))
+    why = "" if enough else f", only {count} draw{'s' if count > 1 else ''} of the 10 asked"
     return f"**{'met' if met else 'missed'}**{why}"
 
 

@@ -21,7 +21,8 @@ RESULTS = BENCH / "results"
 # script -> (output flag, stored results it writes, needs CUDA)
 SCRIPTS = {
     "cpu_methods.py": ("--out", ["cpu-methods"], False),
-    "permutations.py": ("--out", ["permutations-global-wanda24"], False),
+    "permutations.py": ("--out", ["permutations-global-wanda24", "permutations-global-sparsegpt24",
+                                  "permutations-global-wanda68"], False),
     "prune_7b.py": ("--json", ["prune7b-h200", "prune7b-h200-47263c1", "perm7b-swap-h200", "perm7b-global-h100"],
                     False),
     "ties.py": ("--out", ["ties"], False),
