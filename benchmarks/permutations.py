@@ -1,6 +1,6 @@
 """Perplexity of the default model pruned with and without channel permutations, in one process.
 
-Usage: python -m benchmarks.permutations --out benchmarks/results/permutations.json
+Usage: python -m benchmarks.permutations --out benchmarks/results/permutations-global-wanda24.json
        [--methods wanda ria sparsegpt] [--patterns 2:4 4:8] [--kinds none heuristic learned global]
        [--global-iters 0 --global-tokens 4096 --model-steps 30 --model-windows 2]
        [--calib-seed 0 1 2 ...] [--device cuda]
