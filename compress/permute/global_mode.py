@@ -45,7 +45,7 @@ from compress.permute.relaxed import (expand_index, harden, nm_mask_ste, one_hot
                                       soft_nm_mask, straight_through, unpermute_blocks)
 
 __all__ = ["GlobalConfig", "GroupPlan", "block_layout", "relaxed_weight", "learn_layer_permutations",
-           "token_error", "take_windows"]
+           "annealed_temperature", "normalise_gradients", "token_error", "take_windows"]
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,17 @@ def take_windows(obj, index: torch.Tensor, batch: int):
     return obj
 
 
-def _temperature(config: GlobalConfig, step: int) -> float:
+def annealed_temperature(config, step: int) -> float:
+    """Sinkhorn temperature at `step`: geometric from config.tau_start to config.tau_end over config.steps."""
     return config.tau_start * (config.tau_end / config.tau_start) ** (step / max(config.steps - 1, 1))
+
+
+def normalise_gradients(logits: list[torch.Tensor]) -> None:
+    """Scale each logit tensor's gradient so its strongest entry is 1: a step of lr moves that entry by lr (a
+    per-entry normalisation, Adam, moved every entry alike and drifted far on noise)."""
+    for lg in logits:
+        if lg.grad is not None:
+            lg.grad /= lg.grad.abs().max().clamp_min(1e-30)
 
 
 def _sampler(batches: list, tokens: int, generator: torch.Generator):
@@ -169,7 +178,7 @@ def learn_layer_permutations(plans: list[GroupPlan], forward: Callable[[dict, tu
     losses, changed, best = [], 0, (1.0, identity, 0)
     with torch.enable_grad():
         for step in range(config.steps):
-            tau = _temperature(config, step)
+            tau = annealed_temperature(config, step)
             weights, indices = {}, []
             for plan, lg in zip(plans, logits):
                 soft = sinkhorn(lg, tau, config.sinkhorn_iters)
@@ -186,8 +195,7 @@ def learn_layer_permutations(plans: list[GroupPlan], forward: Callable[[dict, tu
                     best = (ratio, indices, step)
             optimizer.zero_grad()
             loss.backward()
-            for lg in logits:  # the strongest entry moves by lr: a per-entry normalisation (Adam) moved every
-                lg.grad /= lg.grad.abs().max().clamp_min(1e-30)  # entry alike and drifted far on noise
+            normalise_gradients(logits)
             optimizer.step()
             losses.append(loss.item())
     perms = []

@@ -20,7 +20,8 @@ from typing import Callable
 import torch
 from torch.func import functional_call
 
-from compress.permute.global_mode import GroupPlan, block_layout, relaxed_weight
+from compress.permute.global_mode import (GroupPlan, annealed_temperature, block_layout, normalise_gradients,
+                                          relaxed_weight)
 from compress.permute.relaxed import harden, one_hot, sinkhorn, straight_through
 
 __all__ = ["ModelPassConfig", "plans_of", "learn_model_permutations", "cosine_error", "final_hidden", "model_objective"]
@@ -106,7 +107,7 @@ def learn_model_permutations(base_model, plans: list[GroupPlan], windows: torch.
     losses = []
     with torch.enable_grad():
         for step in range(config.steps):
-            tau = config.tau_start * (config.tau_end / config.tau_start) ** (step / max(config.steps - 1, 1))
+            tau = annealed_temperature(config, step)
             soft = [sinkhorn(lg, tau, config.sinkhorn_iters) for lg in logits]
             indices = [harden(s) for s in soft]
             pick = torch.randperm(windows.shape[0], generator=generator)[:config.windows]
@@ -115,9 +116,7 @@ def learn_model_permutations(base_model, plans: list[GroupPlan], windows: torch.
                                 targets[pick.to(targets.device)])
             optimizer.zero_grad()
             loss.backward()
-            for lg in logits:
-                if lg.grad is not None:
-                    lg.grad /= lg.grad.abs().max().clamp_min(1e-30)
+            normalise_gradients(logits)
             optimizer.step()
             moved = sum(int((i != j).sum()) for i, j in zip(indices, identity))
             losses.append(loss.item())

@@ -167,14 +167,12 @@ def prune_model(
     device: str | torch.device = "cpu",
     on_layer: Callable[[LayerStep, int], None] | None = None,
     checkpoint: LayerCheckpoint | None = None,
-    group_starts: list | None = None,
     on_note: Callable[[str], None] | None = None,
     after_layers: Callable[[PruneResult], None] | None = None,
 ) -> PruneResult:
     """Prune `model` in place. `calibration` is (nsamples, seqlen) token ids; unused by magnitude.
     With a `checkpoint`, each finished layer is saved there, and the layers an earlier run saved are
-    restored instead of pruned again. With `group_starts` (permuting), each permutation group's dense weights,
-    score and first choice are appended to it (what the model-level permutation pass learns from); `on_note`
+    restored instead of pruned again. `on_note`
     receives the model pass's progress lines; `after_layers` is called between the layer-sequential pass and the
     model pass (a benchmark measures the heuristic start there)."""
     started = time.perf_counter()
@@ -185,12 +183,12 @@ def prune_model(
     result = PruneResult([], linear_report, 0.0, 0.0)
     done = checkpoint.resume(layers, result) if checkpoint is not None else 0
     model_pass = config.permuting and config.permute == "global" and config.perm_model_steps > 0
+    group_starts = []  # every group's dense weights, score and first choice: what the model pass learns from
     if model_pass:
         check_model_pass(model)
         if done:
             raise BadInput("--resume cannot continue a --permute global run: its model pass needs every layer's "
                            "dense weights; run it again without --resume", key="resume")
-        group_starts = [] if group_starts is None else group_starts
     inputs, result.capture_seconds = (None, 0.0) if done == len(layers) else method_inputs(
         method, model, layers, calibration, config.calib_batch, device, started)
     if done and inputs is not None:
@@ -211,7 +209,8 @@ def prune_model(
                     data()
             if method.collector == "hessian":
                 hessians = collectors
-        options, stash = {}, ([] if config.permute == "global" or group_starts is not None else None)
+        learns = config.permute == "global" and (config.perm_iters > 0 or model_pass)
+        options, stash = {}, ([] if learns else None)
         for group in _groups(linears, collectors, method):
             choices = _prune_group(group, linears, collectors, hessians, method, config, permute, heads, result,
                                    stash)
@@ -219,9 +218,9 @@ def prune_model(
                 site = result.permutation_sites[group[0]]
                 options[group[0][len(name) + 1:]] = (group, choices, site)
         training = None
-        if group_starts is not None and stash:
+        if model_pass:
             group_starts.extend(stash)
-        if stash and config.permute == "global" and config.perm_iters > 0:
+        if stash and config.perm_iters > 0:
             found, training = global_options(name, layer, stash, data, permute.global_, config.parsed_pattern,
                                              heads, lambda g, perm: _pruned_in_order(g.stacked, g.stats, perm,
                                                                                        method, config))

@@ -121,3 +121,10 @@ class PruneConfig(StrictConfig):
                                                                        deflate=self.perm_deflate, seed=self.perm_seed),
                              GlobalConfig(steps=self.perm_iters, block=self.perm_block_size, tokens=self.perm_tokens,
                                           seed=self.perm_seed))
+
+    def model_pass_config(self):
+        """The settings of --permute global's model pass (compress/permute/model_pass.py)."""
+        from compress.permute.model_pass import ModelPassConfig
+
+        return ModelPassConfig(steps=self.perm_model_steps, windows=self.perm_windows, block=self.perm_block_size,
+                               seed=self.perm_seed)

@@ -17,8 +17,7 @@ import torch
 from compress.errors import BadInput
 from compress.model.placement import is_dispatched
 from compress.model.roles import HeadLayout
-from compress.permute.model_pass import (ModelPassConfig, final_hidden, learn_model_permutations, model_objective,
-                                         plans_of)
+from compress.permute.model_pass import final_hidden, learn_model_permutations, model_objective, plans_of
 
 __all__ = ["check_model_pass", "run_model_pass", "model_pass_line"]
 
@@ -38,8 +37,7 @@ def run_model_pass(model, starts: list, result, config, calibration: torch.Tenso
                    apply: Callable, on_note: Callable[[str], None] | None = None) -> dict:
     """Learn, prune again and keep if better; returns the pass's report (objective before and after, kept)."""
     started = time.perf_counter()
-    pass_config = ModelPassConfig(steps=config.perm_model_steps, windows=config.perm_windows,
-                                  block=config.perm_block_size, seed=config.perm_seed)
+    pass_config = config.model_pass_config()
     prefix = getattr(model, "base_model_prefix", "")
     base, cut = model.base_model, len(prefix) + 1 if prefix else 0
     home = next(model.parameters()).device

@@ -88,12 +88,9 @@ def _permute_report(config: PruneStage) -> dict:
 
 
 def _global_report(config: PruneStage) -> dict:
-    from compress.permute.model_pass import ModelPassConfig
-
     per_layer = config.permute_config().global_.to_dict() if config.perm_iters else None
-    model_pass = ModelPassConfig(steps=config.perm_model_steps, windows=config.perm_windows,
-                                 block=config.perm_block_size, seed=config.perm_seed).to_dict()
-    return {"per_layer": per_layer, "model_pass": model_pass if config.perm_model_steps else None}
+    return {"per_layer": per_layer,
+            "model_pass": config.model_pass_config().to_dict() if config.perm_model_steps else None}
 
 
 def _run(session, config: PruneStage) -> PruneResultReport:
