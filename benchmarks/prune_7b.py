@@ -103,7 +103,7 @@ def main() -> None:
                "mean_rel_error": round(sum(s.relative_error for s in result.steps) / len(result.steps), 5)}
         if result.model_pass is not None:
             row["model_pass"] = {k: result.model_pass[k] for k in ("steps", "windows", "seconds", "objective_start",
-                                                                   "objective_learned", "kept")}
+                                                                   "objective_learned", "kept", "seconds_per_step")}
         rows.append(row)
         print(json.dumps(row), flush=True)
     settings = {"tokens": args.nsamples * args.seqlen, "nsamples": args.nsamples, "seqlen": args.seqlen,

@@ -33,6 +33,11 @@ def test_model_pass_is_never_worse_than_its_start(method, pattern):
     assert end <= start + 1e-7
     assert end == pytest.approx(report["objective_learned"] if report["kept"] == "learned" else start, rel=1e-4)
     assert (report["kept"] == "learned") == (report["objective_learned"] < report["objective_start"])
+    if method == "sparsegpt":  # learned on SparseGPT's updated weights: re-pruned and masked candidates, best kept
+        assert set(report["candidates"]) == {"re-pruned", "masked"}
+        assert report["objective_learned"] == min(report["candidates"].values())
+    assert not any("forward" in vars(module) for module in model.modules())  # the pass's patches are gone
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
     assert len([n for n in notes if ": step " in n]) == 4 and "kept the" in notes[-1]
     n, m = map(int, pattern.split(":"))
     assert result.overall_sparsity == pytest.approx(1 - n / m)
@@ -74,3 +79,49 @@ def test_a_worse_result_is_not_kept(monkeypatch):
     assert report["kept"] == "start" and report["objective_learned"] > report["objective_start"]
     for (name, p), q in zip(model.named_parameters(), heuristic.parameters()):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("checkpointed", [True, False])
+def test_checkpointed_per_linear_forward_equals_the_groups_substituted_whole(checkpointed):
+    """The pass's memory-saving forward (each Linear's relaxed rows computed in its own forward, decoder layers
+    checkpointed) gives the loss and logit gradients of the per-layer learner's formulation: every group's
+    relaxed weight built whole (in the start order) and substituted by name."""
+    from compress.permute.global_mode import GroupPlan, block_layout, relaxed_weight
+    from compress.permute.model_pass import ModelPlan, cosine_error, final_hidden, relaxed_forwards
+    from compress.permute.relaxed import harden, one_hot, sinkhorn, straight_through
+
+    model = tiny()
+    base, g = model.model, torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 320, (2, 16), generator=g)
+    with torch.no_grad():
+        target = base(ids).last_hidden_state + 0.1 * torch.randn(2, 16, base.config.hidden_size, generator=g)
+    groups = [["layers.0.self_attn.q_proj", "layers.0.self_attn.k_proj", "layers.0.self_attn.v_proj"],
+              ["layers.1.mlp.gate_proj", "layers.1.mlp.up_proj"], ["layers.1.mlp.down_proj"]]
+    model_plans, group_plans, logits = [], [], []
+    for names in groups:
+        weight = torch.cat([base.get_submodule(n).weight.detach() for n in names])
+        score = weight.abs() * torch.rand(weight.shape[1], generator=g)
+        start = torch.randperm(weight.shape[1], generator=g)
+        size, units = block_layout(weight.shape[1], 4, 16)
+        rows = [base.get_submodule(n).weight.shape[0] for n in names]
+        params = [n + ".weight" for n in names]
+        model_plans.append(ModelPlan(params, rows, weight, score, start, units))
+        group_plans.append(GroupPlan(params, rows, weight[:, start], score[:, start], start, units))
+        logits.append(torch.randn(int(units.max()) + 1, size, size, generator=g).requires_grad_())
+
+    def straight(tau=0.5):
+        return [straight_through(one_hot(harden(s), s.dtype), s) for s in (sinkhorn(lg, tau) for lg in logits)]
+
+    current = straight()
+    with torch.enable_grad(), relaxed_forwards(base, model_plans, current, 2, 4, 0.2, checkpointed):
+        loss = cosine_error(base(ids, use_cache=False).last_hidden_state, target)
+        ours = torch.autograd.grad(loss, logits)
+    weights = {}
+    for plan, p in zip(group_plans, straight()):
+        weights.update(zip(plan.params, relaxed_weight(plan, p, 2, 4, 0.2, True).split(plan.rows)))
+    reference = cosine_error(final_hidden(base, weights, ids), target)
+    expected = torch.autograd.grad(reference, logits)
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert all(float(e.abs().max()) > 0 for e in expected)
+    for a, b in zip(ours, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

@@ -44,7 +44,7 @@ from compress.permute.fold import inverse
 from compress.permute.relaxed import (expand_index, harden, nm_mask_ste, one_hot, permute_blocks, sinkhorn,
                                       soft_nm_mask, straight_through, unpermute_blocks)
 
-__all__ = ["GlobalConfig", "GroupPlan", "block_layout", "relaxed_weight", "learn_layer_permutations",
+__all__ = ["GlobalConfig", "BlockPlan", "GroupPlan", "block_layout", "relaxed_weight", "learn_layer_permutations",
            "annealed_temperature", "normalise_gradients", "token_error", "take_windows"]
 
 
@@ -68,16 +68,8 @@ class GlobalConfig:
                 "kept_only_where": "the decoder layer's output error does not rise (else the heuristic)"}
 
 
-@dataclass
-class GroupPlan:
-    """One group's learning problem: dense stacked weights and scores, both already in the start order."""
-
-    params: list[str]  # weight names relative to the decoder layer, stacked in this order
-    rows: list[int]
-    weight: torch.Tensor  # (rows × in), columns in `start` order
-    score: torch.Tensor
-    start: torch.Tensor  # the starting (heuristic) permutation
-    unit_of_block: torch.Tensor
+class BlockPlan:
+    """What every plan of block permutations shares (it has `weight`, `start` and `unit_of_block`)."""
 
     @property
     def size(self) -> int:
@@ -90,6 +82,18 @@ class GroupPlan:
     def permutation(self, index: torch.Tensor) -> torch.Tensor:
         """The input permutation (original channels) that hardened per-unit indices give."""
         return self.start[expand_index(index.cpu(), self.unit_of_block.cpu())]
+
+
+@dataclass
+class GroupPlan(BlockPlan):
+    """One group's learning problem: dense stacked weights and scores, both already in the start order."""
+
+    params: list[str]  # weight names relative to the decoder layer, stacked in this order
+    rows: list[int]
+    weight: torch.Tensor  # (rows × in), columns in `start` order
+    score: torch.Tensor
+    start: torch.Tensor  # the starting (heuristic) permutation
+    unit_of_block: torch.Tensor
 
 
 def block_layout(in_features: int, m: int, block: int, head_block: tuple[int, torch.Tensor] | None = None):

@@ -11,20 +11,31 @@ step on the logits. The weights stay frozen; only the masks move.
 The caller (compress/prune/permute_pass.py) prunes with the hardened result and keeps it only if the pruned
 model beats its start on the whole calibration set (an exact forward of each), so the pass never ends worse than
 where it began on its own objective.
+
+Memory: the plans hold the sequential pass's stashed weights and scores as they are (no copies), each planned
+Linear computes its relaxed weight inside its forward, and every decoder layer runs under activation
+checkpointing, so the relaxed weights' graph exists for one layer at a time (rebuilt in the backward pass), not
+for the whole model at once.
 """
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
-from compress.permute.global_mode import (GroupPlan, annealed_temperature, block_layout, normalise_gradients,
-                                          relaxed_weight)
-from compress.permute.relaxed import harden, one_hot, sinkhorn, straight_through
+from compress.model.layers import decoder_layers
+from compress.permute.fold import inverse
+from compress.permute.global_mode import BlockPlan, annealed_temperature, block_layout, normalise_gradients
+from compress.permute.relaxed import (harden, nm_mask_ste, one_hot, permute_blocks, sinkhorn,
+                                      straight_through, unpermute_blocks)
 
-__all__ = ["ModelPassConfig", "plans_of", "learn_model_permutations", "cosine_error", "final_hidden", "model_objective"]
+__all__ = ["ModelPassConfig", "ModelPlan", "plans_of", "learn_model_permutations", "cosine_error", "final_hidden",
+           "model_objective"]
 
 
 @dataclass(frozen=True)
@@ -44,19 +55,42 @@ class ModelPassConfig:
         return {"objective": "dense model's final hidden states (per token, 1 - cosine)", **asdict(self)}
 
 
-def plans_of(model, prefix: str, starts, perms, pattern, block: int, heads) -> list[GroupPlan]:
+@dataclass
+class ModelPlan(BlockPlan):
+    """One group's learning problem. Unlike the per-layer learner's GroupPlan, `weight` and `score` stay in the
+    original column order (they are the stash's own tensors); `start` is the permutation learning starts from."""
+
+    params: list[str]  # weight names relative to the base model, stacked in this order
+    rows: list[int]
+    weight: torch.Tensor
+    score: torch.Tensor
+    start: torch.Tensor  # on the CPU
+    unit_of_block: torch.Tensor
+
+    def __post_init__(self):
+        self.order = self.start.to(self.weight.device)
+        self.back = inverse(self.start).to(self.weight.device)
+
+    def relaxed_rows(self, lo: int, hi: int, p: torch.Tensor, n: int, m: int, mask_tau: float) -> torch.Tensor:
+        """Rows lo:hi of the pruned weight (original order) under block permutation P on top of `start`: the N:M
+        mask of the permuted score (straight-through), moved back onto the unpermuted weights. The mask is
+        row-wise, so each Linear of a stacked group computes its own rows alone (global_mode.relaxed_weight)."""
+        score = permute_blocks(self.score[lo:hi].float()[:, self.order], p, self.unit_of_block)
+        mask = unpermute_blocks(nm_mask_ste(score, n, m, mask_tau), p, self.unit_of_block)[:, self.back]
+        return self.weight[lo:hi] * mask
+
+
+def plans_of(model, prefix: str, starts, perms, pattern, block: int, heads) -> list[ModelPlan]:
     """One learning problem per group start (from its permutation in `perms`), parameters named relative to
     the submodule at `prefix`."""
     plans, cut = [], len(prefix) + 1 if prefix else 0
     for start, perm in zip(starts, perms):
         head_block = (heads.head_dim, heads.kv_of_head()) if start.site == "heads" else None
         _, units = block_layout(start.stacked.shape[1], pattern.m, block, head_block)
-        device = start.stacked.device
-        plans.append(GroupPlan(params=[n[cut:] + ".weight" for n in start.names],
+        plans.append(ModelPlan(params=[n[cut:] + ".weight" for n in start.names],
                                rows=[model.get_submodule(n).weight.shape[0] for n in start.names],
-                               weight=start.stacked.float()[:, perm.to(device)],
-                               score=start.score.float()[:, perm.to(device)], start=perm.cpu(),
-                               unit_of_block=units.to(device)))
+                               weight=start.stacked, score=start.score, start=perm.cpu(),
+                               unit_of_block=units.to(start.stacked.device)))
     return plans
 
 
@@ -73,14 +107,6 @@ def final_hidden(model, weights: dict, ids: torch.Tensor) -> torch.Tensor:
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
-def _weights(plans, indices, n, m, mask_tau, soft) -> dict:
-    weights = {}
-    for i, (plan, index) in enumerate(zip(plans, indices)):
-        p = straight_through(one_hot(index, soft[i].dtype), soft[i])
-        weights.update(zip(plan.params, relaxed_weight(plan, p, n, m, mask_tau, True).split(plan.rows)))
-    return weights
-
-
 @torch.no_grad()
 def model_objective(model, weights: dict, windows: torch.Tensor, targets: torch.Tensor, batch: int) -> float:
     """The objective over every window, `weights` substituted (by name relative to `model`)."""
@@ -91,7 +117,50 @@ def model_objective(model, weights: dict, windows: torch.Tensor, targets: torch.
     return total / windows.shape[0]
 
 
-def learn_model_permutations(base_model, plans: list[GroupPlan], windows: torch.Tensor, targets: torch.Tensor,
+@contextmanager
+def relaxed_forwards(base_model, plans: list[ModelPlan], current: list, n: int, m: int, mask_tau: float,
+                     checkpointed_layers: bool = True):
+    """While open, every planned Linear of `base_model` runs with its relaxed weight under `current[i]` (the
+    step's straight-through permutation of plan i), every decoder layer runs checkpointed (when asked), and no
+    parameter of the model collects a gradient."""
+    def linear_forward(linear, plan_index, lo, hi):
+        def forward(x):
+            weight = plans[plan_index].relaxed_rows(lo, hi, current[plan_index], n, m, mask_tau)
+            return torch.nn.functional.linear(x, weight.to(x.dtype), linear.bias)
+        return forward
+
+    def checkpointed(inner):
+        def forward(*args, **kwargs):
+            return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+        return forward
+
+    patched = []  # (module, the instance forward it had, if any)
+    for index, plan in enumerate(plans):
+        lo = 0
+        for name, rows in zip(plan.params, plan.rows):
+            linear = base_model.get_submodule(name.removesuffix(".weight"))
+            patched.append((linear, linear.__dict__.get("forward")))
+            linear.forward = linear_forward(linear, index, lo, lo + rows)
+            lo += rows
+    for _, layer in decoder_layers(base_model) if checkpointed_layers else []:
+        patched.append((layer, layer.__dict__.get("forward")))
+        layer.forward = checkpointed(layer.forward)
+    frozen = [p for p in base_model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for module, previous in reversed(patched):
+            if previous is None:
+                del module.forward  # the class's forward again
+            else:
+                module.forward = previous
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def learn_model_permutations(base_model, plans: list[ModelPlan], windows: torch.Tensor, targets: torch.Tensor,
                              n: int, m: int, config: ModelPassConfig,
                              on_step: Callable[[dict], None] | None = None) -> tuple[list[torch.Tensor], dict]:
     """The hardened input permutation of each plan after `config.steps` steps, and a summary.
@@ -104,16 +173,19 @@ def learn_model_permutations(base_model, plans: list[GroupPlan], windows: torch.
     logits = [(config.init * torch.eye(plan.size, device=device)).repeat(plan.units, 1, 1).requires_grad_()
               for plan in plans]
     optimizer = torch.optim.SGD(logits, lr=config.lr)
-    losses = []
-    with torch.enable_grad():
+    losses, current, began = [], [None] * len(plans), time.perf_counter()
+    # checkpointing costs a second forward per step; only a GPU's memory needs it (a CPU's RAM holds a small model's graph)
+    checkpointed = device.type == "cuda"
+    with torch.enable_grad(), relaxed_forwards(base_model, plans, current, n, m, config.mask_tau, checkpointed):
         for step in range(config.steps):
             tau = annealed_temperature(config, step)
             soft = [sinkhorn(lg, tau, config.sinkhorn_iters) for lg in logits]
             indices = [harden(s) for s in soft]
+            current[:] = [straight_through(one_hot(index, s.dtype), s) for index, s in zip(indices, soft)]
             pick = torch.randperm(windows.shape[0], generator=generator)[:config.windows]
-            ids = windows[pick.to(windows.device)]
-            loss = cosine_error(final_hidden(base_model, _weights(plans, indices, n, m, config.mask_tau, soft), ids),
-                                targets[pick.to(targets.device)])
+            out = base_model(windows[pick.to(windows.device)], use_cache=False)
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            loss = cosine_error(hidden, targets[pick.to(targets.device)])
             optimizer.zero_grad()
             loss.backward()
             normalise_gradients(logits)
@@ -122,9 +194,10 @@ def learn_model_permutations(base_model, plans: list[GroupPlan], windows: torch.
             losses.append(loss.item())
             if on_step:
                 on_step({"step": step + 1, "steps": config.steps, "loss": loss.item(), "channels_moved": moved})
+    per_step = (time.perf_counter() - began) / max(config.steps, 1)
     with torch.no_grad():
         final = [harden(sinkhorn(lg, config.tau_end, config.sinkhorn_iters)) for lg in logits]
     moved = sum(int((i != j).sum()) for i, j in zip(final, identity))
     return [plan.permutation(index) for plan, index in zip(plans, final)], {
         "steps": config.steps, "loss_first": losses[0] if losses else None,
-        "loss_last": losses[-1] if losses else None, "channels_moved": moved}
+        "loss_last": losses[-1] if losses else None, "channels_moved": moved, "seconds_per_step": round(per_step, 3)}

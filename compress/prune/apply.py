@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -122,6 +122,8 @@ def _prune_group(names, linears, collectors, hessians, method, config: PruneConf
                    for label, perm, info in permutation_candidates(permute, pattern, stacked.float(), score,
                                                                    hessian, site, heads)]
         if stash is not None:
+            if stacked.dtype in (torch.bfloat16, torch.float16):
+                score = score.to(torch.bfloat16)  # half the stash; only learning reads it, pruning scores anew
             stash.append(GroupStart(names, stacked.clone(), score, site, stats, choices[0]))  # stacked may alias
     else:
         choices = [_Choice("none", None, method.prune(stacked, stats, pattern, config.options), {})]
@@ -146,6 +148,18 @@ def _keep_by_layer_error(options: dict[str, tuple], linears, data, result: Prune
         _apply(names, linears, choices[kept[key]], result, site)
     report = {key: {**options[key][1][-1].info, "kept": options[key][1][kept[key]].label} for key in options}
     return {"groups": report, "layer_error_heuristic": start, "layer_error": best}
+
+
+def _learning_start(start: GroupStart, perm: torch.Tensor, method: Method, config: PruneConfig) -> GroupStart:
+    """`start` with the weights the model pass learns on (the method's learn_weights of its pruned result in
+    `perm` order) and their scores, all in the original column order."""
+    perm = perm.to(start.stacked.device)
+    same = start.choice.perm is not None and torch.equal(start.choice.perm.to(perm.device), perm)
+    pruned = start.choice.pruned if same else _pruned_in_order(start.stacked, start.stats, perm, method, config)
+    stats = start.stats.permuted(perm) if start.stats is not None else None
+    weights = unpermute(method.learn_weights(start.stacked[:, perm], pruned[:, perm].to(start.stacked.device), stats,
+                                             config.options), perm)
+    return replace(start, stacked=weights, score=method.score(weights, start.stats, config.options))
 
 
 @torch.no_grad()
@@ -258,6 +272,7 @@ def prune_model(
             prune_in_order=lambda start, perm: _pruned_in_order(start.stacked, start.stats, perm, method, config),
             apply=lambda start, perm, weight: _apply(start.names, linears, _Choice("global", perm, weight, {}), result,
                                                      result.permutation_sites[start.names[0]]),
-            on_note=on_note)
+            on_note=on_note,
+            learn_on=(lambda start, perm: _learning_start(start, perm, method, config)) if method.learn_weights else None)
     result.seconds = time.perf_counter() - started
     return result

@@ -20,6 +20,8 @@ class Method:
     `collector` names the statistic the calibration pass gathers for it (None: no data pass at all).
     `rows_independent` lets the engine stack the rows of Linears that share an input into one call.
     `score` is the per-weight importance that channel permutations try to keep.
+    `learn_weights(dense, pruned, stats, options)` (optional, columns in the pruning order) gives the weights the
+    permutation model pass learns its masks on, where they are not the dense ones (SparseGPT's updated weights).
     """
 
     name: str
@@ -28,3 +30,4 @@ class Method:
     score: ScoreFn
     rows_independent: bool = True
     summary: str = ""
+    learn_weights: Callable[[torch.Tensor, torch.Tensor, Optional[Collector], dict], torch.Tensor] | None = None

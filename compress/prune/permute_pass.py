@@ -4,8 +4,11 @@ The dense model's final hidden states on the calibration windows are the target 
 substituted back); compress/permute/model_pass.py learns all groups' block permutations at once on top of the
 permutations the sequential pass chose; each group is then pruned again by its method with the learned
 permutation (SparseGPT runs its update on the newly permuted weights, with the statistics of the sequential
-pass). The result is kept only if the pruned model's objective over all calibration windows is lower than the
-sequential pass's (both exact forwards of the real pruned weights); else the model is left as it was.
+pass). A method whose pruned weights are not a mask of the dense ones (SparseGPT) learns on the weights its
+update produced instead (Method.learn_weights), and a second candidate prunes those weights with the learned
+masks directly. The best candidate is kept only if the pruned model's objective over all calibration windows is
+lower than the sequential pass's (all exact forwards of the real pruned weights); else the model is left as it
+was.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import torch
 from compress.errors import BadInput
 from compress.model.placement import is_dispatched
 from compress.model.roles import HeadLayout
+from compress.pattern import nm_mask
+from compress.permute import unpermute
 from compress.permute.model_pass import final_hidden, learn_model_permutations, model_objective, plans_of
 
 __all__ = ["check_model_pass", "run_model_pass", "model_pass_line"]
@@ -34,8 +39,11 @@ def _split(names, weight: torch.Tensor, model, cut: int) -> dict:
 
 
 def run_model_pass(model, starts: list, result, config, calibration: torch.Tensor, device, prune_in_order: Callable,
-                   apply: Callable, on_note: Callable[[str], None] | None = None) -> dict:
-    """Learn, prune again and keep if better; returns the pass's report (objective before and after, kept)."""
+                   apply: Callable, on_note: Callable[[str], None] | None = None,
+                   learn_on: Callable | None = None) -> dict:
+    """Learn, prune again and keep if better; returns the pass's report (objective before and after, kept).
+
+    `learn_on(start, perm)`, when given, is the group start the pass learns on (its weights and scores replaced)."""
     started = time.perf_counter()
     pass_config = config.model_pass_config()
     prefix = getattr(model, "base_model_prefix", "")
@@ -53,8 +61,9 @@ def run_model_pass(model, starts: list, result, config, calibration: torch.Tenso
         del dense
         before = model_objective(base, {}, windows, targets, pass_config.windows)
         perms = [result.permutations[start.names[0]] for start in starts]
+        learning = [learn_on(start, perm) for start, perm in zip(starts, perms)] if learn_on else starts
         pattern, heads = config.parsed_pattern, HeadLayout.of(model.config)
-        plans = plans_of(model, prefix, [_on(s, device) for s in starts], perms, pattern, pass_config.block, heads)
+        plans = plans_of(model, prefix, [_on(s, device) for s in learning], perms, pattern, pass_config.block, heads)
 
         def step_line(entry: dict) -> None:
             if on_note and (entry["step"] == 1 or entry["step"] % 5 == 0 or entry["step"] == entry["steps"]):
@@ -64,24 +73,39 @@ def run_model_pass(model, starts: list, result, config, calibration: torch.Tenso
         learned, training = learn_model_permutations(base, plans, windows, targets, pattern.n, pattern.m,
                                                      pass_config, step_line)
         del plans
-        pruned = [prune_in_order(start, perm) for start, perm in zip(starts, learned)]
-        weights = {}
-        for start, weight in zip(starts, pruned):
-            weights.update(_split(start.names, weight.to(device), model, cut))
-        after = model_objective(base, weights, windows, targets, pass_config.windows)
-        del weights
+        candidates = {"re-pruned": [prune_in_order(start, perm) for start, perm in zip(starts, learned)]}
+        if learn_on:
+            candidates["masked"] = [_masked(start, perm, pattern) for start, perm in zip(learning, learned)]
+        del learning
+        objectives = {}
+        for label, pruned in candidates.items():
+            weights = {}
+            for start, weight in zip(starts, pruned):
+                weights.update(_split(start.names, weight.to(device), model, cut))
+            objectives[label] = model_objective(base, weights, windows, targets, pass_config.windows)
+            del weights
     finally:
         model.to(home)
+    best = min(objectives, key=objectives.get)
+    after = objectives[best]
     kept = after < before
     if kept:
-        for start, perm, weight in zip(starts, learned, pruned):
+        for start, perm, weight in zip(starts, learned, candidates[best]):
             apply(start, perm, weight)
     report = {**pass_config.to_dict(), **training, "objective_start": before, "objective_learned": after,
               "kept": "learned" if kept else "start", "groups": len(starts),
               "seconds": round(time.perf_counter() - started, 1)}
+    if learn_on:
+        report.update(learned_weights=best, candidates=objectives)
     if on_note:
         on_note(model_pass_line(report))
     return report
+
+
+def _masked(start, perm: torch.Tensor, pattern) -> torch.Tensor:
+    """`start`'s weights pruned by the N:M mask of its scores in `perm` order (original column order)."""
+    perm = perm.to(start.stacked.device)
+    return unpermute(start.stacked[:, perm] * nm_mask(start.score[:, perm], pattern.n, pattern.m), perm)
 
 
 def _on(start, device):

@@ -151,9 +151,30 @@ def prune(weight: torch.Tensor, stats, pattern: Pattern, options: dict) -> torch
     )
 
 
+def effective_weights(dense: torch.Tensor, pruned: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """Each column as the sweep found it on reaching that column: kept weights as they ended, pruned ones as they
+    were removed (after every earlier column's update). The sweep's updates add up to dense − pruned = E·U (E the
+    scaled errors, U the factor inverse_hessian_factor gives), so E is one triangular solve away; the column's
+    value is pruned + E·diag(U), i.e. E·diag(U) where it was pruned. Computed in float64."""
+    factor, dead = inverse_hessian_factor(hessian.double(), damp)
+    start = dense.double().clone()
+    start[:, dead] = 0
+    final = pruned.double()
+    errors = torch.linalg.solve_triangular(factor, start - final, upper=True, left=False)
+    removed = errors * torch.diag(factor)
+    return torch.where(final != 0, final, removed).to(dense.dtype)  # kept columns' solve error is rounding only
+
+
+def learn_weights(dense: torch.Tensor, pruned: torch.Tensor, stats, options: dict) -> torch.Tensor:
+    """What `--permute global`'s model pass learns masks on: the weights SparseGPT's update produced (its mask
+    only ever chooses among those), not the dense ones."""
+    return effective_weights(dense, pruned, stats.matrix(), float(options.get("damp", 0.01)))
+
+
 def importance(weight: torch.Tensor, stats, options: dict) -> torch.Tensor:
     """|W_ij|·sqrt(H_jj): the Wanda-equivalent first-order importance, used to choose permutations."""
     return weight.float().abs() * torch.diag(stats.xtx).sqrt().unsqueeze(0)
 
 
-METHOD = Method("sparsegpt", collector="hessian", prune=prune, score=importance, summary="OBS weight updates, Hessian XXᵀ")
+METHOD = Method("sparsegpt", collector="hessian", prune=prune, score=importance,
+                summary="OBS weight updates, Hessian XXᵀ", learn_weights=learn_weights)
