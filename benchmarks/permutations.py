@@ -129,8 +129,9 @@ def run(args, run_meta, model, tokenizer, source, text) -> None:
             seconds = time.perf_counter() - started
             row = measure(result, kind, seconds)
             if result.model_pass is not None:
-                keys = ("objective_start", "objective_learned", "kept", "channels_moved", "seconds")
-                row["model_pass"] = {k: result.model_pass[k] for k in keys}
+                keys = ("objective_start", "objective_learned", "kept", "channels_moved", "seconds", "learned_weights",
+                        "candidates")  # the last two where the method learns on its own weights (SparseGPT)
+                row["model_pass"] = {k: result.model_pass[k] for k in keys if k in result.model_pass}
             save(row)
 
 
