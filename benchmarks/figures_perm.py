@@ -120,6 +120,24 @@ def _perm7b(stem: str, labels: dict, memory: bool) -> str:
 FIGURES["perm7b-swap"] = lambda: _perm7b("perm7b-swap-h200", {"learned": "learned (swap search + layer-error check)"}, True)
 FIGURES["perm.global_7b_peak"] = lambda: "{:.1f} GiB (heuristic {:.1f} GiB)".format(
     *(next(r["peak_gpu_gib"] for r in rows("perm7b-global-h100") if r["permute"] == k) for k in ("global", "heuristic")))
+
+
+def _perm7b_whole(stem: str) -> str:
+    """A whole-depth run with a short model pass: its measured time, and the default 30 steps at the measured
+    time per step."""
+    body = []
+    for r in rows(stem):
+        mp = r["model_pass"]
+        at_default = r["wall_s"] + (30 - mp["steps"]) * mp["seconds_per_step"]
+        verdict = "met" if at_default <= 15 * 60 and r["peak_gpu_gib"] <= 78 else "missed"
+        body.append([f"{r['layers']}", f"{r['wall_s']:.1f} s", f"{mp['steps']}", f"{mp['seconds']:.1f} s",
+                     f"{mp['seconds_per_step']:.1f} s", f"about {at_default / 60:.1f} min (target ≤ 15 min: {verdict})",
+                     f"{r['peak_gpu_gib']:.1f} GiB"])
+    return table(["layers", "whole prune", "model pass steps", "model pass", "per step",
+                  "at the default 30 steps (projected)", "peak GPU memory"], body)
+
+
+FIGURES["perm7b-global-32"] = lambda: _perm7b_whole("perm7b-global-32layers-h100")
 for _gpu in ("h100", "h200"):
     if (RESULTS / f"perm7b-global-{_gpu}.json").exists():
         FIGURES["perm7b-global"] = (lambda stem: lambda: _perm7b(stem, {"global": "global (model pass)"}, True))(

@@ -23,7 +23,8 @@ SCRIPTS = {
     "cpu_methods.py": ("--out", ["cpu-methods"], False),
     "permutations.py": ("--out", ["permutations-global-wanda24", "permutations-global-sparsegpt24",
                                   "permutations-global-wanda68"], False),
-    "prune_7b.py": ("--json", ["prune7b-h200", "prune7b-h200-47263c1", "perm7b-swap-h200", "perm7b-global-h100"],
+    "prune_7b.py": ("--json", ["prune7b-h200", "prune7b-h200-47263c1", "perm7b-swap-h200", "perm7b-global-h100",
+                                 "perm7b-global-32layers-h100"],
                     False),
     "ties.py": ("--out", ["ties"], False),
     "tie_rules.py": ("--out", ["tie-rules"], False),
@@ -32,7 +33,7 @@ SCRIPTS = {
     "graph_gpu_time.py": ("--json", ["graph-gpu-h200"], True),
     "factorize.py": ("--out", ["factorize"], False),
     "factorize_oracle.py": ("--out", ["factorize-oracle"], False),
-    "factorize_finetune.py": ("--out", ["factorize-finetune"], False),
+    "factorize_finetune.py": ("--out", ["factorize-finetune", "factorize-finetune-active"], False),
     "factorize_gpu.py": ("--json", ["factorize-gpu-h200"], False),  # its tiny mode runs on the CPU
     "factorize_active_gpu.py": ("--json", ["factorize-active-gpu-h100"], True),
     "factorize_launch.py": ("--json", ["factorize-launch-h100"], True),
