@@ -77,7 +77,9 @@ def perm_global_draws() -> str:
             run = g["model_pass"]
             body.append([f"{NAMES[g['method']]} {g['pattern']}", g["calib_seed"], f2(h["ppl"]), f2(g["ppl"]),
                          pct(removed(h["ppl"], g["ppl"], dense)),
-                         f"{run['objective_start']:.4f} → {run['objective_learned']:.4f} ({run['kept']})",
+                         f"{run['objective_start']:.4f} → {run['objective_learned']:.4f} ({run['kept']}"
+                         + (f", {run['learned_weights']})" if run["kept"] == "learned" and "learned_weights" in run
+                            else ")"),
                          f"{run['channels_moved']}", f"{h['prune_s']:.0f} + {run['seconds']:.0f}"])
     return table(["pruning", "draw", "heuristic", "global", "gap removed",
                   "objective (1 − cos), start → learned (kept)", "channels moved",

@@ -106,6 +106,12 @@ def _pruned_in_order(stacked, stats, perm, method, config: PruneConfig) -> torch
                                   config.options), perm)
 
 
+def _stashed_score(score: torch.Tensor, weight_dtype: torch.dtype) -> torch.Tensor:
+    """Scores kept for learning: bf16 for a 16-bit model (half the memory; only learning reads them, pruning
+    scores anew), else as they are."""
+    return score.to(torch.bfloat16) if weight_dtype in (torch.bfloat16, torch.float16) else score
+
+
 def _prune_group(names, linears, collectors, hessians, method, config: PruneConfig, permute, heads,
                  result: PruneResult, stash: list | None = None) -> list[_Choice]:
     """Prune one group in place with its first choice; return every choice (several for learned permutations).
@@ -122,9 +128,8 @@ def _prune_group(names, linears, collectors, hessians, method, config: PruneConf
                    for label, perm, info in permutation_candidates(permute, pattern, stacked.float(), score,
                                                                    hessian, site, heads)]
         if stash is not None:
-            if stacked.dtype in (torch.bfloat16, torch.float16):
-                score = score.to(torch.bfloat16)  # half the stash; only learning reads it, pruning scores anew
-            stash.append(GroupStart(names, stacked.clone(), score, site, stats, choices[0]))  # stacked may alias
+            stash.append(GroupStart(names, stacked.clone(), _stashed_score(score, stacked.dtype), site, stats,
+                                    choices[0]))  # stacked may alias
     else:
         choices = [_Choice("none", None, method.prune(stacked, stats, pattern, config.options), {})]
     _apply(names, linears, choices[0], result, site)
@@ -159,7 +164,8 @@ def _learning_start(start: GroupStart, perm: torch.Tensor, method: Method, confi
     stats = start.stats.permuted(perm) if start.stats is not None else None
     weights = unpermute(method.learn_weights(start.stacked[:, perm], pruned[:, perm].to(start.stacked.device), stats,
                                              config.options), perm)
-    return replace(start, stacked=weights, score=method.score(weights, start.stats, config.options))
+    return replace(start, stacked=weights, score=_stashed_score(method.score(weights, start.stats, config.options),
+                                                                weights.dtype))
 
 
 @torch.no_grad()
