@@ -103,7 +103,10 @@ def final_hidden(model, weights: dict, ids: torch.Tensor) -> torch.Tensor:
     """The model's final hidden states with `weights` substituted, each in its parameter's dtype."""
     dtypes = {name: p.dtype for name, p in model.named_parameters()}
     weights = {name: w.to(dtypes[name]) for name, w in weights.items()}
-    out = functional_call(model, weights, (ids,), {"use_cache": False}, strict=False)
+    return _last_hidden(functional_call(model, weights, (ids,), {"use_cache": False}, strict=False))
+
+
+def _last_hidden(out) -> torch.Tensor:
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
@@ -183,8 +186,7 @@ def learn_model_permutations(base_model, plans: list[ModelPlan], windows: torch.
             indices = [harden(s) for s in soft]
             current[:] = [straight_through(one_hot(index, s.dtype), s) for index, s in zip(indices, soft)]
             pick = torch.randperm(windows.shape[0], generator=generator)[:config.windows]
-            out = base_model(windows[pick.to(windows.device)], use_cache=False)
-            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            hidden = _last_hidden(base_model(windows[pick.to(windows.device)], use_cache=False))
             loss = cosine_error(hidden, targets[pick.to(targets.device)])
             optimizer.zero_grad()
             loss.backward()
